@@ -1,0 +1,225 @@
+"""The driver API: init, shutdown, get, put, wait, cancel. Ray's names and signatures."""
+from __future__ import annotations
+
+import asyncio
+import atexit
+import logging
+import os
+import threading
+from dataclasses import dataclass
+
+from nbray.object_ref import ObjectRef
+from nbray.runtime import cluster, core_client
+
+log = logging.getLogger("nbray")
+_lock = threading.RLock()
+
+
+@dataclass
+class ClusterContext:
+    """What ``init`` returns: where the cluster is and what it has."""
+    session: str
+    address: str
+    node_address: str
+    num_workers: int
+    resources: dict
+    embedded: bool
+
+    def __repr__(self) -> str:
+        kind = "embedded" if self.embedded else "joined"
+        return (f"ClusterContext({kind} session={self.session}, workers={self.num_workers}, "
+                f"resources={self.resources})")
+
+
+class _Driver:
+    """The state of this process as a driver: its client and, if embedded, its cluster."""
+
+    def __init__(self):
+        self.client: core_client.CoreClient | None = None
+        self.record: cluster.ClusterRecord | None = None
+        self.procs: dict | None = None
+        self.context: ClusterContext | None = None
+
+
+_driver = _Driver()
+
+
+def init(address: str | None = None, *, num_workers: int | None = None,
+         num_cpus: int | None = None, resources: dict | None = None,
+         ignore_reinit_error: bool = False, key: str | None = None) -> ClusterContext:
+    """Start an embedded cluster (no address) or join a running one (``address``).
+
+    ``num_workers`` (or Ray's ``num_cpus``) sets the worker processes and CPUs of the embedded
+    node; the default is the machine's cores. ``resources`` adds custom resources to it.
+    ``address`` is ``"auto"``, ``"host:port"`` printed by ``nbray start --head`` or a session
+    id; the key comes from the cluster's record on this machine, ``key=`` or ``NBRAY_KEY``.
+    """
+    with _lock:
+        if _driver.client is not None:
+            if ignore_reinit_error:
+                return _driver.context
+            raise RuntimeError("nbray.init() was already called; call nbray.shutdown() first "
+                               "or pass ignore_reinit_error=True")
+        if num_workers is not None and num_cpus is not None and num_workers != num_cpus:
+            raise ValueError("num_workers and num_cpus name the same thing; pass one of them")
+        n = num_workers if num_workers is not None else num_cpus
+        if n is None:
+            n = os.cpu_count() or 1
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise ValueError(f"num_workers must be a positive integer, got {n!r}")
+        _check_resources(resources)
+        if address is None:
+            record, procs = cluster.start(num_workers=n, resources=resources,
+                                          watch_pid=os.getpid())
+            embedded = True
+        else:
+            if num_workers is not None or num_cpus is not None or resources:
+                raise ValueError("num_workers/num_cpus/resources configure a new cluster; "
+                                 "they cannot be given when joining one at an address")
+            record, procs, embedded = _join_record(address, key), None, False
+        try:
+            client = core_client.CoreClient(
+                key=bytes.fromhex(record.key), session=record.session,
+                node_address=record.node_address,
+                bind=f"ipc://{record.rundir}/d-{os.getpid()}-{os.urandom(3).hex()}",
+                threaded=True)
+            core_client.set_current(client)
+            client.connect()
+        except BaseException:
+            core_client.set_current(None)
+            if embedded:
+                cluster.stop(record, procs)
+            raise
+        _driver.client, _driver.record, _driver.procs = client, record, procs
+        res = dict(client.node_resources)
+        _driver.context = ClusterContext(record.session, record.tcp_address or record.head_address,
+                                         record.node_address, int(res.get("CPU", 0)), res,
+                                         embedded)
+        return _driver.context
+
+
+def _join_record(address: str, key: str | None) -> cluster.ClusterRecord:
+    record = cluster.find(address)
+    if key is not None or os.environ.get("NBRAY_KEY"):
+        record.key = key or os.environ["NBRAY_KEY"]
+    return record
+
+
+def _check_resources(resources) -> None:
+    if resources is None:
+        return
+    if not isinstance(resources, dict):
+        raise TypeError(f"resources must be a dict of name -> amount, got {resources!r}")
+    for k, v in resources.items():
+        if not isinstance(k, str) or isinstance(v, bool) or not isinstance(v, (int, float)) \
+                or v < 0:
+            raise ValueError(f"resources must map names to non-negative numbers, got {k!r}: {v!r}")
+
+
+def shutdown() -> None:
+    """Leave the cluster; an embedded cluster is stopped and leaves nothing behind."""
+    with _lock:
+        client, record, procs = _driver.client, _driver.record, _driver.procs
+        _driver.client = _driver.record = _driver.procs = _driver.context = None
+        if client is None:
+            return
+        core_client.set_current(None)
+        client.close()
+        if procs is not None:
+            cluster.stop(record, procs)
+
+
+atexit.register(shutdown)
+
+
+def is_initialized() -> bool:
+    return _driver.client is not None or (
+        core_client.current() is not None and core_client.current().worker_id is not None)
+
+
+def _client() -> core_client.CoreClient:
+    client = core_client.current()
+    if client is not None:
+        return client
+    with _lock:
+        if _driver.client is None:
+            log.warning("nbray: starting an embedded cluster (nbray.init() was not called)")
+            init()
+        return _driver.client
+
+
+def context() -> ClusterContext | None:
+    return _driver.context
+
+
+# ---- objects ---------------------------------------------------------------------------------
+def put(value) -> ObjectRef:
+    """Store a value in the cluster; returns a ref to it."""
+    if isinstance(value, ObjectRef):
+        raise TypeError("nbray.put() of an ObjectRef is not allowed; pass the ref itself")
+    return _client().put(value)
+
+
+def get(refs, *, timeout: float | None = None):
+    """The value of a ref, or a list of values for a list of refs, waiting as needed.
+
+    Raises the task's exception (a ``RemoteError`` that is also of the task's own type),
+    ``GetTimeoutError`` after ``timeout`` seconds, ``ObjectLostError`` if the object is gone.
+    """
+    _check_timeout(timeout)
+    if isinstance(refs, ObjectRef):
+        return _client().get_values([refs], timeout)[0]
+    if isinstance(refs, (list, tuple)):
+        _check_refs(refs, "get")
+        if not refs:
+            return []
+        return _client().get_values(list(refs), timeout)
+    raise TypeError(f"nbray.get() takes an ObjectRef or a list of them, got "
+                    f"{type(refs).__name__}")
+
+
+def wait(refs, *, num_returns: int = 1, timeout: float | None = None, fetch_local: bool = True):
+    """Wait until ``num_returns`` of ``refs`` are ready or ``timeout`` passes.
+
+    Returns ``(ready, not_ready)``, both in the order of ``refs``.
+    """
+    if isinstance(refs, ObjectRef) or not isinstance(refs, (list, tuple)):
+        raise TypeError("nbray.wait() takes a list of ObjectRefs")
+    _check_refs(refs, "wait")
+    if len(set(refs)) != len(refs):
+        raise ValueError("nbray.wait() got the same ObjectRef more than once")
+    if isinstance(num_returns, bool) or not isinstance(num_returns, int) or num_returns < 0:
+        raise ValueError(f"num_returns must be a non-negative integer, got {num_returns!r}")
+    if num_returns > len(refs):
+        raise ValueError(f"num_returns ({num_returns}) exceeds the number of refs ({len(refs)})")
+    _check_timeout(timeout)
+    if not refs:
+        return [], []
+    return _client().wait(list(refs), num_returns, timeout)
+
+
+def cancel(ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> None:
+    """Cancel the task that produces ``ref``: dropped if not started, interrupted if running
+    (``force=True`` kills its worker). ``get`` on it then raises ``TaskCancelledError``."""
+    if not isinstance(ref, ObjectRef):
+        raise TypeError(f"nbray.cancel() takes an ObjectRef, got {type(ref).__name__}")
+    _client().cancel(ref, force=force)
+
+
+async def _await_ref(ref: ObjectRef):
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(None, get, ref)
+
+
+def _check_refs(refs, fn: str) -> None:
+    for r in refs:
+        if not isinstance(r, ObjectRef):
+            raise TypeError(f"nbray.{fn}() takes ObjectRefs, got a {type(r).__name__} in the list")
+
+
+def _check_timeout(timeout) -> None:
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+                                or timeout < 0):
+        raise ValueError(f"timeout must be None or a non-negative number, got {timeout!r}")
+
+

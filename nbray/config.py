@@ -1,0 +1,42 @@
+"""The knobs of the runtime, in one place.
+
+Each can be set by an environment variable ``NBRAY_<NAME>`` (read when the process starts), so
+that tests and the CLI can tune the children they spawn without threading arguments through.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+
+
+@dataclass
+class Config:
+    #: values whose pickle is at most this many bytes travel inline in messages; larger ones
+    #: go to the node's shared-memory store
+    inline_threshold: int = 100 * 1024
+    #: a node reports to the head this often (seconds)
+    heartbeat_s: float = 0.5
+    #: how long a client keeps an idle worker lease before giving it back (seconds)
+    lease_idle_s: float = 0.2
+    #: at most this many tasks are pushed to one leased worker ahead of its results
+    max_tasks_in_flight: int = 64
+    #: pipelining aims to keep about this much work (seconds) queued at each worker
+    pipeline_target_s: float = 0.002
+    #: the node starts at most this many workers per CPU (extra ones replace blocked workers)
+    max_workers_per_cpu: int = 4
+    #: how long shutdown waits for a process to exit before killing it (seconds)
+    shutdown_grace_s: float = 3.0
+    #: retries for a task whose worker died, unless the task says otherwise
+    default_max_retries: int = 3
+
+    @classmethod
+    def from_env(cls) -> "Config":
+        cfg = cls()
+        for f in fields(cls):
+            raw = os.environ.get(f"NBRAY_{f.name.upper()}")
+            if raw is not None:
+                setattr(cfg, f.name, type(getattr(cfg, f.name))(raw))
+        return cfg
+
+
+CONFIG = Config.from_env()

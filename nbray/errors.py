@@ -1,0 +1,94 @@
+"""Every error a user of nbray can see.
+
+A task that raised comes back from ``get`` as a :class:`RemoteError` that is *also* an instance
+of the exception the task raised, so ``except ValueError`` catches a remote ``ValueError``.
+Each way a task can fail without raising (its worker died, it was cancelled, its object is gone)
+has its own named error.
+"""
+from __future__ import annotations
+
+
+class NbrayError(Exception):
+    """Base class of every error raised by nbray itself."""
+
+
+class RemoteError(NbrayError):
+    """A task raised an exception; ``cause`` is that exception, ``traceback_text`` its remote
+    traceback and ``task_name`` the function that ran."""
+
+    def __init__(self, cause: BaseException, traceback_text: str, task_name: str):
+        super().__init__(cause, traceback_text, task_name)
+        self.cause = cause
+        self.traceback_text = traceback_text
+        self.task_name = task_name
+
+    def __str__(self) -> str:
+        return (f"task {self.task_name} raised {type(self.cause).__name__}: {self.cause}\n\n"
+                f"Remote traceback:\n{self.traceback_text}")
+
+    def __reduce__(self):
+        return (RemoteError.from_parts, (self.cause, self.traceback_text, self.task_name))
+
+    @staticmethod
+    def from_parts(cause: BaseException, traceback_text: str, task_name: str) -> "RemoteError":
+        """The error to raise: a subclass of both RemoteError and the cause's type if possible."""
+        cls = type(cause)
+        if isinstance(cause, RemoteError):
+            return cause
+        try:
+            mixed = _mixed_class(cls)
+            err = mixed.__new__(mixed)
+            err.__dict__.update(getattr(cause, "__dict__", {}))
+            err.args = cause.args
+            RemoteError.__init__(err, cause, traceback_text, task_name)
+            err.args = cause.args
+            return err
+        except TypeError:           # final classes, or layouts that cannot be mixed
+            return RemoteError(cause, traceback_text, task_name)
+
+
+_MIXED: dict[type, type] = {}
+
+
+def _mixed_class(cls: type) -> type:
+    if cls not in _MIXED:
+        _MIXED[cls] = type(f"RemoteError[{cls.__name__}]", (RemoteError, cls),
+                           {"__str__": RemoteError.__str__, "__reduce__": RemoteError.__reduce__,
+                            "__module__": __name__})
+    return _MIXED[cls]
+
+
+class GetTimeoutError(NbrayError, TimeoutError):
+    """``get`` did not see the object before its timeout."""
+
+
+class TaskCancelledError(NbrayError):
+    """The task was cancelled with ``nbray.cancel`` before it produced its result."""
+
+
+class WorkerCrashedError(NbrayError):
+    """The worker running the task died (and retries, if any, were exhausted)."""
+
+
+class ObjectLostError(NbrayError):
+    """The object's only copy is gone and it cannot be rebuilt."""
+
+
+class OwnerDiedError(ObjectLostError):
+    """The process that owned the object (its submitter or putter) died."""
+
+
+class SerializationError(NbrayError, TypeError):
+    """A value could not be serialized to travel to the cluster."""
+
+
+class NotInitializedError(NbrayError, RuntimeError):
+    """The API was used before ``nbray.init()`` and could not start a cluster."""
+
+
+class ClusterError(NbrayError, RuntimeError):
+    """The cluster could not be started, joined or reached."""
+
+
+class AuthenticationError(ClusterError):
+    """The cluster did not answer messages signed with this key."""

@@ -1,0 +1,74 @@
+"""ObjectRef: a future for a value somewhere in the cluster.
+
+A ref names its object (20 bytes: the owner's client id, a sequence number, a return index) and
+its owner, the process that submitted the task or put the value. The owner keeps the value (or
+where it lies) for as long as a ref to it exists anywhere; refs count themselves with the client
+of the process they live in, and pickling one into a value or an argument makes the receiver a
+borrower the owner knows about.
+"""
+from __future__ import annotations
+
+from nbray.runtime import serialization
+
+
+class ObjectRef:
+    __slots__ = ("_id", "_owner", "_client", "__weakref__")
+
+    def __init__(self, object_id: bytes, owner: str = "", _client=None):
+        self._id = object_id
+        self._owner = owner
+        self._client = _client
+        if _client is None:
+            _adopt(self)
+
+    def binary(self) -> bytes:
+        return self._id
+
+    def hex(self) -> str:
+        return self._id.hex()
+
+    @property
+    def owner_address(self) -> str:
+        return self._owner
+
+    def task_id(self) -> bytes:
+        return self._id[:16]
+
+    def __hash__(self) -> int:
+        return hash(self._id)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, ObjectRef) and other._id == self._id
+
+    def __repr__(self) -> str:
+        return f"ObjectRef({self._id.hex()})"
+
+    def __reduce__(self):
+        collected = serialization.contained_refs()
+        if collected is not None:
+            collected.append((self._id, self._owner))
+        return (_rebuild, (self._id, self._owner))
+
+    def __del__(self):
+        client = self._client
+        if client is not None:
+            client.released.append(self._id)
+
+    def __await__(self):
+        from nbray import api
+        return api._await_ref(self).__await__()
+
+
+def _rebuild(object_id: bytes, owner: str) -> ObjectRef:
+    ref = ObjectRef.__new__(ObjectRef)
+    ref._id, ref._owner, ref._client = object_id, owner, None
+    _adopt(ref)
+    return ref
+
+
+def _adopt(ref: ObjectRef) -> None:
+    """Count a ref that arrived in this process with the process's client, if there is one."""
+    from nbray.runtime import core_client
+    client = core_client.current()
+    if client is not None:
+        client.adopt(ref)

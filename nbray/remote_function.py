@@ -1,0 +1,105 @@
+"""``@nbray.remote``: a function becomes a remote function, ``f.remote(...)`` a task."""
+from __future__ import annotations
+
+import functools
+import hashlib
+import inspect
+
+from nbray.config import CONFIG
+from nbray.errors import SerializationError
+from nbray.runtime import serialization
+
+_TASK_OPTIONS = {"num_cpus", "num_gpus", "resources", "num_returns", "max_retries", "name"}
+
+
+def _validate(options: dict) -> dict:
+    unknown = set(options) - _TASK_OPTIONS
+    if unknown:
+        raise ValueError(f"unknown option(s) {sorted(unknown)} for a remote function; valid "
+                         f"options are {sorted(_TASK_OPTIONS)}")
+    for name in ("num_cpus", "num_gpus"):
+        v = options.get(name)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0):
+            raise ValueError(f"{name} must be a non-negative number, got {v!r}")
+    res = options.get("resources")
+    if res is not None:
+        if not isinstance(res, dict):
+            raise TypeError(f"resources must be a dict of name -> amount, got {res!r}")
+        for k, v in res.items():
+            if k in ("CPU", "GPU"):
+                raise ValueError(f"use num_cpus/num_gpus, not resources={{{k!r}: ...}}")
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+                raise ValueError(f"resource {k!r} must be a non-negative number, got {v!r}")
+    n = options.get("num_returns")
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        raise ValueError(f"num_returns must be a positive integer, got {n!r}")
+    r = options.get("max_retries")
+    if r is not None and (isinstance(r, bool) or not isinstance(r, int) or r < -1):
+        raise ValueError(f"max_retries must be an integer >= -1 (-1: retry forever), got {r!r}")
+    return options
+
+
+class RemoteFunction:
+    """A function that runs as a task on the cluster. Call ``.remote(...)``, not ``(...)``."""
+
+    def __init__(self, fn, options: dict, _shared: dict | None = None):
+        self._function = fn
+        self._options = _validate(dict(options))
+        self._shared = _shared if _shared is not None else {}   # the pickled function, once
+        functools.update_wrapper(self, fn)
+        opts = self._options
+        resources = {"CPU": opts.get("num_cpus", 1), "GPU": opts.get("num_gpus", 0),
+                     **(opts.get("resources") or {})}
+        self._resources = {k: float(v) for k, v in resources.items() if v}
+        self._num_returns = opts.get("num_returns", 1)
+        retries = opts.get("max_retries", CONFIG.default_max_retries)
+        self._max_retries = 10 ** 9 if retries == -1 else retries
+        self._name = opts.get("name") or getattr(fn, "__qualname__", repr(fn))
+
+    def __call__(self, *args, **kwargs):
+        raise TypeError(f"remote function {self._name} cannot be called directly; use "
+                        f"{self._name}.remote(...) to run it as a task")
+
+    def _pickled(self) -> tuple[bytes, bytes]:
+        if "blob" not in self._shared:
+            try:
+                blob = serialization.dumps_function(self._function)
+            except Exception as e:
+                raise SerializationError(
+                    f"remote function {self._name} cannot be serialized (it may capture "
+                    f"something unpicklable, like a lock or an open file): {e}") from e
+            self._shared["blob"] = blob
+            self._shared["id"] = hashlib.blake2b(blob, digest_size=16).digest()
+        return self._shared["id"], self._shared["blob"]
+
+    def remote(self, *args, **kwargs):
+        from nbray import api
+        fn_id, blob = self._pickled()
+        refs = api._client().submit(fn_id, blob, self._name, args, kwargs, self._num_returns,
+                                    self._resources, self._max_retries)
+        return refs[0] if self._num_returns == 1 else refs
+
+    def options(self, **options) -> "RemoteFunction":
+        """A copy with some options changed, e.g. ``f.options(num_cpus=2).remote(x)``."""
+        return RemoteFunction(self._function, {**self._options, **options}, self._shared)
+
+    def __repr__(self) -> str:
+        return f"<nbray remote function {self._name}>"
+
+
+def remote(*args, **options):
+    """``@remote`` or ``@remote(num_cpus=..., num_returns=..., max_retries=..., resources=...)``."""
+    if len(args) == 1 and not options and callable(args[0]):
+        return _make(args[0], {})
+    if args:
+        raise TypeError("@nbray.remote takes keyword options only, e.g. "
+                        "@nbray.remote(num_cpus=2)")
+    return lambda fn: _make(fn, options)
+
+
+def _make(target, options: dict):
+    if inspect.isclass(target):
+        raise NotImplementedError("actors (@nbray.remote on a class) are not available yet")
+    if not callable(target):
+        raise TypeError(f"@nbray.remote decorates a function, got {type(target).__name__}")
+    return RemoteFunction(target, options)

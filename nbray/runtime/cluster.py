@@ -1,0 +1,219 @@
+"""Starting, finding and stopping clusters on this machine.
+
+An embedded cluster (``nbray.init()``) is a head and a node spawned as children of the driver,
+in their own session so a Ctrl-C in the terminal reaches only the driver. They watch the driver's
+pid and exit, cleaning up, if it dies without calling shutdown. Their sockets live in a private
+directory (``/tmp/nbray-<uid>/<session>``, mode 0700); a cluster started by ``nbray start`` also
+listens on TCP and leaves a record there (mode 0600, it holds the key) for ``nbray status``,
+``nbray stop`` and ``nbray.init(address=...)``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import selectors
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+
+from nbray.config import CONFIG
+from nbray.errors import ClusterError
+from nbray.runtime import object_store
+
+
+def run_root() -> str:
+    root = os.path.join("/tmp", f"nbray-{os.getuid()}")
+    os.makedirs(root, mode=0o700, exist_ok=True)
+    return root
+
+
+@dataclass
+class ClusterRecord:
+    """What a process needs to join a cluster (and what ``nbray stop`` needs to stop it)."""
+    session: str
+    key: str                       # hex; never printed by the library
+    head_address: str
+    node_address: str = ""
+    tcp_address: str = ""          # host:port of the head for other machines
+    pids: list = field(default_factory=list)
+    started_at: float = field(default_factory=time.time)
+
+    @property
+    def rundir(self) -> str:
+        return os.path.join(run_root(), self.session)
+
+    def save(self) -> str:
+        path = os.path.join(run_root(), f"{self.session}.json")
+        fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(asdict(self), f)
+        return path
+
+    @staticmethod
+    def load_all() -> list["ClusterRecord"]:
+        out = []
+        root = run_root()
+        for name in sorted(os.listdir(root)):
+            if name.endswith(".json"):
+                try:
+                    with open(os.path.join(root, name)) as f:
+                        out.append(ClusterRecord(**json.load(f)))
+                except (OSError, ValueError, TypeError):
+                    continue
+        return out
+
+
+def _spawn(module: str, args: list[str], key: bytes, detach: bool) -> subprocess.Popen:
+    env = dict(os.environ, NBRAY_KEY=key.hex())
+    return subprocess.Popen([sys.executable, "-m", module, *args], env=env,
+                            stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                            start_new_session=True, text=True,
+                            close_fds=True, **({"stderr": subprocess.DEVNULL} if detach else {}))
+
+
+def _await_ready(procs: dict, timeout: float) -> dict:
+    """Read each child's ``READY <address>`` line; fail with its exit status if it dies first."""
+    sel = selectors.DefaultSelector()
+    for name, p in procs.items():
+        sel.register(p.stdout, selectors.EVENT_READ, name)
+    found = {}
+    deadline = time.monotonic() + timeout
+    try:
+        while len(found) < len(procs):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise ClusterError(f"cluster processes did not start within {timeout}s "
+                                   f"(waiting for {sorted(set(procs) - set(found))})")
+            for k, _ in sel.select(left):
+                name = k.data
+                line = procs[name].stdout.readline()
+                if not line:
+                    code = procs[name].wait()
+                    raise ClusterError(f"the {name} process exited with code {code} at start")
+                if line.startswith("READY "):
+                    found[name] = line.split(" ", 1)[1].strip()
+                    sel.unregister(procs[name].stdout)
+    finally:
+        sel.close()
+    return found
+
+
+def start(*, num_workers: int, resources: dict | None = None, host: str | None = None,
+          port: int = 0, watch_pid: int | None = None, detach: bool = False) -> tuple:
+    """Spawn a head and one node. Returns (ClusterRecord, {"head": Popen, "node": Popen})."""
+    session = secrets.token_hex(4)
+    key = secrets.token_bytes(32)
+    rundir = os.path.join(run_root(), session)
+    os.makedirs(rundir, mode=0o700)
+    head_bind = [f"ipc://{rundir}/head"]
+    node_bind = [f"ipc://{rundir}/node"]
+    if host is not None:
+        head_bind.append(f"tcp://{host}:{port or '*'}")
+    watch = ["--watch-pid", str(watch_pid)] if watch_pid else []
+    procs = {
+        "head": _spawn("nbray.runtime.head.main",
+                       ["--session", session, *sum((["--bind", b] for b in head_bind), []),
+                        *watch], key, detach),
+        "node": _spawn("nbray.runtime.node.main",
+                       ["--session", session, "--head", head_bind[0],
+                        *sum((["--bind", b] for b in node_bind), []),
+                        "--worker-bind", f"ipc://{rundir}/w-{{id}}",
+                        "--num-workers", str(num_workers),
+                        "--resources", json.dumps(resources or {}), *watch], key, detach),
+    }
+    try:
+        _await_ready(procs, timeout=60)
+    except BaseException:
+        for p in procs.values():
+            _kill_group(p)
+        shutil.rmtree(rundir, ignore_errors=True)
+        raise
+    tcp = ""
+    if host is not None:
+        tcp = _tcp_of(procs["head"], host, port)
+    record = ClusterRecord(session, key.hex(), head_bind[0], node_bind[0], tcp,
+                           [p.pid for p in procs.values()])
+    return record, procs
+
+
+def _tcp_of(head: subprocess.Popen, host: str, port: int) -> str:
+    if port:
+        return f"{host}:{port}"
+    import psutil
+    for c in psutil.Process(head.pid).net_connections(kind="tcp"):
+        if c.status == psutil.CONN_LISTEN:
+            return f"{host}:{c.laddr.port}"
+    return ""
+
+
+def stop(record: ClusterRecord, procs: dict | None = None) -> None:
+    """Stop a cluster's processes (SIGTERM, then SIGKILL after the grace period) and clean up."""
+    pids = [p.pid for p in procs.values()] if procs else list(record.pids)
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + CONFIG.shutdown_grace_s + 2
+    for pid in pids:
+        _wait_pid(pid, deadline, procs)
+    object_store.remove_session(record.session)
+    shutil.rmtree(record.rundir, ignore_errors=True)
+    try:
+        os.unlink(os.path.join(run_root(), f"{record.session}.json"))
+    except FileNotFoundError:
+        pass
+
+
+def _wait_pid(pid: int, deadline: float, procs: dict | None) -> None:
+    popen = next((p for p in (procs or {}).values() if p.pid == pid), None)
+    while True:
+        if popen is not None:
+            if popen.poll() is not None:
+                return
+        elif not _alive(pid):
+            return
+        if time.monotonic() > deadline:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                return
+            if popen is not None:
+                popen.wait()
+            return
+        time.sleep(0.01)
+
+
+def _alive(pid: int) -> bool:
+    import psutil
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _kill_group(p: subprocess.Popen) -> None:
+    try:
+        os.killpg(p.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    p.wait()
+
+
+def find(address: str) -> ClusterRecord:
+    """The record of a cluster on this machine by ``host:port``, session id, or "auto"."""
+    records = [r for r in ClusterRecord.load_all() if all(_alive(p) for p in r.pids)]
+    if address == "auto":
+        if not records:
+            raise ClusterError("no running cluster found on this machine (start one with "
+                               "`nbray start --head`)")
+        return max(records, key=lambda r: r.started_at)
+    for r in records:
+        if address in (r.session, r.tcp_address, r.head_address) or \
+                (r.tcp_address and r.tcp_address.split(":")[-1] == address.split(":")[-1]):
+            return r
+    raise ClusterError(f"no running cluster at {address!r} on this machine")

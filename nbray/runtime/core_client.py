@@ -1,0 +1,789 @@
+"""The client side of the runtime: submit, get, wait, put, cancel. Drivers and workers share it.
+
+A client *owns* what it creates: the objects returned by the tasks it submits and the values it
+puts. For each it keeps the value (small ones inline, large ones as a shared-memory location),
+the count of live refs in this process, and the other processes that borrow it; it frees the
+object when all three are gone.
+
+The path of one task (``f.remote(x)``)::
+
+    submit ──► waiting for inputs ──► ready queue (per resource shape)
+                                           │  lease a worker from the node (kept while busy)
+                                           ▼
+                                 PushTasks ─► worker runs it ─► TaskResults ─► value stored,
+                                                                               dependents woken
+
+The node is asked only for leases, so a stream of tasks flows straight between this process and
+its leased workers, several in flight per worker when tasks are short.
+
+Threads: in a driver a background I/O thread owns the sockets and user threads hand it messages
+through ``_post`` and ``_kick``; in a worker (``threaded=False``) the one thread does everything,
+pumping the sockets whenever the task it runs calls get/wait.
+"""
+from __future__ import annotations
+
+import collections
+import itertools
+import os
+import pickle
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+
+from nbray.config import CONFIG
+from nbray.errors import (GetTimeoutError, ObjectLostError, RemoteError, TaskCancelledError,
+                          WorkerCrashedError)
+from nbray.object_ref import ObjectRef
+from nbray.runtime import object_store, protocol as P, serialization
+from nbray.runtime.transport import Endpoint
+
+_CURRENT = None
+
+
+def current():
+    return _CURRENT
+
+
+def set_current(client) -> None:
+    global _CURRENT
+    _CURRENT = client
+
+
+@dataclass(eq=False)
+class Obj:
+    """What this process knows of one object (owned, or borrowed through a ref it holds)."""
+    owner: str
+    owned: bool
+    refs: int = 0                   # live ObjectRefs in this process
+    pins: int = 0                   # pending tasks of ours that take it as an argument
+    borrowers: set = field(default_factory=set)   # processes / outer objects holding it
+    value: P.Value | None = None
+    producing: bool = False         # owned, and its task has not finished
+    subscribers: list = field(default_factory=list)   # peers waiting for the value
+    dependents: list = field(default_factory=list)    # our tasks waiting for the value
+    subscribed: bool = False        # borrowed: we asked the owner for the value
+    registered: bool = False        # borrowed: the owner knows we hold it
+
+
+@dataclass(eq=False)
+class Task:
+    spec: P.TaskSpec
+    fn_blob: bytes
+    key: tuple                      # scheduling key: the resource shape
+    arg_ids: list                   # top-level ref ids, in slot order
+    pinned: list                    # ids pinned until the task ends (top-level and nested)
+    retries_left: int
+    missing: int = 0
+    worker: "Lease | None" = None
+    cancelled: bool = False
+    attempts: int = 0
+
+
+@dataclass(eq=False)
+class Lease:
+    worker_id: bytes
+    address: str
+    key: tuple
+    inflight: dict = field(default_factory=dict)   # task_id -> Task
+    sent_functions: set = field(default_factory=set)
+    idle_since: float = 0.0
+    returning: bool = False
+
+
+@dataclass(eq=False)
+class Shape:
+    """Per scheduling key: tasks ready to run, leases held and asked for, their speed."""
+    resources: dict
+    ready: collections.deque = field(default_factory=collections.deque)
+    leases: list = field(default_factory=list)
+    requests: int = 0
+    avg_run_s: float = 0.0
+
+
+class CoreClient:
+    def __init__(self, *, key: bytes, session: str, node_address: str, bind: str,
+                 threaded: bool, worker_id: bytes | None = None, client_id: bytes | None = None):
+        self.client_id = client_id or os.urandom(8)
+        self.session = session
+        self.ep = Endpoint(key, self.client_id, [bind])
+        self.address = self.ep.address
+        self.node_address = node_address
+        self.threaded = threaded
+        self.worker_id = worker_id
+        self.node_id = b""
+        self.node_resources: dict = {}
+        self.lock = threading.RLock()
+        self.cv = threading.Condition(self.lock)
+        self.objects: dict[bytes, Obj] = {}
+        self.tasks: dict[bytes, Task] = {}
+        self.shapes: dict[tuple, Shape] = {}
+        self.leases: dict[bytes, Lease] = {}
+        self.released: collections.deque = collections.deque()
+        self._outbox: collections.deque = collections.deque()
+        self._seq = itertools.count(1)
+        self._requests = itertools.count(1)
+        self._acks = itertools.count(1)
+        self._lease_requests: dict[int, tuple] = {}
+        self._pending_acks: set = set()
+        self._held: list = []
+        self._router_peers: dict[str, bytes] = {}   # peer address -> its identity on our ROUTER
+        self._waiters = 0
+        self._wake_pending = False
+        self._closing = False
+        self._welcomed = threading.Event()
+        self._io_thread = None
+        self._io_ident = None
+        self.in_user_code = False    # worker: a task's own code is running (signals may pump)
+        self.on_push = None          # worker: callback for PushTasks / CancelTasks
+        self.blocked_depth = 0
+        self.stats = collections.Counter()
+
+    # ---- lifecycle -------------------------------------------------------------------------
+    def connect(self, timeout: float = 30.0) -> None:
+        hello = P.Hello(self.client_id, os.getpid(), self.address, self.worker_id)
+        if self.threaded:
+            self._io_thread = threading.Thread(target=self._io_loop, name="nbray-io", daemon=True)
+            self._post(self.node_address, hello)
+            self._io_thread.start()
+            if not self._welcomed.wait(timeout):
+                raise TimeoutError(f"node at {self.node_address} did not answer in {timeout}s")
+        else:
+            self.ep.send(self.node_address, hello)
+            deadline = time.monotonic() + timeout
+            while not self._welcomed.is_set():
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"node at {self.node_address} did not answer")
+                self.pump(100)
+
+    def close(self) -> None:
+        self._closing = True
+        if self._io_thread is not None:
+            self.ep.wake()
+            self._io_thread.join(timeout=5)
+        self.ep.close()
+
+    # ---- ids -------------------------------------------------------------------------------
+    def _new_task_id(self) -> bytes:
+        return self.client_id + next(self._seq).to_bytes(8, "big")
+
+    @staticmethod
+    def return_id(task_id: bytes, index: int) -> bytes:
+        return task_id + index.to_bytes(4, "big")
+
+    def owns(self, object_id: bytes) -> bool:
+        return object_id[:8] == self.client_id
+
+    # ---- submit ----------------------------------------------------------------------------
+    def submit(self, fn_id: bytes, fn_blob: bytes, name: str, args: tuple, kwargs: dict,
+               num_returns: int, resources: dict, max_retries: int) -> list[ObjectRef]:
+        blob, top, nested = serialization.pack_args(name, args, kwargs, _is_ref)
+        key = tuple(sorted(resources.items()))
+        with self.lock:
+            task_id = self._new_task_id()
+            rids = tuple(self.return_id(task_id, i) for i in range(num_returns))
+            spec = P.TaskSpec(task_id, fn_id, name, blob, (), num_returns, rids)
+            arg_ids = [r._id for r in top]
+            task = Task(spec, fn_blob, key, arg_ids, arg_ids + [i for i, _ in nested],
+                        max_retries)
+            for rid in rids:
+                self.objects[rid] = Obj(self.address, True, refs=1, producing=True)
+            for oid in task.pinned:
+                self.objects[oid].pins += 1
+            self.tasks[task_id] = task
+            self._resolve(task, top)
+            refs = [self._make_ref(rid) for rid in rids]
+        self._kick()
+        return refs
+
+    def _make_ref(self, rid: bytes) -> ObjectRef:
+        ref = ObjectRef.__new__(ObjectRef)
+        ref._id, ref._owner, ref._client = rid, self.address, self
+        return ref
+
+    def _resolve(self, task: Task, top: list) -> None:
+        """Queue the task when its inputs exist; until then it waits here, not on a worker."""
+        for ref in top:
+            obj = self.objects[ref._id]
+            if obj.value is None:
+                task.missing += 1
+                obj.dependents.append(task)
+                if not obj.owned:
+                    self._subscribe(ref._id, obj)
+        if task.missing == 0:
+            self._ready(task)
+
+    def _ready(self, task: Task) -> None:
+        values = [self.objects[i].value for i in task.arg_ids]
+        for v in values:
+            if v.kind in (P.ERROR, P.LOST):
+                self._finish(task, [v] * task.spec.num_returns)
+                return
+        task.spec = task.spec._replace(arg_values=tuple(values))
+        shape = self.shapes.get(task.key)
+        if shape is None:
+            shape = self.shapes[task.key] = Shape(dict(task.key))
+        shape.ready.append(task)
+
+    # ---- dispatch (I/O thread, or the worker's one thread) ---------------------------------
+    def _dispatch(self) -> None:
+        now = time.monotonic()
+        for shape in self.shapes.values():
+            if shape.ready:
+                self._dispatch_shape(shape)
+            if shape.leases:
+                self._return_idle(shape, now, expired_ok=not shape.ready)
+
+    def _depth(self, shape: Shape) -> int:
+        if shape.avg_run_s <= 0:
+            return 1
+        return max(1, min(CONFIG.max_tasks_in_flight,
+                          int(CONFIG.pipeline_target_s / shape.avg_run_s)))
+
+    def _dispatch_shape(self, shape: Shape) -> None:
+        depth = self._depth(shape)
+        usable = [lease for lease in shape.leases if not lease.returning]
+        while shape.ready and usable:
+            lease = min(usable, key=lambda w: len(w.inflight))
+            room = depth - len(lease.inflight)
+            if room <= 0:
+                break
+            # share the queue among the leases, so one worker is not handed everything
+            share = max(1, -(-len(shape.ready) // len(usable)))
+            self._push(lease, [shape.ready.popleft() for _ in range(min(room, share,
+                                                                        len(shape.ready)))])
+        if shape.ready and not any(len(w.inflight) < depth for w in usable):
+            cpus = max(1, int(self.node_resources.get("CPU", 1)))
+            wanted = min(len(shape.ready), cpus) - len(usable)
+            for _ in range(max(1 if not usable else 0, wanted) - shape.requests):
+                self._request_lease(shape)
+
+    def _push(self, lease: Lease, tasks: list) -> None:
+        functions = {}
+        for t in tasks:
+            t.worker = lease
+            t.attempts += 1
+            lease.inflight[t.spec.task_id] = t
+            if t.spec.fn_id not in lease.sent_functions:
+                lease.sent_functions.add(t.spec.fn_id)
+                functions[t.spec.fn_id] = t.fn_blob
+        self._send(lease.address, P.PushTasks(self.address, [t.spec for t in tasks], functions))
+
+    def _request_lease(self, shape: Shape) -> None:
+        rid = next(self._requests)
+        shape.requests += 1
+        self._lease_requests[rid] = shape
+        self._send(self.node_address, P.RequestLease(rid, shape.resources))
+
+    def _return_idle(self, shape: Shape, now: float, expired_ok: bool) -> None:
+        for lease in list(shape.leases):
+            if lease.inflight:
+                continue
+            if lease.returning or (expired_ok and now - lease.idle_since >= CONFIG.lease_idle_s):
+                shape.leases.remove(lease)
+                del self.leases[lease.worker_id]
+                self._send(self.node_address, P.ReturnLease(lease.worker_id))
+
+    # ---- message handling ------------------------------------------------------------------
+    def _handle(self, peer, msg) -> None:
+        handler = self._HANDLERS.get(type(msg))
+        if handler is None:
+            self.stats["unknown_message"] += 1
+            return
+        handler(self, peer, msg)
+
+    def _on_task_results(self, peer, msg: P.TaskResults) -> None:
+        now = time.monotonic()
+        for res in msg.results:
+            task = self.tasks.get(res.task_id)
+            if task is None:
+                continue
+            lease = task.worker
+            if lease is not None:
+                lease.inflight.pop(res.task_id, None)
+                if not lease.inflight:
+                    lease.idle_since = now
+                task.worker = None
+            if res.values is None:       # bounced: the worker blocked before starting it
+                self._requeue(task, front=True)
+                continue
+            shape = self.shapes[task.key]
+            shape.avg_run_s = res.run_s if shape.avg_run_s <= 0 else \
+                0.8 * shape.avg_run_s + 0.2 * res.run_s
+            self._finish(task, res.values)
+
+    def _finish(self, task: Task, values) -> None:
+        """The task is over: store its return values, wake who waits, unpin its arguments."""
+        self.tasks.pop(task.spec.task_id, None)
+        for rid, value in zip(task.spec.return_ids, values):
+            obj = self.objects.get(rid)
+            if obj is None:
+                continue
+            obj.producing = False
+            self._set_value(rid, obj, value)
+        for oid in task.pinned:
+            obj = self.objects.get(oid)
+            if obj is not None:
+                obj.pins -= 1
+                self._maybe_free(oid, obj)
+
+    def _set_value(self, oid: bytes, obj: Obj, value: P.Value) -> None:
+        obj.value = value
+        if obj.subscribers:
+            for peer in obj.subscribers:
+                self._send(peer, P.ObjectStates([(oid, value)]))
+            obj.subscribers.clear()
+        if obj.dependents:
+            for task in obj.dependents:
+                task.missing -= 1
+                if task.missing == 0 and not task.cancelled:
+                    self._ready(task)
+            obj.dependents.clear()
+        self._notify = True
+        self._maybe_free(oid, obj)
+
+    def _requeue(self, task: Task, front: bool = False) -> None:
+        if task.cancelled:
+            return
+        shape = self.shapes[task.key]
+        (shape.ready.appendleft if front else shape.ready.append)(task)
+
+    def _on_lease_granted(self, peer, msg: P.LeaseGranted) -> None:
+        shape = self._lease_requests.pop(msg.request_id, None)
+        if shape is None:
+            self._send(self.node_address, P.ReturnLease(msg.worker_id))
+            return
+        shape.requests -= 1
+        lease = Lease(msg.worker_id, msg.address, tuple(sorted(shape.resources.items())),
+                      idle_since=time.monotonic())
+        self.leases[msg.worker_id] = lease
+        shape.leases.append(lease)
+
+    def _on_lease_rejected(self, peer, msg: P.LeaseRejected) -> None:
+        shape = self._lease_requests.pop(msg.request_id, None)
+        if shape is None:
+            return
+        shape.requests -= 1
+        err = serialization.serialize_error(
+            RemoteError.from_parts(RuntimeError(msg.reason), "", "scheduler"))
+        while shape.ready:
+            self._finish(shape.ready.popleft(), _repeat(err))
+
+    def _on_reclaim(self, peer, msg) -> None:
+        """Another client waits for a worker: stop feeding ours and give each back when drained
+        (queued tasks then ask for leases again, behind the other client's request)."""
+        for lease in self.leases.values():
+            lease.returning = True
+
+    def _on_worker_died(self, peer, msg: P.WorkerDied) -> None:
+        lease = self.leases.pop(msg.worker_id, None)
+        if lease is None:
+            return
+        shape = self.shapes.get(lease.key)
+        if shape is not None and lease in shape.leases:
+            shape.leases.remove(lease)
+        for task in list(lease.inflight.values()):
+            task.worker = None
+            if task.cancelled:
+                self._finish(task, _repeat(serialization.serialize_error(
+                    TaskCancelledError(f"task {task.spec.name} was cancelled"))))
+            elif task.retries_left > 0:
+                task.retries_left -= 1
+                self.stats["retries"] += 1
+                self._requeue(task, front=True)
+            else:
+                self._finish(task, _repeat(serialization.serialize_error(WorkerCrashedError(
+                    f"the worker running {task.spec.name} died ({msg.reason}) after "
+                    f"{task.attempts} attempt(s)"))))
+
+    def _on_welcome(self, peer, msg: P.Welcome) -> None:
+        self.node_id = msg.node_id
+        self.node_resources = msg.resources
+        self._welcomed.set()
+
+    def _on_subscribe(self, peer, msg: P.Subscribe) -> None:
+        ready = []
+        for oid in msg.object_ids:
+            obj = self.objects.get(oid) if self.owns(oid) else None
+            if obj is None:
+                ready.append((oid, P.Value(P.LOST, f"object {oid.hex()} was freed by its owner")))
+            elif obj.value is not None:
+                ready.append((oid, obj.value))
+            else:
+                obj.subscribers.append(peer)
+        if ready:
+            self._send(peer, P.ObjectStates(ready))
+
+    def _on_object_states(self, peer, msg: P.ObjectStates) -> None:
+        for oid, value in msg.states:
+            obj = self.objects.get(oid)
+            if obj is not None and obj.value is None:
+                self._set_value(oid, obj, value)
+
+    def _on_add_borrower(self, peer, msg: P.AddBorrower) -> None:
+        for oid in msg.object_ids:
+            obj = self.objects.get(oid)
+            if obj is not None:
+                obj.borrowers.add(msg.borrower)
+            else:
+                self.stats["late_borrow"] += 1
+        if msg.ack_id:
+            self._send(peer, P.Ack(msg.ack_id))
+
+    def _on_remove_borrower(self, peer, msg: P.RemoveBorrower) -> None:
+        for oid in msg.object_ids:
+            obj = self.objects.get(oid)
+            if obj is not None:
+                obj.borrowers.discard(msg.borrower)
+                self._maybe_free(oid, obj)
+
+    def _on_ack(self, peer, msg: P.Ack) -> None:
+        self._pending_acks.discard(msg.ack_id)
+        if not self._pending_acks and self._held:
+            held, self._held = self._held, []
+            for address, m in held:
+                self._send(address, m)
+
+    def _on_push(self, peer, msg) -> None:
+        if self.on_push is not None:
+            self.on_push(peer, msg)
+
+    def _on_shutdown(self, peer, msg) -> None:
+        if self.on_shutdown is not None:
+            self.on_shutdown()
+
+    on_shutdown = None
+
+    _HANDLERS = {
+        P.TaskResults: _on_task_results,
+        P.LeaseGranted: _on_lease_granted,
+        P.LeaseRejected: _on_lease_rejected,
+        P.ReclaimLeases: _on_reclaim,
+        P.WorkerDied: _on_worker_died,
+        P.Welcome: _on_welcome,
+        P.Subscribe: _on_subscribe,
+        P.ObjectStates: _on_object_states,
+        P.AddBorrower: _on_add_borrower,
+        P.RemoveBorrower: _on_remove_borrower,
+        P.Ack: _on_ack,
+        P.PushTasks: _on_push,
+        P.CancelTasks: _on_push,
+        P.Shutdown: _on_shutdown,
+    }
+
+    # ---- refs, borrowing, freeing ----------------------------------------------------------
+    def adopt(self, ref: ObjectRef) -> None:
+        """Count a ref that was unpickled (or built from an id) in this process."""
+        ref._client = self
+        with self.lock:
+            obj = self.objects.get(ref._id)
+            if obj is None:
+                owned = self.owns(ref._id)
+                if owned:       # our own object came back after it was freed
+                    obj = Obj(self.address, True, value=P.Value(
+                        P.LOST, f"object {ref._id.hex()} was already freed"))
+                else:
+                    obj = Obj(ref._owner, False)
+                self.objects[ref._id] = obj
+            if not ref._owner:
+                ref._owner = obj.owner
+            if not obj.owned and not obj.registered:
+                obj.registered = True
+                ack = next(self._acks)
+                self._pending_acks.add(ack)
+                self._post(obj.owner, P.AddBorrower((ref._id,), self.client_id, ack))
+            obj.refs += 1
+
+    def _drain_released(self) -> None:
+        released = self.released
+        objects = self.objects
+        while released:
+            oid = released.popleft()
+            obj = objects.get(oid)
+            if obj is not None:
+                obj.refs -= 1
+                if obj.refs <= 0:
+                    self._maybe_free(oid, obj)
+
+    def _maybe_free(self, oid: bytes, obj: Obj) -> None:
+        if obj.refs > 0 or obj.pins > 0 or obj.borrowers or obj.producing \
+                or obj.dependents:
+            return
+        del self.objects[oid]
+        value = obj.value
+        if not obj.owned:
+            if obj.registered:
+                self._send_release(obj.owner, P.RemoveBorrower((oid,), self.client_id))
+            return
+        if value is None:
+            return
+        if value.kind == P.SHM:
+            self._free_segment(value.payload)
+        for inner, owner in value.contained:
+            inner_obj = self.objects.get(inner)
+            if inner_obj is not None and inner_obj.owned:
+                inner_obj.borrowers.discard(oid)
+                self._maybe_free(inner, inner_obj)
+            else:
+                self._send_release(owner, P.RemoveBorrower((inner,), oid))
+
+    def _free_segment(self, loc: P.ShmLocation) -> None:
+        if loc.node_id == self.node_id:
+            object_store.unlink(loc.path)
+        else:
+            self._send(self.node_address, P.FreeObjects((loc.path,)))
+
+    def _send_release(self, address: str, msg) -> None:
+        if self._pending_acks:
+            self._held.append((address, msg))
+        else:
+            self._send(address, msg)
+
+    def _register_contained(self, outer: bytes, contained: tuple, ack: bool) -> None:
+        """``outer``'s value holds these refs: make their owners keep them while it lives."""
+        for inner, owner in contained:
+            obj = self.objects.get(inner)
+            if obj is not None and obj.owned:
+                obj.borrowers.add(outer)
+            else:
+                ack_id = 0
+                if ack:
+                    ack_id = next(self._acks)
+                    self._pending_acks.add(ack_id)
+                self._post(owner, P.AddBorrower((inner,), outer, ack_id))
+
+    def register_contained(self, outer: bytes, contained: tuple) -> None:
+        """A worker's result holds refs. No ack is needed: this process borrows them itself,
+        and its own release reaches their owners after this, on the same channel."""
+        with self.lock:
+            self._register_contained(outer, contained, ack=False)
+
+    def send_results(self, peer, msg: P.TaskResults) -> None:
+        """Results wait while our borrows are unconfirmed, so the owner cannot unpin first."""
+        self._send_release(peer, msg)
+
+    def _subscribe(self, oid: bytes, obj: Obj) -> None:
+        if not obj.subscribed:
+            obj.subscribed = True
+            self._post(obj.owner, P.Subscribe((oid,)))
+
+    # ---- put / get / wait ------------------------------------------------------------------
+    def put(self, value) -> ObjectRef:
+        with self.lock:
+            oid = self.return_id(self._new_task_id(), 0)
+        encoded = self.encode(oid, value)
+        with self.lock:
+            self.objects[oid] = Obj(self.address, True, refs=1, value=encoded)
+            self._register_contained(oid, encoded.contained, ack=False)
+            ref = self._make_ref(oid)
+        self._kick()
+        return ref
+
+    def _shm_path_for(self, oid: bytes):
+        session = self.session
+        return lambda: object_store.segment_path(session, oid)
+
+    def encode(self, oid: bytes, value) -> P.Value:
+        encoded = serialization.serialize(value, CONFIG.inline_threshold, self._shm_path_for(oid))
+        if encoded.kind == P.SHM:
+            encoded = encoded._replace(payload=encoded.payload._replace(node_id=self.node_id))
+        return encoded
+
+    def get_values(self, refs: list, timeout: float | None) -> list:
+        values = self._wait_values(refs, len(refs), timeout, need_all=True)
+        out = []
+        for ref in refs:
+            out.append(self.decode(values[ref._id]))
+        return out
+
+    def decode(self, value: P.Value):
+        kind = value.kind
+        if kind == P.INLINE:
+            return pickle.loads(value.payload)
+        if kind == P.ERROR:
+            raise _as_error(serialization.deserialize(value))
+        if kind == P.LOST:
+            raise ObjectLostError(value.payload)
+        return serialization.deserialize(value)
+
+    def wait(self, refs: list, num_returns: int, timeout: float | None) -> tuple[list, list]:
+        values = self._wait_values(refs, num_returns, timeout, need_all=False)
+        ready, not_ready = [], []
+        for ref in refs:
+            (ready if ref._id in values and len(ready) < num_returns else not_ready).append(ref)
+        return ready, not_ready
+
+    def _wait_values(self, refs: list, num_returns: int, timeout: float | None,
+                     need_all: bool) -> dict:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self.lock:
+            objs = []
+            for ref in refs:
+                obj = self.objects.get(ref._id)
+                if obj is None:
+                    obj = Obj(ref._owner, False, value=P.Value(
+                        P.LOST, f"object {ref._id.hex()} is not known to this process"))
+                objs.append((ref._id, obj))
+                if obj.value is None and not obj.owned:
+                    self._subscribe(ref._id, obj)
+            blocked = False
+            try:
+                while True:
+                    done = {oid: o.value for oid, o in objs if o.value is not None}
+                    if len(done) >= num_returns:
+                        return done
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        if need_all:
+                            raise GetTimeoutError(
+                                f"get timed out after {timeout}s: {len(objs) - len(done)} of "
+                                f"{len(objs)} objects not ready")
+                        return done
+                    if not blocked and self.worker_id is not None:
+                        blocked = True
+                        self._set_blocked(True)
+                    self._wait_for_progress(remaining)
+            finally:
+                if blocked:
+                    self._set_blocked(False)
+
+    def _wait_for_progress(self, remaining: float | None) -> None:
+        if self.threaded:
+            self._waiters += 1
+            try:
+                self.cv.wait(remaining if remaining is not None else 1.0)
+            finally:
+                self._waiters -= 1
+        else:
+            self.pump(None if remaining is None else remaining * 1000)
+
+    def _set_blocked(self, blocked: bool) -> None:
+        """A worker waiting in get lends its CPU back to the node, and hands back queued work."""
+        self.blocked_depth += 1 if blocked else -1
+        if blocked and self.blocked_depth == 1:
+            if self.on_block is not None:
+                self.on_block()
+            self._send(self.node_address, P.WorkerBlocked(self.worker_id))
+        elif not blocked and self.blocked_depth == 0:
+            self._send(self.node_address, P.WorkerUnblocked(self.worker_id))
+
+    on_block = None
+
+    # ---- cancel ----------------------------------------------------------------------------
+    def cancel(self, ref: ObjectRef, force: bool = False) -> None:
+        with self.lock:
+            task = self.tasks.get(ref._id[:16])
+            if task is None or task.cancelled:
+                return
+            task.cancelled = True
+            err = serialization.serialize_error(
+                TaskCancelledError(f"task {task.spec.name} was cancelled"))
+            lease = task.worker
+            if lease is None:
+                for shape in self.shapes.values():
+                    if task in shape.ready:
+                        shape.ready.remove(task)
+                for oid in task.arg_ids:
+                    obj = self.objects.get(oid)
+                    if obj is not None and task in obj.dependents:
+                        obj.dependents.remove(task)
+                self._finish(task, _repeat(err))
+            else:
+                self._post(lease.address, P.CancelTasks((task.spec.task_id,)))
+                self._post(self.node_address, P.Poke(lease.worker_id, force))
+        self._kick()
+
+    # ---- the I/O loop ----------------------------------------------------------------------
+    def _send(self, to, msg) -> None:
+        """Send to an address or answer a peer, from any thread: in a driver only the I/O thread
+        touches sockets, so other threads queue the message for it."""
+        if self.threaded and threading.get_ident() != self._io_ident:
+            self._outbox.append((to, msg))
+            return
+        if type(to) is tuple:
+            self.ep.reply(to, msg)
+            return
+        identity = self._router_peers.get(to)
+        if identity is not None:
+            self.ep.reply((True, identity), msg)
+        else:
+            self.ep.send(to, msg)
+
+    _post = _send
+
+    def _kick(self) -> None:
+        if self.threaded:
+            if threading.get_ident() != self._io_ident and not self._wake_pending:
+                self._wake_pending = True
+                self.ep.wake()
+        else:
+            with self.lock:
+                self._drain_released()
+                self._dispatch()
+
+    def learn_peer(self, address: str, identity: bytes) -> None:
+        """A peer connected to our ROUTER: answer it there, so its messages stay in order."""
+        self._router_peers[address] = identity
+
+    def pump(self, timeout_ms: float | None) -> None:
+        """Receive and handle what is ready (waiting up to ``timeout_ms``), then dispatch."""
+        msgs = self.ep.recv(timeout_ms)
+        with self.lock:
+            self._notify = False
+            while self._outbox:
+                self._send(*self._outbox.popleft())
+            self._drain_released()
+            for peer, msg in msgs:
+                self._handle(peer, msg)
+            self._dispatch()
+            if self._notify and self._waiters:
+                self.cv.notify_all()
+
+    def _io_loop(self) -> None:
+        self._io_ident = threading.get_ident()
+        while not self._closing:
+            self._wake_pending = False
+            try:
+                self.pump(self._timer_ms())
+            except Exception:           # the I/O thread must not die silently
+                import traceback
+                traceback.print_exc()
+        with self.lock:
+            while self._outbox:
+                self._send(*self._outbox.popleft())
+
+    def _timer_ms(self) -> float:
+        if self._outbox or self.released:
+            return 0
+        return 1000 * CONFIG.lease_idle_s if self.leases else 1000
+
+
+def _repeat(value):
+    return itertools.repeat(value)
+
+
+def _is_ref(v) -> bool:
+    return type(v) is ObjectRef
+
+
+def _as_error(exc) -> BaseException:
+    if isinstance(exc, tuple) and len(exc) == 3:
+        return RemoteError.from_parts(*exc)
+    return exc
+
+
+def install_poke_handler(client: CoreClient) -> None:
+    """Worker: SIGUSR1 means "look at your socket now" (a cancel for the running task)."""
+    def on_poke(signum, frame):
+        if client.in_user_code:
+            client.in_user_code = False
+            try:
+                client.pump(0)
+            finally:
+                client.in_user_code = True
+            if client.cancel_requested:
+                raise TaskCancelledError("task was cancelled while running")
+
+    client.cancel_requested = False
+    signal.signal(signal.SIGUSR1, on_poke)
+

@@ -1,0 +1,57 @@
+"""The head's process: serves its tables to nodes, drivers and the CLI."""
+from __future__ import annotations
+
+
+import psutil
+
+from nbray.runtime import protocol as P
+from nbray.runtime.head.tables import Tables
+from nbray.runtime.transport import Endpoint
+
+
+class HeadServer:
+    def __init__(self, *, key: bytes, session: str, bind: list[str], watch_pid: int | None):
+        self.ep = Endpoint(key, b"head", bind)
+        self.address = self.ep.address
+        self.tables = Tables(session)
+        self.watch_pid = watch_pid
+        self.stopping = False
+
+    def serve(self) -> None:
+        try:
+            while not self.stopping:
+                for peer, msg in self.ep.recv(500):
+                    handler = self._HANDLERS.get(type(msg))
+                    if handler is not None:
+                        handler(self, peer, msg)
+                if self.watch_pid is not None and not psutil.pid_exists(self.watch_pid):
+                    self._shutdown_nodes()
+                    self.stopping = True
+        finally:
+            self.ep.close()
+
+    def _on_register_node(self, peer, msg: P.RegisterNode) -> None:
+        self.tables.register_node(msg.node_id, msg.host, msg.address, msg.resources, msg.pid)
+
+    def _on_heartbeat(self, peer, msg: P.Heartbeat) -> None:
+        self.tables.heartbeat(msg.node_id, msg.stats)
+
+    def _on_info(self, peer, msg) -> None:
+        self.ep.reply(peer, P.ClusterInfo(self.tables.session, self.tables.node_list()))
+
+    def _on_shutdown(self, peer, msg) -> None:
+        self._shutdown_nodes()
+        self.stopping = True
+
+    def _shutdown_nodes(self) -> None:
+        for node in self.tables.nodes.values():
+            self.ep.send(node.address, P.Shutdown())
+
+    _HANDLERS = {
+        P.RegisterNode: _on_register_node,
+        P.Heartbeat: _on_heartbeat,
+        P.ClusterInfoRequest: _on_info,
+        P.Shutdown: _on_shutdown,
+    }
+
+

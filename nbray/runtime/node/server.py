@@ -1,0 +1,232 @@
+"""The node's one process: owns its sockets, grants leases, watches workers, reports to the head.
+
+The node is not on the per-task path: clients lease workers here and then push tasks to them
+directly. It sees a message per lease, per blocked get and per dead worker, not per task.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+from dataclasses import dataclass
+
+import psutil
+
+from nbray.config import CONFIG
+from nbray.runtime import object_store, protocol as P
+from nbray.runtime.node.local_scheduler import LeaseRequest, LocalScheduler
+from nbray.runtime.node.worker_pool import WorkerPool
+from nbray.runtime.transport import Endpoint
+
+
+@dataclass(eq=False)
+class ClientInfo:
+    client_id: bytes
+    pid: int
+    address: str
+
+
+class NodeServer:
+    def __init__(self, *, key: bytes, session: str, bind: list[str], head_address: str,
+                 resources: dict, num_workers: int, worker_bind, watch_pid: int | None = None):
+        self.node_id = os.urandom(8)
+        self.session = session
+        self.ep = Endpoint(key, self.node_id, bind)
+        self.address = self.ep.address
+        self.head_address = head_address
+        self.sched = LocalScheduler(resources)
+        self.num_workers = num_workers
+        self.max_workers = max(num_workers, 1) * CONFIG.max_workers_per_cpu
+        self.pool = WorkerPool(node_address=self.address, session=session, key=key,
+                               bind_for=worker_bind)
+        self.clients: dict[bytes, ClientInfo] = {}
+        self.watch_pid = watch_pid
+        self.stopping = False
+        self._last_reclaim = 0.0
+        self._last_beat = 0.0
+        self._last_check = 0.0
+        self.leases_granted = 0
+
+    # ---- main loop -------------------------------------------------------------------------
+    def serve(self) -> None:
+        self.ep.send(self.head_address, P.RegisterNode(
+            self.node_id, socket.gethostname(), self.address, self.sched.total, os.getpid()))
+        for _ in range(self.num_workers):
+            self.pool.spawn()
+        try:
+            while not self.stopping:
+                for peer, msg in self.ep.recv(100):
+                    handler = self._HANDLERS.get(type(msg))
+                    if handler is not None:
+                        handler(self, peer, msg)
+                self._periodic()
+                self._grant()
+        finally:
+            self.shutdown()
+
+    def _periodic(self) -> None:
+        now = time.monotonic()
+        for w in self.pool.reap():
+            self._on_worker_exit(w)
+        if now - self._last_beat >= CONFIG.heartbeat_s:
+            self._last_beat = now
+            self.ep.send(self.head_address, P.Heartbeat(self.node_id, self.stats()))
+        if now - self._last_check >= 0.5:
+            self._last_check = now
+            if self.watch_pid is not None and not psutil.pid_exists(self.watch_pid):
+                self.stopping = True
+            for cid, c in list(self.clients.items()):
+                if not psutil.pid_exists(c.pid):
+                    self._client_gone(cid)
+
+    def shutdown(self) -> None:
+        self.pool.stop_all(CONFIG.shutdown_grace_s)
+        object_store.remove_session(self.session)
+        self.ep.close()
+
+    def stats(self) -> dict:
+        workers = list(self.pool.workers.values())
+        return {
+            "node_id": self.node_id.hex(), "address": self.address, "pid": os.getpid(),
+            "resources_total": dict(self.sched.total),
+            "resources_available": dict(self.sched.available),
+            "workers": len(workers),
+            "workers_idle": sum(w.state == "idle" for w in workers),
+            "workers_leased": sum(w.state == "leased" for w in workers),
+            "workers_blocked": sum(w.blocked for w in workers),
+            "workers_starting": sum(w.state == "starting" for w in workers),
+            "lease_queue": len(self.sched.queue),
+            "leases_granted": self.leases_granted,
+            "clients": len(self.clients),
+            "messages_received": self.ep.received,
+            "messages_rejected": self.ep.rejected,
+        }
+
+    # ---- leases ----------------------------------------------------------------------------
+    def _grant(self) -> None:
+        while True:
+            req = self.sched.next_grantable()
+            if req is None:
+                break
+            idle = self.pool.by_state("idle")
+            if not idle:
+                self._grow()
+                break
+            w = idle[0]
+            self.sched.queue.remove(req)
+            w.state, w.lessee, w.held, w.blocked = "leased", req.peer, req.resources, False
+            self.sched.acquire(req.resources)
+            self.leases_granted += 1
+            self.ep.reply(req.peer, P.LeaseGranted(req.request_id, w.worker_id, w.address))
+        if self.sched.queue:
+            self._reclaim()
+
+    def _grow(self) -> None:
+        """Resources are free but every worker is busy (some block in get): start one more."""
+        starting = len(self.pool.by_state("starting"))
+        waiting = sum(self.sched.fits(r.resources) for r in self.sched.queue)
+        if starting < waiting and len(self.pool.workers) < self.max_workers:
+            self.pool.spawn()
+
+    def _reclaim(self) -> None:
+        now = time.monotonic()
+        if now - self._last_reclaim < 0.05:
+            return
+        self._last_reclaim = now
+        waiting = {r.peer for r in self.sched.queue}
+        for peer in {w.lessee for w in self.pool.by_state("leased")} - waiting:
+            self.ep.reply(peer, P.ReclaimLeases())
+
+    def _release(self, w) -> None:
+        if w.state == "leased" and not w.blocked:
+            self.sched.release(w.held)
+        w.state, w.lessee, w.held, w.blocked = "idle", None, {}, False
+
+    # ---- handlers --------------------------------------------------------------------------
+    def _on_hello(self, peer, msg: P.Hello) -> None:
+        if msg.version != P.PROTOCOL_VERSION:
+            self.ep.reply(peer, P.Error(f"protocol version {msg.version} != "
+                                        f"{P.PROTOCOL_VERSION}"))
+            return
+        if msg.worker_id is not None:
+            w = self.pool.workers.get(msg.worker_id)
+            if w is not None and w.state == "starting":
+                w.address, w.state = msg.address, "idle"
+        else:
+            self.clients[msg.client_id] = ClientInfo(msg.client_id, msg.pid, msg.address)
+        self.ep.reply(peer, P.Welcome(self.node_id, self.session, dict(self.sched.total),
+                                      object_store.store_dir()))
+
+    def _on_request_lease(self, peer, msg: P.RequestLease) -> None:
+        reason = self.sched.infeasible(msg.resources)
+        if reason is not None:
+            self.ep.reply(peer, P.LeaseRejected(msg.request_id, reason))
+            return
+        self.sched.queue.append(LeaseRequest(peer, msg.request_id, msg.resources))
+
+    def _on_return_lease(self, peer, msg: P.ReturnLease) -> None:
+        w = self.pool.workers.get(msg.worker_id)
+        if w is not None and w.lessee == peer:
+            self._release(w)
+
+    def _on_blocked(self, peer, msg: P.WorkerBlocked) -> None:
+        w = self.pool.workers.get(msg.worker_id)
+        if w is not None and w.state == "leased" and not w.blocked:
+            w.blocked = True
+            self.sched.release(w.held)
+
+    def _on_unblocked(self, peer, msg: P.WorkerUnblocked) -> None:
+        w = self.pool.workers.get(msg.worker_id)
+        if w is not None and w.state == "leased" and w.blocked:
+            w.blocked = False
+            self.sched.acquire(w.held)
+
+    def _on_poke(self, peer, msg: P.Poke) -> None:
+        self.pool.signal(msg.worker_id, signal.SIGKILL if msg.force else signal.SIGUSR1)
+
+    def _on_free(self, peer, msg: P.FreeObjects) -> None:
+        prefix = os.path.join(object_store.store_dir(), f"{object_store.PREFIX}{self.session}_")
+        for path in msg.paths:
+            if path.startswith(prefix) and "/" not in path[len(prefix):]:
+                object_store.unlink(path)
+
+    def _on_info(self, peer, msg) -> None:
+        self.ep.reply(peer, P.NodeInfo(self.stats()))
+
+    def _on_shutdown(self, peer, msg) -> None:
+        self.stopping = True
+
+    _HANDLERS = {
+        P.Hello: _on_hello,
+        P.RequestLease: _on_request_lease,
+        P.ReturnLease: _on_return_lease,
+        P.WorkerBlocked: _on_blocked,
+        P.WorkerUnblocked: _on_unblocked,
+        P.Poke: _on_poke,
+        P.FreeObjects: _on_free,
+        P.NodeInfoRequest: _on_info,
+        P.Shutdown: _on_shutdown,
+    }
+
+    # ---- deaths ----------------------------------------------------------------------------
+    def _on_worker_exit(self, w) -> None:
+        code = w.proc.returncode
+        reason = f"worker pid {w.pid} exited with code {code}" if code >= 0 else \
+            f"worker pid {w.pid} was killed by signal {-code}"
+        if w.lessee is not None:
+            if not w.blocked:
+                self.sched.release(w.held)
+            self.ep.reply(w.lessee, P.WorkerDied(w.worker_id, reason))
+        self._client_gone(w.worker_id)
+        if not self.stopping and len(self.pool.workers) < self.num_workers:
+            self.pool.spawn()
+
+    def _client_gone(self, client_id: bytes) -> None:
+        """A client died: the workers it leased go back to the pool, its requests are dropped."""
+        self.clients.pop(client_id, None)
+        peer = (True, client_id)
+        self.sched.drop_peer(peer)
+        for w in self.pool.by_state("leased"):
+            if w.lessee == peer:
+                self._release(w)

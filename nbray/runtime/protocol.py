@@ -1,0 +1,208 @@
+"""Every message that crosses a socket, as a small frozen tagged class.
+
+A frame on the wire is ``[signature, pickle(message)]`` (see ``transport.py``); the class of the
+unpickled object is its tag. Messages that carry many tasks or results carry lists, so one send
+moves a batch. ``PROTOCOL_VERSION`` is checked when a process joins a cluster.
+
+Who sends what:
+    client (driver or worker) -> node    Hello, RequestLease, ReturnLease, WorkerBlocked,
+                                         WorkerUnblocked, Poke, FreeObjects, NodeInfoRequest
+    node -> client                       Welcome, LeaseGranted, LeaseRejected, ReclaimLeases,
+                                         WorkerDied, NodeInfo
+    client -> leased worker              PushTasks, CancelTasks
+    worker -> client                     TaskResults
+    borrower -> owner                    Subscribe, AddBorrower, RemoveBorrower
+    owner -> borrower                    ObjectStates, Ack
+    node -> head                         RegisterNode, Heartbeat
+    anyone -> head                       ClusterInfoRequest -> ClusterInfo; Shutdown
+"""
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+PROTOCOL_VERSION = 1
+
+# How an object's value travels (first field of a ``Value``).
+INLINE = 0      # payload: pickle bytes (protocol 5, in-band)
+SHM = 1         # payload: ShmLocation
+ERROR = 2       # payload: pickle bytes of the exception to raise
+PENDING = 3     # not ready yet (only in ObjectStates)
+LOST = 4        # payload: text saying why
+
+
+class ShmLocation(NamedTuple):
+    node_id: bytes
+    path: str
+    size: int
+
+
+class Value(NamedTuple):
+    kind: int
+    payload: Any
+    #: refs nested inside the value, as (object_id, owner_address), pinned while it lives
+    contained: tuple = ()
+
+
+class TaskSpec(NamedTuple):
+    task_id: bytes
+    fn_id: bytes
+    name: str
+    #: pickle of (args, kwargs) with each top-level ObjectRef replaced by an _ArgSlot
+    args_blob: bytes
+    #: values of the top-level refs, in slot order
+    arg_values: tuple
+    num_returns: int
+    #: ids of the objects the task returns
+    return_ids: tuple
+
+
+class TaskResult(NamedTuple):
+    task_id: bytes
+    #: one Value per return id (ERROR values when the task raised)
+    values: tuple
+    run_s: float
+
+
+# ---- client <-> node -------------------------------------------------------------------------
+class Hello(NamedTuple):
+    client_id: bytes
+    pid: int
+    address: str
+    worker_id: bytes | None = None
+    version: int = PROTOCOL_VERSION
+
+
+class Welcome(NamedTuple):
+    node_id: bytes
+    session: str
+    resources: dict
+    store_dir: str
+
+
+class RequestLease(NamedTuple):
+    request_id: int
+    resources: dict
+
+
+class LeaseGranted(NamedTuple):
+    request_id: int
+    worker_id: bytes
+    address: str
+
+
+class LeaseRejected(NamedTuple):
+    request_id: int
+    reason: str
+
+
+class ReturnLease(NamedTuple):
+    worker_id: bytes
+
+
+class ReclaimLeases(NamedTuple):
+    pass
+
+
+class WorkerBlocked(NamedTuple):
+    worker_id: bytes
+
+
+class WorkerUnblocked(NamedTuple):
+    worker_id: bytes
+
+
+class WorkerDied(NamedTuple):
+    worker_id: bytes
+    reason: str
+
+
+class Poke(NamedTuple):
+    """Make a worker look at its socket now (a cancel for its running task); ``force`` kills it."""
+    worker_id: bytes
+    force: bool = False
+
+
+class FreeObjects(NamedTuple):
+    paths: tuple
+
+
+class NodeInfoRequest(NamedTuple):
+    pass
+
+
+class NodeInfo(NamedTuple):
+    info: dict
+
+
+# ---- client <-> worker -----------------------------------------------------------------------
+class PushTasks(NamedTuple):
+    owner: str          # the address of the pushing client, whose results these are
+    tasks: list
+    #: fn_id -> cloudpickled function, for functions this worker has not seen from this client
+    functions: dict
+
+
+class CancelTasks(NamedTuple):
+    task_ids: tuple
+
+
+class TaskResults(NamedTuple):
+    results: list
+
+
+# ---- borrower <-> owner ----------------------------------------------------------------------
+class Subscribe(NamedTuple):
+    object_ids: tuple
+
+
+class ObjectStates(NamedTuple):
+    #: (object_id, Value) pairs; kind PENDING is never sent, the owner answers when ready
+    states: list
+
+
+class AddBorrower(NamedTuple):
+    object_ids: tuple
+    borrower: bytes
+    ack_id: int = 0
+
+
+class RemoveBorrower(NamedTuple):
+    object_ids: tuple
+    borrower: bytes
+
+
+class Ack(NamedTuple):
+    ack_id: int
+
+
+# ---- node/driver <-> head --------------------------------------------------------------------
+class RegisterNode(NamedTuple):
+    node_id: bytes
+    host: str
+    address: str
+    resources: dict
+    pid: int
+    version: int = PROTOCOL_VERSION
+
+
+class Heartbeat(NamedTuple):
+    node_id: bytes
+    stats: dict
+
+
+class ClusterInfoRequest(NamedTuple):
+    pass
+
+
+class ClusterInfo(NamedTuple):
+    session: str
+    nodes: list
+
+
+class Shutdown(NamedTuple):
+    pass
+
+
+class Error(NamedTuple):
+    """A request could not be served; ``text`` says why."""
+    text: str

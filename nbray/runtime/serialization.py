@@ -1,0 +1,144 @@
+"""Turning values into bytes and back.
+
+Values are pickled with protocol 5; buffers that support it (numpy arrays) are kept out of band,
+so a large value is written to shared memory once and read back as views of it. Plain ``pickle``
+is tried first because it is several times faster than cloudpickle; cloudpickle handles what it
+cannot (lambdas, classes defined in a notebook).
+
+ObjectRefs nested in a value are recorded while it is pickled (``contained``): the value keeps
+them alive for as long as it lives.
+"""
+from __future__ import annotations
+
+import pickle
+import threading
+
+import cloudpickle
+
+from nbray.errors import SerializationError
+from nbray.runtime import object_store
+from nbray.runtime.protocol import ERROR, INLINE, SHM, ShmLocation, Value
+
+_local = threading.local()
+
+
+def contained_refs() -> list | None:
+    """The list collecting refs pickled on this thread, if a collection is under way."""
+    return getattr(_local, "refs", None)
+
+
+def _dumps(value, buffer_callback=None) -> bytes:
+    try:
+        return pickle.dumps(value, protocol=5, buffer_callback=buffer_callback)
+    except Exception:
+        return cloudpickle.dumps(value, protocol=5, buffer_callback=buffer_callback)
+
+
+def dumps_collecting(value, buffer_callback=None) -> tuple[bytes, tuple]:
+    """Pickle ``value``; return the bytes and the refs found inside it."""
+    outer = getattr(_local, "refs", None)
+    _local.refs = refs = []
+    try:
+        data = _dumps(value, buffer_callback)
+    finally:
+        _local.refs = outer
+    return data, tuple(refs)
+
+
+def dumps_function(fn) -> bytes:
+    return cloudpickle.dumps(fn, protocol=5)
+
+
+def serialize(value, inline_threshold: int, shm_path=None) -> Value:
+    """Encode a value: inline when small, else into a new shared-memory segment.
+
+    ``shm_path`` is a zero-argument callable giving the path of the segment to create.
+    """
+    buffers: list = []
+    data, contained = dumps_collecting(value, buffers.append)
+    size = len(data) + sum(memoryview(b).nbytes for b in buffers)
+    if size <= inline_threshold or shm_path is None:
+        if buffers:
+            data, contained = dumps_collecting(value)
+        return Value(INLINE, data, contained)
+    path = shm_path()
+    raw = [b.raw() for b in buffers]
+    written = object_store.write_segment(path, data, raw)
+    return Value(SHM, ShmLocation(b"", path, written), contained)
+
+
+def serialize_error(exc: BaseException) -> Value:
+    try:
+        return Value(ERROR, _dumps(exc))
+    except Exception as e:  # an exception that cannot be pickled still has to reach its caller
+        fallback = RuntimeError(f"{type(exc).__name__}: {exc} (unpicklable: {e})")
+        return Value(ERROR, pickle.dumps(fallback, protocol=5))
+
+
+def deserialize(value: Value):
+    """Decode a Value. ERROR values are returned as exception objects, not raised."""
+    kind = value.kind
+    if kind == INLINE:
+        return pickle.loads(value.payload)
+    if kind == SHM:
+        data, buffers = object_store.read_segment(value.payload.path)
+        return pickle.loads(data, buffers=buffers)
+    if kind == ERROR:
+        return pickle.loads(value.payload)
+    raise ValueError(f"cannot deserialize a value of kind {kind}")
+
+
+class ArgSlot:
+    """Stands in the pickled arguments for a top-level ObjectRef; the worker puts the value there."""
+    __slots__ = ("index",)
+
+    def __init__(self, index: int):
+        self.index = index
+
+    def __reduce__(self):
+        return (ArgSlot, (self.index,))
+
+
+EMPTY_ARGS = pickle.dumps(((), {}), protocol=5)
+
+
+def pack_args(fn_name: str, args: tuple, kwargs: dict, is_ref) -> tuple[bytes, list, tuple]:
+    """Pickle a call's arguments. Returns (blob, top-level refs, refs nested deeper)."""
+    if not args and not kwargs:
+        return EMPTY_ARGS, [], ()
+    refs = []
+
+    def slot(v):
+        if is_ref(v):
+            refs.append(v)
+            return ArgSlot(len(refs) - 1)
+        return v
+
+    args = tuple(slot(a) for a in args)
+    kwargs = {k: slot(v) for k, v in kwargs.items()}
+    try:
+        blob, nested = dumps_collecting((args, kwargs))
+    except Exception as e:
+        raise _name_bad_argument(fn_name, args, kwargs, e) from e
+    return blob, refs, nested
+
+
+def _name_bad_argument(fn_name, args, kwargs, err) -> SerializationError:
+    named = [(f"position {i}", a) for i, a in enumerate(args)] + \
+        [(f"keyword {k!r}", v) for k, v in kwargs.items()]
+    for where, value in named:
+        try:
+            _dumps(value)
+        except Exception as e:
+            return SerializationError(
+                f"argument at {where} of {fn_name} ({type(value).__name__}) cannot be "
+                f"serialized: {e}")
+    return SerializationError(f"arguments of {fn_name} cannot be serialized: {err}")
+
+
+def unpack_args(blob: bytes, values: list) -> tuple[tuple, dict]:
+    args, kwargs = pickle.loads(blob)
+    if values:
+        args = tuple(values[a.index] if type(a) is ArgSlot else a for a in args)
+        kwargs = {k: values[v.index] if type(v) is ArgSlot else v for k, v in kwargs.items()}
+    return args, kwargs
