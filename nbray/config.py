@@ -22,8 +22,10 @@ class Config:
     max_tasks_in_flight: int = 64
     #: pipelining aims to keep about this much work (seconds) queued at each worker
     pipeline_target_s: float = 0.002
-    #: the node starts at most this many workers per CPU (extra ones replace blocked workers)
+    #: the node starts at most this many workers per CPU, and at least ``min_worker_cap``
+    #: (workers beyond the CPUs stand in for workers blocked in get: deep recursion needs them)
     max_workers_per_cpu: int = 4
+    min_worker_cap: int = 32
     #: how long shutdown waits for a process to exit before killing it (seconds)
     shutdown_grace_s: float = 3.0
     #: retries for a task whose worker died, unless the task says otherwise

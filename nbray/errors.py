@@ -17,7 +17,8 @@ class RemoteError(NbrayError):
     traceback and ``task_name`` the function that ran."""
 
     def __init__(self, cause: BaseException, traceback_text: str, task_name: str):
-        super().__init__(cause, traceback_text, task_name)
+        # not super(): in a mixed class the next __init__ is the user's exception's own
+        BaseException.__init__(self, cause, traceback_text, task_name)
         self.cause = cause
         self.traceback_text = traceback_text
         self.task_name = task_name
@@ -37,14 +38,18 @@ class RemoteError(NbrayError):
             return cause
         try:
             mixed = _mixed_class(cls)
-            err = mixed.__new__(mixed)
-            err.__dict__.update(getattr(cause, "__dict__", {}))
-            err.args = cause.args
-            RemoteError.__init__(err, cause, traceback_text, task_name)
-            err.args = cause.args
-            return err
+            err = mixed.__new__(mixed, *cause.args)
         except TypeError:           # final classes, or layouts that cannot be mixed
             return RemoteError(cause, traceback_text, task_name)
+        try:        # the cause's own __init__ restores what lives in C slots (OSError.errno)
+            cls.__init__(err, *cause.args)
+        except Exception:
+            err.args = cause.args
+        if isinstance(cause, OSError):     # filename is not part of OSError.args
+            err.filename, err.filename2 = cause.filename, cause.filename2
+        err.__dict__.update(getattr(cause, "__dict__", {}))
+        err.cause, err.traceback_text, err.task_name = cause, traceback_text, task_name
+        return err
 
 
 _MIXED: dict[type, type] = {}

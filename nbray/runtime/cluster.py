@@ -5,7 +5,8 @@ in their own session so a Ctrl-C in the terminal reaches only the driver. They w
 pid and exit, cleaning up, if it dies without calling shutdown. Their sockets live in a private
 directory (``/tmp/nbray-<uid>/<session>``, mode 0700); a cluster started by ``nbray start`` also
 listens on TCP and leaves a record there (mode 0600, it holds the key) for ``nbray status``,
-``nbray stop`` and ``nbray.init(address=...)``.
+``nbray stop`` and ``nbray.init(address=...)``; being detached, its processes (and what its
+tasks print) write to ``head.log`` and ``node.log`` in its directory.
 """
 from __future__ import annotations
 
@@ -53,6 +54,35 @@ class ClusterRecord:
             json.dump(asdict(self), f)
         return path
 
+    def live_pids(self) -> list[int]:
+        """The recorded pids that are still this cluster's processes: a pid of a record whose
+        processes died may have been reused by something unrelated, which must not be killed."""
+        import psutil
+        alive = []
+        for pid in self.pids:
+            try:
+                p = psutil.Process(pid)
+                if p.status() == psutil.STATUS_ZOMBIE:
+                    continue
+                cmd = p.cmdline()
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+            if self.session in cmd and any(c.startswith("nbray.runtime.") for c in cmd):
+                alive.append(pid)
+        return alive
+
+    def matches(self, address: str) -> bool:
+        """Whether ``address`` (session id, ``host:port``, ``:port`` or a port) names us."""
+        if address in (self.session, self.tcp_address, self.head_address):
+            return True
+        if not self.tcp_address:
+            return False
+        if ":" in address:
+            host, _, port = address.rpartition(":")
+            rhost, _, rport = self.tcp_address.rpartition(":")
+            return port == rport and host in (rhost, "", "localhost", "127.0.0.1", "0.0.0.0")
+        return address.isdigit() and self.tcp_address.endswith(f":{address}")
+
     @staticmethod
     def load_all() -> list["ClusterRecord"]:
         out = []
@@ -67,19 +97,37 @@ class ClusterRecord:
         return out
 
 
-def _spawn(module: str, args: list[str], key: bytes, detach: bool) -> subprocess.Popen:
+def _spawn(module: str, args: list[str], key: bytes, log: str | None) -> subprocess.Popen:
+    """Start a head or node. It reports ``READY <address>`` on a pipe of its own (``ready``),
+    so its stdout and stderr, which its workers inherit, stay free for what tasks print: the
+    driver's own when embedded, a log file when detached."""
     env = dict(os.environ, NBRAY_KEY=key.hex())
-    return subprocess.Popen([sys.executable, "-m", module, *args], env=env,
-                            stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                            start_new_session=True, text=True,
-                            close_fds=True, **({"stderr": subprocess.DEVNULL} if detach else {}))
+    r, w = os.pipe()
+    out = os.open(log, os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o600) if log else None
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", module, *args, "--ready-fd", str(w)],
+                                env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                pass_fds=(w,), start_new_session=True)
+    finally:
+        os.close(w)
+        if out is not None:
+            os.close(out)
+    proc.ready = os.fdopen(r, "r")
+    proc.log = log
+    return proc
+
+
+def announce_ready(fd: int, address: str) -> None:
+    """The child's side of ``_spawn``: say where it listens, then close the pipe."""
+    os.write(fd, f"READY {address}\n".encode())
+    os.close(fd)
 
 
 def _await_ready(procs: dict, timeout: float) -> dict:
-    """Read each child's ``READY <address>`` line; fail with its exit status if it dies first."""
+    """Read each child's ``READY <address>``; fail with its exit status (and log) if it dies."""
     sel = selectors.DefaultSelector()
     for name, p in procs.items():
-        sel.register(p.stdout, selectors.EVENT_READ, name)
+        sel.register(p.ready, selectors.EVENT_READ, name)
     found = {}
     deadline = time.monotonic() + timeout
     try:
@@ -89,17 +137,26 @@ def _await_ready(procs: dict, timeout: float) -> dict:
                 raise ClusterError(f"cluster processes did not start within {timeout}s "
                                    f"(waiting for {sorted(set(procs) - set(found))})")
             for k, _ in sel.select(left):
-                name = k.data
-                line = procs[name].stdout.readline()
-                if not line:
-                    code = procs[name].wait()
-                    raise ClusterError(f"the {name} process exited with code {code} at start")
-                if line.startswith("READY "):
-                    found[name] = line.split(" ", 1)[1].strip()
-                    sel.unregister(procs[name].stdout)
+                name, proc = k.data, procs[k.data]
+                line = proc.ready.readline()
+                sel.unregister(proc.ready)
+                if not line.startswith("READY "):
+                    raise ClusterError(f"the {name} process exited with code {proc.wait()} at "
+                                       f"start{_log_tail(proc.log)}")
+                found[name] = line.split(" ", 1)[1].strip()
     finally:
         sel.close()
+        for p in procs.values():
+            p.ready.close()
     return found
+
+
+def _log_tail(log: str | None) -> str:
+    if not log or not os.path.exists(log):
+        return ""
+    with open(log, errors="replace") as f:
+        tail = "".join(f.readlines()[-20:]).strip()
+    return f":\n{tail}" if tail else ""
 
 
 def start(*, num_workers: int, resources: dict | None = None, host: str | None = None,
@@ -114,16 +171,19 @@ def start(*, num_workers: int, resources: dict | None = None, host: str | None =
     if host is not None:
         head_bind.append(f"tcp://{host}:{port or '*'}")
     watch = ["--watch-pid", str(watch_pid)] if watch_pid else []
+    logs = {name: os.path.join(rundir, f"{name}.log") for name in ("head", "node")} \
+        if detach else {}
     procs = {
         "head": _spawn("nbray.runtime.head.main",
                        ["--session", session, *sum((["--bind", b] for b in head_bind), []),
-                        *watch], key, detach),
+                        *watch], key, logs.get("head")),
         "node": _spawn("nbray.runtime.node.main",
                        ["--session", session, "--head", head_bind[0],
                         *sum((["--bind", b] for b in node_bind), []),
                         "--worker-bind", f"ipc://{rundir}/w-{{id}}",
-                        "--num-workers", str(num_workers),
-                        "--resources", json.dumps(resources or {}), *watch], key, detach),
+                        "--num-workers", str(num_workers), "--rundir", rundir,
+                        "--resources", json.dumps(resources or {}), *watch], key,
+                       logs.get("node")),
     }
     try:
         _await_ready(procs, timeout=60)
@@ -152,7 +212,7 @@ def _tcp_of(head: subprocess.Popen, host: str, port: int) -> str:
 
 def stop(record: ClusterRecord, procs: dict | None = None) -> None:
     """Stop a cluster's processes (SIGTERM, then SIGKILL after the grace period) and clean up."""
-    pids = [p.pid for p in procs.values()] if procs else list(record.pids)
+    pids = [p.pid for p in procs.values()] if procs else record.live_pids()
     for pid in pids:
         try:
             os.kill(pid, signal.SIGTERM)
@@ -206,14 +266,13 @@ def _kill_group(p: subprocess.Popen) -> None:
 
 def find(address: str) -> ClusterRecord:
     """The record of a cluster on this machine by ``host:port``, session id, or "auto"."""
-    records = [r for r in ClusterRecord.load_all() if all(_alive(p) for p in r.pids)]
+    records = [r for r in ClusterRecord.load_all() if r.live_pids()]
     if address == "auto":
         if not records:
             raise ClusterError("no running cluster found on this machine (start one with "
                                "`nbray start --head`)")
         return max(records, key=lambda r: r.started_at)
     for r in records:
-        if address in (r.session, r.tcp_address, r.head_address) or \
-                (r.tcp_address and r.tcp_address.split(":")[-1] == address.split(":")[-1]):
+        if r.matches(address):
             return r
     raise ClusterError(f"no running cluster at {address!r} on this machine")

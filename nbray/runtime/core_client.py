@@ -16,9 +16,14 @@ The path of one task (``f.remote(x)``)::
 The node is asked only for leases, so a stream of tasks flows straight between this process and
 its leased workers, several in flight per worker when tasks are short.
 
-Threads: in a driver a background I/O thread owns the sockets and user threads hand it messages
-through ``_post`` and ``_kick``; in a worker (``threaded=False``) the one thread does everything,
-pumping the sockets whenever the task it runs calls get/wait.
+Threads: in a worker (``threaded=False``) the one thread does everything, pumping the sockets
+whenever the task it runs calls get/wait. In a driver the sockets belong to whichever thread
+holds the *baton*: normally a background I/O thread, so the cluster's answers are handled while
+the notebook is idle; but a user thread that waits in get/wait takes the baton and polls itself,
+so a result wakes the waiting thread directly instead of waking the I/O thread which then wakes
+it (each wake-up of a sleeping thread costs tens of microseconds here). User threads push tasks
+on send-only sockets of their own (``PushSender``); anything else they send is queued for the
+baton holder.
 """
 from __future__ import annotations
 
@@ -127,13 +132,16 @@ class CoreClient:
         self._lease_requests: dict[int, tuple] = {}
         self._pending_acks: set = set()
         self._held: list = []
-        self._router_peers: dict[str, bytes] = {}   # peer address -> its identity on our ROUTER
+        self._pusher = self.ep.push_sender()
+        self._baton = threading.Lock()          # held by the thread that polls the sockets
+        self._baton_owner: int | None = None
+        self._leader: int | None = None         # the user thread that took the baton
+        self._io_cv = threading.Condition(self.lock)
         self._waiters = 0
         self._wake_pending = False
         self._closing = False
         self._welcomed = threading.Event()
         self._io_thread = None
-        self._io_ident = None
         self.in_user_code = False    # worker: a task's own code is running (signals may pump)
         self.on_push = None          # worker: callback for PushTasks / CancelTasks
         self.blocked_depth = 0
@@ -159,6 +167,8 @@ class CoreClient:
     def close(self) -> None:
         self._closing = True
         if self._io_thread is not None:
+            with self.lock:
+                self._io_cv.notify_all()
             self.ep.wake()
             self._io_thread.join(timeout=5)
         self.ep.close()
@@ -177,10 +187,15 @@ class CoreClient:
     # ---- submit ----------------------------------------------------------------------------
     def submit(self, fn_id: bytes, fn_blob: bytes, name: str, args: tuple, kwargs: dict,
                num_returns: int, resources: dict, max_retries: int) -> list[ObjectRef]:
-        blob, top, nested = serialization.pack_args(name, args, kwargs, _is_ref)
+        buffers: list = []
+        blob, top, nested = serialization.pack_args(name, args, kwargs, _is_ref, buffers.append)
         key = tuple(sorted(resources.items()))
         with self.lock:
             task_id = self._new_task_id()
+        args_id = None
+        if buffers or len(blob) > CONFIG.inline_threshold:
+            blob, args_id = self._args_blob(task_id, blob, buffers, name, args, kwargs)
+        with self.lock:
             rids = tuple(self.return_id(task_id, i) for i in range(num_returns))
             spec = P.TaskSpec(task_id, fn_id, name, blob, (), num_returns, rids)
             arg_ids = [r._id for r in top]
@@ -188,6 +203,9 @@ class CoreClient:
                         max_retries)
             for rid in rids:
                 self.objects[rid] = Obj(self.address, True, refs=1, producing=True)
+            if args_id is not None:     # large arguments: freed when the task is done
+                self.objects[args_id] = Obj(self.address, True, value=blob)
+                task.pinned.append(args_id)
             for oid in task.pinned:
                 self.objects[oid].pins += 1
             self.tasks[task_id] = task
@@ -195,6 +213,18 @@ class CoreClient:
             refs = [self._make_ref(rid) for rid in rids]
         self._kick()
         return refs
+
+    def _args_blob(self, task_id: bytes, blob: bytes, buffers: list, name, args, kwargs):
+        """Arguments with large buffers (or just large) go to shared memory, like a put, and
+        the task carries their location: the worker reads them without a copy."""
+        size = len(blob) + sum(memoryview(b).nbytes for b in buffers)
+        if size <= CONFIG.inline_threshold:     # small numpy arrays: back in band
+            data, _, _ = serialization.pack_args(name, args, kwargs, _is_ref)
+            return data, None
+        args_id = self.return_id(task_id, 0xFFFFFFFF)
+        path = object_store.segment_path(self.session, args_id)
+        written = object_store.write_segment(path, blob, [b.raw() for b in buffers])
+        return P.Value(P.SHM, P.ShmLocation(self.node_id, path, written)), args_id
 
     def _make_ref(self, rid: bytes) -> ObjectRef:
         ref = ObjectRef.__new__(ObjectRef)
@@ -226,11 +256,11 @@ class CoreClient:
         shape.ready.append(task)
 
     # ---- dispatch (I/O thread, or the worker's one thread) ---------------------------------
-    def _dispatch(self) -> None:
+    def _dispatch(self, eager: bool = True) -> None:
         now = time.monotonic()
         for shape in self.shapes.values():
             if shape.ready:
-                self._dispatch_shape(shape)
+                self._dispatch_shape(shape, eager)
             if shape.leases:
                 self._return_idle(shape, now, expired_ok=not shape.ready)
 
@@ -240,18 +270,22 @@ class CoreClient:
         return max(1, min(CONFIG.max_tasks_in_flight,
                           int(CONFIG.pipeline_target_s / shape.avg_run_s)))
 
-    def _dispatch_shape(self, shape: Shape) -> None:
+    def _dispatch_shape(self, shape: Shape, eager: bool) -> None:
+        """Push ready tasks to leased workers, up to ``depth`` in flight on each. From a submit
+        (``eager=False``) a task leaves at once only for an idle worker, or with a half-depth
+        batch; the others leave together when results come back, one message for many."""
         depth = self._depth(shape)
         usable = [lease for lease in shape.leases if not lease.returning]
-        while shape.ready and usable:
-            lease = min(usable, key=lambda w: len(w.inflight))
-            room = depth - len(lease.inflight)
-            if room <= 0:
+        for lease in sorted(usable, key=lambda w: len(w.inflight)):
+            inflight = len(lease.inflight)
+            if not shape.ready or inflight >= depth:
                 break
             # share the queue among the leases, so one worker is not handed everything
-            share = max(1, -(-len(shape.ready) // len(usable)))
-            self._push(lease, [shape.ready.popleft() for _ in range(min(room, share,
-                                                                        len(shape.ready)))])
+            share = -(-len(shape.ready) // len(usable))
+            n = min(depth - inflight, share)
+            if not eager and inflight and n < max(1, depth // 2):
+                break
+            self._push(lease, [shape.ready.popleft() for _ in range(n)])
         if shape.ready and not any(len(w.inflight) < depth for w in usable):
             cpus = max(1, int(self.node_resources.get("CPU", 1)))
             wanted = min(len(shape.ready), cpus) - len(usable)
@@ -370,9 +404,11 @@ class CoreClient:
             self._finish(shape.ready.popleft(), _repeat(err))
 
     def _on_reclaim(self, peer, msg) -> None:
-        """Another client waits for a worker: stop feeding ours and give each back when drained
-        (queued tasks then ask for leases again, behind the other client's request)."""
-        for lease in self.leases.values():
+        """Another client waits for a worker. Give back the idle ones; if none is idle, stop
+        feeding ours and give each back when drained (queued tasks then ask again, behind the
+        other client's request)."""
+        idle = [lease for lease in self.leases.values() if not lease.inflight]
+        for lease in idle or self.leases.values():
             lease.returning = True
 
     def _on_worker_died(self, peer, msg: P.WorkerDied) -> None:
@@ -590,7 +626,7 @@ class CoreClient:
         return encoded
 
     def get_values(self, refs: list, timeout: float | None) -> list:
-        values = self._wait_values(refs, len(refs), timeout, need_all=True)
+        values = self._wait_values(refs, len({r._id for r in refs}), timeout, need_all=True)
         out = []
         for ref in refs:
             out.append(self.decode(values[ref._id]))
@@ -626,36 +662,64 @@ class CoreClient:
                 objs.append((ref._id, obj))
                 if obj.value is None and not obj.owned:
                     self._subscribe(ref._id, obj)
-            blocked = False
-            try:
-                while True:
-                    done = {oid: o.value for oid, o in objs if o.value is not None}
-                    if len(done) >= num_returns:
-                        return done
-                    remaining = None if deadline is None else deadline - time.monotonic()
-                    if remaining is not None and remaining <= 0:
-                        if need_all:
-                            raise GetTimeoutError(
-                                f"get timed out after {timeout}s: {len(objs) - len(done)} of "
-                                f"{len(objs)} objects not ready")
-                        return done
+        blocked = leader = False
+        try:
+            while True:
+                done = {oid: o.value for oid, o in objs if o.value is not None}
+                if len(done) >= num_returns:
+                    return done
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    if need_all:
+                        raise GetTimeoutError(
+                            f"get timed out after {timeout}s: {len(objs) - len(done)} of "
+                            f"{len(objs)} objects not ready")
+                    return done
+                if not self.threaded:
                     if not blocked and self.worker_id is not None:
                         blocked = True
                         self._set_blocked(True)
-                    self._wait_for_progress(remaining)
-            finally:
-                if blocked:
-                    self._set_blocked(False)
+                    self.pump(None if remaining is None else remaining * 1000)
+                    continue
+                if not leader:
+                    leader = self._take_baton()
+                    if leader:
+                        continue        # the I/O thread may have handled it meanwhile
+                if leader:
+                    self.pump(1000 if remaining is None else min(remaining * 1000, 1000))
+                else:
+                    with self.lock:
+                        self._waiters += 1
+                        try:
+                            self.cv.wait(1.0 if remaining is None else min(remaining, 1.0))
+                        finally:
+                            self._waiters -= 1
+        finally:
+            if blocked:
+                self._set_blocked(False)
+            if leader:
+                self._give_baton()
 
-    def _wait_for_progress(self, remaining: float | None) -> None:
-        if self.threaded:
-            self._waiters += 1
-            try:
-                self.cv.wait(remaining if remaining is not None else 1.0)
-            finally:
-                self._waiters -= 1
-        else:
-            self.pump(None if remaining is None else remaining * 1000)
+    def _take_baton(self) -> bool:
+        """Become the thread that polls (False if another user thread already is)."""
+        me = threading.get_ident()
+        with self.lock:
+            if self._leader is not None:
+                return False
+            self._leader = me
+        self._wake_pending = True
+        self.ep.wake()              # the I/O thread leaves its poll and parks
+        self._baton.acquire()
+        self._baton_owner = me
+        return True
+
+    def _give_baton(self) -> None:
+        self._baton_owner = None
+        self._baton.release()
+        with self.lock:
+            self._leader = None
+            self._io_cv.notify_all()
+            self.cv.notify_all()        # a waiting user thread may lead now
 
     def _set_blocked(self, blocked: bool) -> None:
         """A worker waiting in get lends its CPU back to the node, and hands back queued work."""
@@ -695,38 +759,33 @@ class CoreClient:
 
     # ---- the I/O loop ----------------------------------------------------------------------
     def _send(self, to, msg) -> None:
-        """Send to an address or answer a peer, from any thread: in a driver only the I/O thread
-        touches sockets, so other threads queue the message for it."""
-        if self.threaded and threading.get_ident() != self._io_ident:
+        """Send to an address or answer a peer, from any thread. Only the baton holder touches
+        the Endpoint; other threads push tasks on their own sockets and queue the rest."""
+        if self.threaded and type(msg) in _PUSHED:
+            self._pusher.send(to, msg)      # one channel per worker keeps pushes in order
+            return
+        if self.threaded and threading.get_ident() != self._baton_owner:
             self._outbox.append((to, msg))
+            if not self._wake_pending:
+                self._wake_pending = True
+                self.ep.wake()
             return
         if type(to) is tuple:
             self.ep.reply(to, msg)
-            return
-        identity = self._router_peers.get(to)
-        if identity is not None:
-            self.ep.reply((True, identity), msg)
         else:
             self.ep.send(to, msg)
 
     _post = _send
 
     def _kick(self) -> None:
-        if self.threaded:
-            if threading.get_ident() != self._io_ident and not self._wake_pending:
-                self._wake_pending = True
-                self.ep.wake()
-        else:
-            with self.lock:
-                self._drain_released()
-                self._dispatch()
-
-    def learn_peer(self, address: str, identity: bytes) -> None:
-        """A peer connected to our ROUTER: answer it there, so its messages stay in order."""
-        self._router_peers[address] = identity
+        """Dispatch now, in this thread: a task for an idle leased worker goes straight out."""
+        with self.lock:
+            self._drain_released()
+            self._dispatch(eager=False)
 
     def pump(self, timeout_ms: float | None) -> None:
-        """Receive and handle what is ready (waiting up to ``timeout_ms``), then dispatch."""
+        """Receive and handle what is ready (waiting up to ``timeout_ms``), then dispatch.
+        Called by the baton holder only."""
         msgs = self.ep.recv(timeout_ms)
         with self.lock:
             self._notify = False
@@ -740,22 +799,46 @@ class CoreClient:
                 self.cv.notify_all()
 
     def _io_loop(self) -> None:
-        self._io_ident = threading.get_ident()
+        me = threading.get_ident()
         while not self._closing:
-            self._wake_pending = False
-            try:
-                self.pump(self._timer_ms())
-            except Exception:           # the I/O thread must not die silently
-                import traceback
-                traceback.print_exc()
+            with self.lock:
+                while self._leader is not None and not self._closing:
+                    self._io_cv.wait()
+            with self._baton:
+                self._baton_owner = me
+                self._wake_pending = False
+                try:
+                    if self._leader is None:
+                        self.pump(self._timer_ms())
+                except Exception:           # the I/O thread must not die silently
+                    import traceback
+                    traceback.print_exc()
+                finally:
+                    self._baton_owner = None
+        with self._baton:
+            self._baton_owner = me
+            with self.lock:
+                while self._outbox:
+                    self._send(*self._outbox.popleft())
+            self._baton_owner = None
+
+    def return_idle_leases(self) -> None:
+        """Give back every lease with nothing in flight (a worker, when its task is done)."""
         with self.lock:
-            while self._outbox:
-                self._send(*self._outbox.popleft())
+            for lease in self.leases.values():
+                if not lease.inflight:
+                    lease.returning = True
+            self._dispatch()
+
+    def idle_timeout_ms(self) -> float:
+        """How long the sockets may be left unpolled: idle leases go back on time."""
+        return 1000 * CONFIG.lease_idle_s if self.leases else 1000
 
     def _timer_ms(self) -> float:
-        if self._outbox or self.released:
-            return 0
-        return 1000 * CONFIG.lease_idle_s if self.leases else 1000
+        return 0 if self._outbox or self.released else self.idle_timeout_ms()
+
+
+_PUSHED = (P.PushTasks, P.CancelTasks)
 
 
 def _repeat(value):
@@ -773,17 +856,22 @@ def _as_error(exc) -> BaseException:
 
 
 def install_poke_handler(client: CoreClient) -> None:
-    """Worker: SIGUSR1 means "look at your socket now" (a cancel for the running task)."""
+    """Worker: SIGUSR1 means "a cancel is on its way to your socket". The signal can overtake
+    the message (they travel different paths), so the handler waits for it briefly."""
     def on_poke(signum, frame):
-        if client.in_user_code:
-            client.in_user_code = False
-            try:
-                client.pump(0)
-            finally:
-                client.in_user_code = True
-            if client.cancel_requested:
-                raise TaskCancelledError("task was cancelled while running")
+        if not client.in_user_code:
+            return                  # the loop is in our own code: it reads the socket soon
+        seen = client.cancels_seen
+        client.in_user_code = False
+        try:
+            deadline = time.monotonic() + 0.2
+            while client.cancels_seen == seen and time.monotonic() < deadline:
+                client.pump(10)
+        finally:
+            client.in_user_code = True
+        if client.cancel_requested:
+            raise TaskCancelledError("task was cancelled while running")
 
     client.cancel_requested = False
+    client.cancels_seen = 0
     signal.signal(signal.SIGUSR1, on_poke)
-

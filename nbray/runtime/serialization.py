@@ -28,10 +28,22 @@ def contained_refs() -> list | None:
 
 
 def _dumps(value, buffer_callback=None) -> bytes:
-    try:
-        return pickle.dumps(value, protocol=5, buffer_callback=buffer_callback)
-    except Exception:
-        return cloudpickle.dumps(value, protocol=5, buffer_callback=buffer_callback)
+    for dumps in (pickle.dumps, cloudpickle.dumps):
+        buffers: list = []
+        try:
+            data = dumps(value, protocol=5,
+                         buffer_callback=None if buffer_callback is None else buffers.append)
+        except Exception:
+            if dumps is cloudpickle.dumps:
+                raise
+            continue
+        # plain pickle names classes and functions of __main__ (a notebook, a script) by
+        # reference, which workers cannot resolve: those go by value, through cloudpickle
+        if dumps is pickle.dumps and b"__main__" in data:
+            continue
+        for b in buffers:
+            buffer_callback(b)
+        return data
 
 
 def dumps_collecting(value, buffer_callback=None) -> tuple[bytes, tuple]:
@@ -55,7 +67,10 @@ def serialize(value, inline_threshold: int, shm_path=None) -> Value:
     ``shm_path`` is a zero-argument callable giving the path of the segment to create.
     """
     buffers: list = []
-    data, contained = dumps_collecting(value, buffers.append)
+    try:
+        data, contained = dumps_collecting(value, buffers.append)
+    except Exception as e:
+        raise SerializationError(f"a {type(value).__name__} cannot be serialized: {e}") from e
     size = len(data) + sum(memoryview(b).nbytes for b in buffers)
     if size <= inline_threshold or shm_path is None:
         if buffers:
@@ -102,8 +117,10 @@ class ArgSlot:
 EMPTY_ARGS = pickle.dumps(((), {}), protocol=5)
 
 
-def pack_args(fn_name: str, args: tuple, kwargs: dict, is_ref) -> tuple[bytes, list, tuple]:
-    """Pickle a call's arguments. Returns (blob, top-level refs, refs nested deeper)."""
+def pack_args(fn_name: str, args: tuple, kwargs: dict, is_ref,
+              buffer_callback=None) -> tuple[bytes, list, tuple]:
+    """Pickle a call's arguments. Returns (blob, top-level refs, refs nested deeper); large
+    buffers (numpy arrays) go to ``buffer_callback`` out of band when one is given."""
     if not args and not kwargs:
         return EMPTY_ARGS, [], ()
     refs = []
@@ -117,7 +134,7 @@ def pack_args(fn_name: str, args: tuple, kwargs: dict, is_ref) -> tuple[bytes, l
     args = tuple(slot(a) for a in args)
     kwargs = {k: slot(v) for k, v in kwargs.items()}
     try:
-        blob, nested = dumps_collecting((args, kwargs))
+        blob, nested = dumps_collecting((args, kwargs), buffer_callback)
     except Exception as e:
         raise _name_bad_argument(fn_name, args, kwargs, e) from e
     return blob, refs, nested
@@ -136,8 +153,9 @@ def _name_bad_argument(fn_name, args, kwargs, err) -> SerializationError:
     return SerializationError(f"arguments of {fn_name} cannot be serialized: {err}")
 
 
-def unpack_args(blob: bytes, values: list) -> tuple[tuple, dict]:
-    args, kwargs = pickle.loads(blob)
+def unpack_args(blob, values: list) -> tuple[tuple, dict]:
+    """``blob`` is the pickled arguments, or a Value in shared memory when they were large."""
+    args, kwargs = deserialize(blob) if type(blob) is Value else pickle.loads(blob)
     if values:
         args = tuple(values[a.index] if type(a) is ArgSlot else a for a in args)
         kwargs = {k: values[v.index] if type(v) is ArgSlot else v for k, v in kwargs.items()}

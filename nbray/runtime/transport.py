@@ -109,6 +109,10 @@ class Endpoint:
         else:
             self.send(who, msg)
 
+    def push_sender(self) -> "PushSender":
+        """Send-only sockets for threads other than the one that polls (see PushSender)."""
+        return PushSender(self)
+
     def wake(self) -> None:
         """Interrupt a ``recv`` blocked in another thread."""
         with self._wake_lock:
@@ -157,3 +161,32 @@ class Endpoint:
 
     def close(self) -> None:
         self.ctx.destroy(linger=0)
+        for addr in self.addresses:         # ZeroMQ leaves the files of ipc sockets behind
+            if addr.startswith("ipc://"):
+                try:
+                    os.unlink(addr[len("ipc://"):])
+                except OSError:
+                    pass
+
+
+class PushSender:
+    """DEALER sockets that user threads send on directly, under a lock, without handing the
+    message to the polling thread: a driver's ``f.remote()`` goes out at once. Nothing ever
+    answers on them (workers send results to the owner's ROUTER), so nobody needs to poll them.
+    """
+
+    def __init__(self, ep: Endpoint):
+        self.ep = ep
+        self.lock = threading.Lock()
+        self.socks: dict[str, zmq.Socket] = {}
+
+    def send(self, address: str, msg) -> None:
+        frame = self.ep._frame(msg)
+        with self.lock:
+            sock = self.socks.get(address)
+            if sock is None:
+                sock = self.socks[address] = self.ep.ctx.socket(zmq.DEALER)
+                sock.setsockopt(zmq.LINGER, 0)
+                sock.setsockopt(zmq.SNDHWM, 0)
+                sock.connect(address)
+            sock.send(frame, copy=True)

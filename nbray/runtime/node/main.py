@@ -1,13 +1,17 @@
 """Entry point of a node process: ``python -m nbray.runtime.node.main`` (started by ``nbray.init``
-or ``nbray start``). Prints ``READY <address>`` on stdout once its sockets are bound."""
+or ``nbray start``). Announces ``READY <address>`` on ``--ready-fd`` once its sockets are bound."""
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import shutil
 import signal
 import sys
 
+import psutil
+
+from nbray.runtime import cluster
 from nbray.runtime.node.server import NodeServer
 
 
@@ -21,6 +25,9 @@ def main(argv=None) -> None:
     ap.add_argument("--num-workers", type=int, required=True)
     ap.add_argument("--resources", default="{}")
     ap.add_argument("--watch-pid", type=int)
+    ap.add_argument("--ready-fd", type=int)
+    ap.add_argument("--rundir", help="removed at exit if the watched driver died without "
+                                     "cleaning up")
     args = ap.parse_args(argv)
     key = bytes.fromhex(os.environ.pop("NBRAY_KEY"))
     resources = {"CPU": float(args.num_workers), **json.loads(args.resources)}
@@ -30,8 +37,13 @@ def main(argv=None) -> None:
                         watch_pid=args.watch_pid)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))    # unwind, so cleanup runs
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    print(f"READY {server.address}", flush=True)
-    server.serve()
+    if args.ready_fd is not None:
+        cluster.announce_ready(args.ready_fd, server.address)
+    try:
+        server.serve()
+    finally:
+        if args.rundir and args.watch_pid and not psutil.pid_exists(args.watch_pid):
+            shutil.rmtree(args.rundir, ignore_errors=True)
     sys.exit(0)
 
 

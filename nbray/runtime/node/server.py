@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import sys
 import time
 from dataclasses import dataclass
 
@@ -37,7 +38,9 @@ class NodeServer:
         self.head_address = head_address
         self.sched = LocalScheduler(resources)
         self.num_workers = num_workers
-        self.max_workers = max(num_workers, 1) * CONFIG.max_workers_per_cpu
+        self.max_workers = max(CONFIG.min_worker_cap,
+                               max(num_workers, 1) * CONFIG.max_workers_per_cpu)
+        self._warned_cap = False
         self.pool = WorkerPool(node_address=self.address, session=session, key=key,
                                bind_for=worker_bind)
         self.clients: dict[bytes, ClientInfo] = {}
@@ -56,7 +59,8 @@ class NodeServer:
             self.pool.spawn()
         try:
             while not self.stopping:
-                for peer, msg in self.ep.recv(100):
+                # while leases are wanted, come back soon: a reclaim may be due
+                for peer, msg in self.ep.recv(10 if self.sched.queue else 100):
                     handler = self._HANDLERS.get(type(msg))
                     if handler is not None:
                         handler(self, peer, msg)
@@ -126,12 +130,20 @@ class NodeServer:
         """Resources are free but every worker is busy (some block in get): start one more."""
         starting = len(self.pool.by_state("starting"))
         waiting = sum(self.sched.fits(r.resources) for r in self.sched.queue)
-        if starting < waiting and len(self.pool.workers) < self.max_workers:
+        if starting >= waiting:
+            return
+        if len(self.pool.workers) < self.max_workers:
             self.pool.spawn()
+        elif not self._warned_cap:
+            self._warned_cap = True
+            print(f"nbray node: {len(self.pool.workers)} workers, the most it starts, are all "
+                  f"busy or blocked in get; tasks wait until one is free (raise "
+                  f"NBRAY_MIN_WORKER_CAP to allow more)", file=sys.stderr, flush=True)
 
     def _reclaim(self) -> None:
+        """Ask the clients holding leases to give back the ones they are not using."""
         now = time.monotonic()
-        if now - self._last_reclaim < 0.05:
+        if now - self._last_reclaim < 0.01:
             return
         self._last_reclaim = now
         waiting = {r.peer for r in self.sched.queue}

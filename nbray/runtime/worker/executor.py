@@ -18,7 +18,7 @@ from nbray.errors import TaskCancelledError
 from nbray.runtime import protocol as P, serialization
 
 _BATCH = 64
-_FLUSH_AFTER_S = 0.005
+_FLUSH_AFTER_S = 0.001
 
 
 class Executor:
@@ -38,12 +38,16 @@ class Executor:
     # ---- messages from clients -------------------------------------------------------------
     def on_message(self, peer, msg) -> None:
         if type(msg) is P.PushTasks:
-            if peer[0]:
-                self.client.learn_peer(msg.owner, peer[1])
             self.blobs.update(msg.functions)
+            owner = msg.owner       # results go to the owner's ROUTER, after our borrow notes
             for spec in msg.tasks:
-                self.queue.append((peer, spec))
+                self.queue.append((owner, spec))
+            if self.client.blocked_depth:
+                self.bounce_queued()    # we wait in get: someone else should run these
         elif type(msg) is P.CancelTasks:
+            self.client.cancels_seen += 1
+            if len(self.cancelled) > 10_000:    # cancels for tasks that had already finished
+                self.cancelled.clear()
             for tid in msg.task_ids:
                 if tid == self.running:
                     self.client.cancel_requested = True
@@ -52,8 +56,8 @@ class Executor:
 
     def bounce_queued(self) -> None:
         while self.queue:
-            peer, spec = self.queue.popleft()
-            self._add_result(peer, P.TaskResult(spec.task_id, None, 0.0))
+            owner, spec = self.queue.popleft()
+            self._add_result(owner, P.TaskResult(spec.task_id, None, 0.0))
         self.flush()
 
     # ---- the loop --------------------------------------------------------------------------
@@ -61,24 +65,30 @@ class Executor:
         client = self.client
         while not self.stopping:
             if self.queue:
-                peer, spec = self.queue.popleft()
-                self.run(peer, spec)
-                if not self.queue or time.monotonic() - self.oldest > _FLUSH_AFTER_S:
+                owner, spec = self.queue.popleft()
+                ran = self.run(owner, spec)
+                # results of tiny tasks leave in batches; a slower task's result leaves now,
+                # rather than wait behind the tasks queued after it
+                if self.queue and (ran > _FLUSH_AFTER_S or
+                                   time.monotonic() - self.oldest > _FLUSH_AFTER_S):
                     self.flush()
                     client.pump(0)
             else:
                 self.flush()
-                client.pump(1000)
+                if client.leases:       # leases served the tasks our task submitted: done
+                    client.return_idle_leases()
+                client.pump(client.idle_timeout_ms())
                 if not self.queue:
                     idle_check()
 
-    def run(self, peer, spec: P.TaskSpec) -> None:
+    def run(self, owner: str, spec: P.TaskSpec) -> float:
+        """Run one task and queue its result; returns how long it ran (seconds)."""
         if spec.task_id in self.cancelled:
             self.cancelled.discard(spec.task_id)
             err = serialization.serialize_error(
                 TaskCancelledError(f"task {spec.name} was cancelled"))
-            self._add_result(peer, P.TaskResult(spec.task_id, (err,) * spec.num_returns, 0.0))
-            return
+            self._add_result(owner, P.TaskResult(spec.task_id, (err,) * spec.num_returns, 0.0))
+            return 0.0
         client = self.client
         start = time.perf_counter()
         self.running = spec.task_id
@@ -95,12 +105,18 @@ class Executor:
             del args, kwargs, values
             encoded = self._encode(spec, result)
         except BaseException as exc:        # noqa: B902 - everything a task raises goes back
-            if isinstance(exc, KeyboardInterrupt) and client.cancel_requested:
-                exc = TaskCancelledError(f"task {spec.name} was cancelled while running")
-            encoded = (_error_value(exc, spec.name),) * spec.num_returns
+            if client.cancel_requested and isinstance(exc, (KeyboardInterrupt,
+                                                            TaskCancelledError)):
+                value = serialization.serialize_error(
+                    TaskCancelledError(f"task {spec.name} was cancelled while running"))
+            else:
+                value = _error_value(exc, spec.name)
+            encoded = (value,) * spec.num_returns
         finally:
             self.running = None
-        self._add_result(peer, P.TaskResult(spec.task_id, encoded, time.perf_counter() - start))
+        ran = time.perf_counter() - start
+        self._add_result(owner, P.TaskResult(spec.task_id, encoded, ran))
+        return ran
 
     def _function(self, fn_id: bytes):
         fn = self.functions.get(fn_id)
@@ -126,10 +142,10 @@ class Executor:
         return tuple(out)
 
     # ---- results ---------------------------------------------------------------------------
-    def _add_result(self, peer, result: P.TaskResult) -> None:
-        batch = self.outgoing.get(peer)
+    def _add_result(self, owner: str, result: P.TaskResult) -> None:
+        batch = self.outgoing.get(owner)
         if batch is None:
-            batch = self.outgoing[peer] = []
+            batch = self.outgoing[owner] = []
             if len(self.outgoing) == 1:
                 self.oldest = time.monotonic()
         batch.append(result)
@@ -140,8 +156,8 @@ class Executor:
         if not self.outgoing:
             return
         outgoing, self.outgoing = self.outgoing, {}
-        for peer, results in outgoing.items():
-            self.client.send_results(peer, P.TaskResults(results))
+        for owner, results in outgoing.items():
+            self.client.send_results(owner, P.TaskResults(results))
 
 
 def _error_value(exc: BaseException, name: str) -> P.Value:

@@ -1,0 +1,316 @@
+"""The ``nbray`` command: start, inspect and stop clusters on this machine, and run the demo.
+
+    nbray start --head [--host H] [--port P] [--num-workers N] [--resources JSON]
+    nbray status [--address A]
+    nbray stop [--address A | --all]
+    nbray demo [--tasks N]
+    nbray --version
+
+A cluster started here runs detached (its own session), so it outlives this command. Its record,
+which holds the cluster key, is a mode 0600 file under ``/tmp/nbray-<uid>/``; this command never
+prints the key.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import nbray
+from nbray.errors import ClusterError
+from nbray.runtime import cluster
+
+#: how long ``nbray status`` waits for a head to answer
+STATUS_TIMEOUT_S = 3.0
+
+
+# ---- start ---------------------------------------------------------------------------------------
+def _parse_resources(text: str | None) -> dict:
+    if not text:
+        return {}
+    try:
+        res = json.loads(text)
+    except ValueError as e:
+        raise SystemExit(_err(f"--resources is not valid JSON: {e}", code=2))
+    if not isinstance(res, dict):
+        raise SystemExit(_err('--resources must be a JSON object, e.g. \'{"GPU": 1, "fast": 2}\'',
+                              code=2))
+    for k, v in res.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+            raise SystemExit(_err(f"--resources: {k!r} must map to a non-negative number, "
+                                  f"got {v!r}", code=2))
+    if "CPU" in res:
+        raise SystemExit(_err("--resources cannot set CPU; use --num-workers", code=2))
+    return res
+
+
+def cmd_start(args) -> int:
+    if args.address is not None:
+        if args.head:
+            return _err("give either --head (start a new cluster) or --address (join one), "
+                        "not both", code=2)
+        print(f"nbray start --address {args.address}: joining a node from another machine is not "
+              f"implemented yet (multi-node clusters are planned). Start a cluster on this "
+              f"machine with `nbray start --head`.", file=sys.stderr)
+        return 2
+    if not args.head:
+        return _err("nbray start needs --head (start a cluster on this machine)", code=2)
+    n = args.num_workers if args.num_workers is not None else (os.cpu_count() or 1)
+    if n < 1:
+        return _err(f"--num-workers must be at least 1, got {n}", code=2)
+    if not 0 <= args.port <= 65535:
+        return _err(f"--port must be in 0..65535, got {args.port}", code=2)
+    resources = _parse_resources(args.resources)
+    try:
+        record, procs = cluster.start(num_workers=n, resources=resources, host=args.host,
+                                      port=args.port, watch_pid=None, detach=True)
+    except (ClusterError, OSError) as e:
+        return _err(f"could not start the cluster: {e}")
+    # The children wrote READY on these pipes and never write to them again; close our ends.
+    for p in procs.values():
+        if p.stdout is not None:
+            p.stdout.close()
+    path = record.save()
+    address = record.tcp_address or record.head_address
+    res = {"CPU": float(n), **{k: float(v) for k, v in resources.items()}}
+    print(f"Started nbray cluster {record.session}")
+    print(f"  address:   {address}")
+    print(f"  session:   {record.session}")
+    print(f"  resources: {_fmt_res(res)}  ({n} worker process{'es' if n != 1 else ''})")
+    print(f"  processes: head pid {procs['head'].pid}, node pid {procs['node'].pid}")
+    print(f"  key file:  {path}  (mode 0600; it holds the cluster key, keep it private)")
+    print(f"  logs:      {record.rundir}/head.log, node.log (what tasks print goes there)")
+    print()
+    print("To use it from Python on this machine:")
+    print("    import nbray")
+    print(f'    nbray.init(address="{address}")')
+    print()
+    print("Processes on other machines would need the cluster key from the key file "
+          "(joining from other machines is not implemented yet).")
+    print(f"Inspect it with `nbray status`; stop it with `nbray stop --address {address}`.")
+    return 0
+
+
+# ---- status --------------------------------------------------------------------------------------
+def query_head(record: cluster.ClusterRecord, timeout: float = STATUS_TIMEOUT_S):
+    """Ask a cluster's head for its ClusterInfo; None if it does not answer within ``timeout``."""
+    from nbray.runtime import protocol as P
+    from nbray.runtime.transport import Endpoint
+    ep = Endpoint(bytes.fromhex(record.key), b"cli-" + os.urandom(6))
+    try:
+        target = record.head_address
+        ep.send(target, P.ClusterInfoRequest())
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            for _peer, msg in ep.recv(left * 1000):
+                if isinstance(msg, P.ClusterInfo):
+                    return msg
+                if isinstance(msg, P.Error):
+                    raise ClusterError(f"the head answered with an error: {msg.text}")
+    finally:
+        ep.close()
+
+
+def _records_for(address: str | None) -> list[cluster.ClusterRecord]:
+    records = cluster.ClusterRecord.load_all()
+    if address is None:
+        return records
+    out = [r for r in records if r.matches(address)]
+    if not out:
+        raise ClusterError(f"no cluster at {address!r} was started on this machine by "
+                           f"`nbray start` (see `nbray status`)")
+    return out
+
+
+def _fmt_uptime(seconds: float) -> str:
+    s = int(max(0, seconds))
+    d, s = divmod(s, 86400)
+    h, s = divmod(s, 3600)
+    m, s = divmod(s, 60)
+    if d:
+        return f"{d}d {h}h {m}m"
+    if h:
+        return f"{h}h {m}m {s}s"
+    if m:
+        return f"{m}m {s}s"
+    return f"{s}s"
+
+
+def _num(v) -> str:
+    v = float(v)
+    return str(int(v)) if v.is_integer() else f"{v:g}"
+
+
+def _fmt_res(total: dict, available: dict | None = None) -> str:
+    names = sorted(total, key=lambda k: (k not in ("CPU", "GPU"), k))
+    if available is None:
+        return ", ".join(f"{k} {_num(total[k])}" for k in names)
+    return ", ".join(f"{k} {_num(available.get(k, 0))}/{_num(total[k])}" for k in names)
+
+
+def _table(header: list[str], rows: list[list[str]], indent: str = "  ") -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    lines = [indent + "  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip()
+             for row in [header, *rows]]
+    return "\n".join(lines)
+
+
+def _node_row(n: dict) -> list[str]:
+    total = n.get("resources_total") or n.get("resources") or {}
+    avail = n.get("resources_available")
+    workers = "{}/{}/{}".format(n.get("workers_idle", "?"), n.get("workers_leased", "?"),
+                                n.get("workers_blocked", "?"))
+    if "workers_starting" in n and n["workers_starting"]:
+        workers += f" (+{n['workers_starting']} starting)"
+    state = "alive" if n.get("alive", True) else "DEAD"
+    beat = n.get("seconds_since_heartbeat")
+    if beat is not None and beat > 5:
+        state = f"silent {beat:.0f}s"
+    return [n.get("host", "?"), str(n.get("pid", "?")), state, workers,
+            _fmt_res(total, avail if avail is not None else None) or "-",
+            str(n.get("lease_queue", "?")), str(n.get("messages_rejected", "?"))]
+
+
+def cmd_status(args) -> int:
+    try:
+        records = _records_for(args.address)
+    except ClusterError as e:
+        return _err(str(e))
+    if not records:
+        print("No nbray cluster is running on this machine (start one with `nbray start --head`).")
+        return 0
+    now = time.time()
+    for i, r in enumerate(records):
+        if i:
+            print()
+        address = r.tcp_address or r.head_address
+        pids = r.live_pids()
+        print(f"Cluster {r.session}  address {address}  up {_fmt_uptime(now - r.started_at)}")
+        if not pids:
+            print("  not running: its processes are gone (stale record; `nbray stop "
+                  f"--address {r.session}` removes it)")
+            continue
+        try:
+            info = query_head(r)
+        except (ClusterError, OSError) as e:
+            print(f"  head error: {e}")
+            continue
+        if info is None:
+            print(f"  head not answering (no reply within {STATUS_TIMEOUT_S:g}s; "
+                  f"pids alive: {', '.join(map(str, pids))})")
+            continue
+        nodes = info.nodes
+        print(f"  session {info.session}, {len(nodes)} node{'s' if len(nodes) != 1 else ''}")
+        if not nodes:
+            print("  (no node has registered with the head)")
+            continue
+        header = ["HOST", "PID", "STATE", "WORKERS idle/leased/blocked",
+                  "RESOURCES available/total", "LEASE QUEUE", "REJECTED MSGS"]
+        print(_table(header, [_node_row(n) for n in nodes]))
+    return 0
+
+
+# ---- stop ----------------------------------------------------------------------------------------
+def cmd_stop(args) -> int:
+    try:
+        records = _records_for(args.address)
+    except ClusterError as e:
+        return _err(str(e))
+    if not records:
+        print("No nbray cluster started by `nbray start` is running on this machine.")
+        return 0
+    if args.address is None and not args.all and len(records) > 1:
+        print(f"{len(records)} clusters are running on this machine; say which to stop with "
+              f"--address, or stop them all with --all:", file=sys.stderr)
+        for r in records:
+            print(f"  {r.session}  {r.tcp_address or r.head_address}", file=sys.stderr)
+        return 1
+    for r in records:
+        address = r.tcp_address or r.head_address
+        pids = r.live_pids()
+        cluster.stop(r)
+        if pids:
+            print(f"Stopped cluster {r.session} at {address} "
+                  f"(pids {', '.join(map(str, pids))})")
+        else:
+            print(f"Removed the stale record of cluster {r.session} at {address} "
+                  f"(its processes were already gone)")
+    return 0
+
+
+# ---- demo ----------------------------------------------------------------------------------------
+def cmd_demo(args) -> int:
+    from nbray import demo
+    if args.tasks < 1:
+        return _err(f"--tasks must be at least 1, got {args.tasks}", code=2)
+    return demo.main(num_tasks=args.tasks, num_workers=args.num_workers) or 0
+
+
+# ---- main ----------------------------------------------------------------------------------------
+def _err(text: str, code: int = 1) -> int:
+    print(f"nbray: error: {text}", file=sys.stderr)
+    return code
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="nbray", description="Start, inspect and stop nbray "
+                                 "clusters on this machine.")
+    ap.add_argument("--version", action="version", version=f"nbray {nbray.__version__}")
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND")
+
+    st = sub.add_parser("start", help="start a cluster on this machine (detached)",
+                        description="Start a head and a node on this machine. They run detached "
+                        "and keep running after this command exits; stop them with `nbray stop`.")
+    st.add_argument("--head", action="store_true", help="start a new cluster (head + node)")
+    st.add_argument("--address", metavar="HOST:PORT",
+                    help="join an existing cluster from another machine (not implemented yet)")
+    st.add_argument("--host", default="127.0.0.1",
+                    help="interface the head listens on for TCP (default: 127.0.0.1)")
+    st.add_argument("--port", type=int, default=0, help="TCP port of the head (default: random)")
+    st.add_argument("--num-workers", type=int, default=None,
+                    help="worker processes and CPUs of the node (default: the machine's cores)")
+    st.add_argument("--resources", metavar="JSON",
+                    help='custom resources of the node, e.g. \'{"GPU": 1}\'')
+    st.set_defaults(func=cmd_start)
+
+    ss = sub.add_parser("status", help="show the clusters running on this machine")
+    ss.add_argument("--address", help="only this cluster (host:port or session id)")
+    ss.set_defaults(func=cmd_status)
+
+    sp = sub.add_parser("stop", help="stop clusters started by `nbray start`")
+    g = sp.add_mutually_exclusive_group()
+    g.add_argument("--address", help="the cluster to stop (host:port or session id)")
+    g.add_argument("--all", action="store_true", help="stop every cluster on this machine")
+    sp.set_defaults(func=cmd_stop)
+
+    sd = sub.add_parser("demo", help="run a short demo workload on an embedded cluster")
+    sd.add_argument("--tasks", type=int, default=200,
+                    help="number of Monte Carlo tasks (default: 200)")
+    sd.add_argument("--num-workers", type=int, default=None,
+                    help="workers of the demo's cluster (default: the machine's cores)")
+    sd.set_defaults(func=cmd_demo)
+    return ap
+
+
+def main(argv=None) -> int:
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    if not getattr(args, "func", None):
+        ap.print_help()
+        return 2
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:             # e.g. `nbray status | head`: not an error worth a trace
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,135 @@
+"""Unit tests of the pure parts: no cluster, no processes (sockets only where they are the unit)."""
+from __future__ import annotations
+
+import os
+import pickle
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import nbray
+from nbray.errors import RemoteError, SerializationError
+from nbray.runtime import object_store, protocol as P, serialization
+from nbray.runtime.node.local_scheduler import LeaseRequest, LocalScheduler
+from nbray.runtime.transport import Endpoint
+
+
+# ---- public API ------------------------------------------------------------------------------
+def test_public_api_is_the_explicit_list():
+    exported = {name for name in dir(nbray) if not name.startswith("_")}
+    modules = {"api", "errors", "object_ref", "remote_function", "runtime", "config",
+               "extension", "cli", "demo"}
+    assert exported - modules == set(nbray.__all__)
+    for name in nbray.__all__:
+        assert getattr(nbray, name) is not None
+
+
+# ---- local scheduler -------------------------------------------------------------------------
+def test_scheduler_accounts_resources_and_serves_what_fits_in_order():
+    s = LocalScheduler({"CPU": 2, "GPU": 1})
+    assert s.infeasible({"CPU": 1}) is None
+    assert "GPU" in s.infeasible({"GPU": 2})
+    assert "sim" in s.infeasible({"sim": 1})
+    big, small = LeaseRequest((True, b"a"), 1, {"CPU": 2, "GPU": 1}), \
+        LeaseRequest((True, b"b"), 2, {"CPU": 1})
+    s.queue.extend([big, small])
+    assert s.next_grantable() is big
+    s.acquire(big.resources)
+    s.queue.remove(big)
+    assert s.next_grantable() is None          # nothing left for the small one
+    s.release({"CPU": 1})
+    assert s.next_grantable() is small
+    s.drop_peer((True, b"b"))
+    assert not s.queue
+
+
+# ---- object store ----------------------------------------------------------------------------
+def test_segment_round_trip_is_zero_copy_and_aligned(tmp_path, monkeypatch):
+    arr = np.arange(100_000, dtype=np.float64)
+    buffers = []
+    data = pickle.dumps({"a": arr, "b": "x"}, protocol=5, buffer_callback=buffers.append)
+    path = str(tmp_path / f"{object_store.PREFIX}test_seg")
+    size = object_store.write_segment(path, data, [b.raw() for b in buffers])
+    assert size >= arr.nbytes
+    assert os.stat(path).st_mode & 0o777 == 0o600
+    view, bufs = object_store.read_segment(path)
+    out = pickle.loads(view, buffers=bufs)
+    assert np.array_equal(out["a"], arr) and out["b"] == "x"
+    assert not out["a"].flags.writeable                  # a view of the read-only mapping
+    assert out["a"].ctypes.data % 64 == 0
+    object_store.unlink(path)
+    assert np.array_equal(out["a"], arr)                  # still readable after unlink
+    object_store.unlink(path)                             # unlinking twice is harmless
+
+
+def test_read_segment_refuses_a_foreign_file(tmp_path):
+    path = tmp_path / "junk"
+    path.write_bytes(b"x" * 100)
+    with pytest.raises(ValueError):
+        object_store.read_segment(str(path))
+
+
+# ---- serialization ---------------------------------------------------------------------------
+def test_pack_args_puts_slots_for_top_level_refs_only():
+    class Ref:
+        pass
+    r1, r2 = Ref(), Ref()
+    blob, top, nested = serialization.pack_args(
+        "f", (1, r1), {"k": r2, "l": [3]}, lambda v: isinstance(v, Ref))
+    assert top == [r1, r2] and nested == ()
+    args, kwargs = serialization.unpack_args(blob, ["one", "two"])
+    assert args == (1, "one") and kwargs == {"k": "two", "l": [3]}
+
+
+def test_pack_args_names_the_argument_that_cannot_be_pickled():
+    with pytest.raises(SerializationError, match="keyword 'lock'"):
+        serialization.pack_args("f", (1,), {"lock": threading.Lock()}, lambda v: False)
+    with pytest.raises(TypeError, match="position 1"):
+        serialization.pack_args("f", (1, threading.Lock()), {}, lambda v: False)
+
+
+def test_lambdas_and_local_classes_travel_by_value():
+    class Local:
+        x = 5
+    value = serialization.serialize((lambda y: y + 1, Local), 10 ** 6)
+    fn, cls = serialization.deserialize(value)
+    assert fn(1) == 2 and cls.x == 5
+
+
+# ---- errors ----------------------------------------------------------------------------------
+class CustomError(Exception):
+    def __init__(self, code):
+        super().__init__(f"code {code}")
+        self.code = code
+
+
+def test_remote_error_is_also_the_original_type():
+    err = RemoteError.from_parts(CustomError(7), "Traceback: ...", "task_f")
+    assert isinstance(err, RemoteError) and isinstance(err, CustomError)
+    assert err.code == 7 and "task_f" in str(err) and "Traceback" in str(err)
+    again = pickle.loads(pickle.dumps(err))
+    assert isinstance(again, CustomError) and again.code == 7
+
+
+# ---- transport -------------------------------------------------------------------------------
+def test_endpoint_drops_messages_signed_with_another_key(tmp_path):
+    good = Endpoint(os.urandom(32), b"srv", [f"ipc://{tmp_path}/srv"])
+    evil = Endpoint(os.urandom(32), b"evl", [f"ipc://{tmp_path}/evl"])
+    friend = Endpoint(good.key, b"frd", [f"ipc://{tmp_path}/frd"])
+    try:
+        evil.send(good.address, P.Shutdown())
+        friend.send(good.address, P.NodeInfoRequest())
+        got, deadline = [], time.monotonic() + 5
+        while not got and time.monotonic() < deadline:
+            got = good.recv(100)
+        assert [type(m) for _, m in got] == [P.NodeInfoRequest]
+        deadline = time.monotonic() + 5
+        while good.rejected < 1 and time.monotonic() < deadline:
+            good.recv(50)
+        assert good.rejected == 1
+    finally:
+        for ep in (good, evil, friend):
+            ep.close()
+    assert not os.path.exists(f"{tmp_path}/srv")     # ipc files are removed on close
