@@ -26,6 +26,9 @@ class Config:
     #: (workers beyond the CPUs stand in for workers blocked in get: deep recursion needs them)
     max_workers_per_cpu: int = 4
     min_worker_cap: int = 32
+    #: a driver thread that polled the sockets in get keeps them this long after, so a loop of
+    #: submit and get does not wake the I/O thread each time (seconds)
+    baton_idle_s: float = 0.005
     #: how long shutdown waits for a process to exit before killing it (seconds)
     shutdown_grace_s: float = 3.0
     #: retries for a task whose worker died, unless the task says otherwise

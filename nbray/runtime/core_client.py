@@ -93,6 +93,7 @@ class Lease:
     inflight: dict = field(default_factory=dict)   # task_id -> Task
     sent_functions: set = field(default_factory=set)
     idle_since: float = 0.0
+    progress_at: float = 0.0        # last push to it while idle, or last result from it
     returning: bool = False
 
 
@@ -133,9 +134,12 @@ class CoreClient:
         self._pending_acks: set = set()
         self._held: list = []
         self._pusher = self.ep.push_sender()
-        self._baton = threading.Lock()          # held by the thread that polls the sockets
+        # the baton: which thread may use the Endpoint's sockets (see _acquire_sockets)
         self._baton_owner: int | None = None
-        self._leader: int | None = None         # the user thread that took the baton
+        self._baton_busy = False                # its owner is polling right now
+        self._baton_idle_since = 0.0
+        self._baton_wanted: int | None = None   # a user thread waits for the I/O thread's
+        self._io_ident: int | None = None
         self._io_cv = threading.Condition(self.lock)
         self._waiters = 0
         self._wake_pending = False
@@ -169,6 +173,7 @@ class CoreClient:
         if self._io_thread is not None:
             with self.lock:
                 self._io_cv.notify_all()
+                self.cv.notify_all()
             self.ep.wake()
             self._io_thread.join(timeout=5)
         self.ep.close()
@@ -275,7 +280,12 @@ class CoreClient:
         (``eager=False``) a task leaves at once only for an idle worker, or with a half-depth
         batch; the others leave together when results come back, one message for many."""
         depth = self._depth(shape)
-        usable = [lease for lease in shape.leases if not lease.returning]
+        # a worker that has sent nothing back for well over the usual run time is busy with a
+        # long task: queue nothing more behind it, and ask for another worker instead
+        stall_after = max(0.01, 3 * shape.avg_run_s)
+        now = time.monotonic()
+        usable = [lease for lease in shape.leases if not lease.returning and not (
+            lease.inflight and now - lease.progress_at > stall_after)]
         for lease in sorted(usable, key=lambda w: len(w.inflight)):
             inflight = len(lease.inflight)
             if not shape.ready or inflight >= depth:
@@ -293,6 +303,8 @@ class CoreClient:
                 self._request_lease(shape)
 
     def _push(self, lease: Lease, tasks: list) -> None:
+        if not lease.inflight:
+            lease.progress_at = time.monotonic()
         functions = {}
         for t in tasks:
             t.worker = lease
@@ -335,6 +347,7 @@ class CoreClient:
             lease = task.worker
             if lease is not None:
                 lease.inflight.pop(res.task_id, None)
+                lease.progress_at = now
                 if not lease.inflight:
                     lease.idle_since = now
                 task.worker = None
@@ -662,7 +675,7 @@ class CoreClient:
                 objs.append((ref._id, obj))
                 if obj.value is None and not obj.owned:
                     self._subscribe(ref._id, obj)
-        blocked = leader = False
+        blocked = owner = False
         try:
             while True:
                 done = {oid: o.value for oid, o in objs if o.value is not None}
@@ -681,12 +694,13 @@ class CoreClient:
                         self._set_blocked(True)
                     self.pump(None if remaining is None else remaining * 1000)
                     continue
-                if not leader:
-                    leader = self._take_baton()
-                    if leader:
-                        continue        # the I/O thread may have handled it meanwhile
-                if leader:
-                    self.pump(1000 if remaining is None else min(remaining * 1000, 1000))
+                if self._acquire_sockets(remaining):
+                    owner = True
+                    self.pump(min(self._timer_ms(), 1e9 if remaining is None else
+                                  remaining * 1000))
+                    with self.lock:
+                        self._baton_busy = False
+                        self._baton_idle_since = time.monotonic()
                 else:
                     with self.lock:
                         self._waiters += 1
@@ -697,29 +711,42 @@ class CoreClient:
         finally:
             if blocked:
                 self._set_blocked(False)
-            if leader:
-                self._give_baton()
+            if owner:
+                with self.lock:         # keep the baton: the next get may need it soon
+                    self._baton_idle_since = time.monotonic()
+                    if self._waiters:
+                        self.cv.notify_all()
 
-    def _take_baton(self) -> bool:
-        """Become the thread that polls (False if another user thread already is)."""
+    def _acquire_sockets(self, remaining: float | None) -> bool:
+        """Let this user thread poll the sockets itself (False: another user thread polls).
+
+        The baton is sticky: a thread keeps it after its get returns, so a loop of submit and
+        get never wakes the I/O thread; the I/O thread takes it back once it has been idle
+        for ``baton_idle_s``. Taking it from the I/O thread costs one wake-up.
+        """
         me = threading.get_ident()
         with self.lock:
-            if self._leader is not None:
-                return False
-            self._leader = me
+            owner = self._baton_owner
+            if owner == me or owner is None or (owner != self._io_ident and not
+                                                self._baton_busy):
+                self._baton_owner, self._baton_busy = me, True
+                return True
+            if owner != self._io_ident:
+                return False            # another user thread is polling for all of us
+            self._baton_wanted = me
         self._wake_pending = True
-        self.ep.wake()              # the I/O thread leaves its poll and parks
-        self._baton.acquire()
-        self._baton_owner = me
-        return True
-
-    def _give_baton(self) -> None:
-        self._baton_owner = None
-        self._baton.release()
+        self.ep.wake()                  # the I/O thread leaves its poll and hands over
         with self.lock:
-            self._leader = None
-            self._io_cv.notify_all()
-            self.cv.notify_all()        # a waiting user thread may lead now
+            deadline = None if remaining is None else time.monotonic() + remaining
+            while self._baton_owner != me:
+                if self._baton_owner not in (self._io_ident, None) or self._closing or (
+                        deadline is not None and time.monotonic() >= deadline):
+                    if self._baton_wanted == me:
+                        self._baton_wanted = None
+                    return False
+                self.cv.wait(0.05)
+            self._baton_busy = True
+            return True
 
     def _set_blocked(self, blocked: bool) -> None:
         """A worker waiting in get lends its CPU back to the node, and hands back queued work."""
@@ -799,28 +826,37 @@ class CoreClient:
                 self.cv.notify_all()
 
     def _io_loop(self) -> None:
-        me = threading.get_ident()
+        me = self._io_ident = threading.get_ident()
+        grace = CONFIG.baton_idle_s
         while not self._closing:
             with self.lock:
-                while self._leader is not None and not self._closing:
-                    self._io_cv.wait()
-            with self._baton:
-                self._baton_owner = me
+                while not self._closing:
+                    owner = self._baton_owner
+                    idle = time.monotonic() - self._baton_idle_since
+                    if owner in (None, me) or (not self._baton_busy and idle >= grace):
+                        self._baton_owner = me      # free, ours, or left idle: take it
+                        break
+                    # a user thread polls: look again now and then, to take the sockets
+                    # back once it has left them idle (a notify on every get would cost a
+                    # wake-up of this thread per get, which is what the baton saves)
+                    self._io_cv.wait(0.02 if self._baton_busy else grace - idle)
+                if self._closing:
+                    break
                 self._wake_pending = False
-                try:
-                    if self._leader is None:
-                        self.pump(self._timer_ms())
-                except Exception:           # the I/O thread must not die silently
-                    import traceback
-                    traceback.print_exc()
-                finally:
-                    self._baton_owner = None
-        with self._baton:
-            self._baton_owner = me
+            try:
+                self.pump(self._timer_ms())
+            except Exception:           # the I/O thread must not die silently
+                import traceback
+                traceback.print_exc()
             with self.lock:
-                while self._outbox:
-                    self._send(*self._outbox.popleft())
-            self._baton_owner = None
+                if self._baton_wanted is not None:      # hand over to a waiting user thread
+                    self._baton_owner, self._baton_wanted = self._baton_wanted, None
+                    self._baton_busy = True
+                    self.cv.notify_all()
+        with self.lock:
+            self._baton_owner = me
+            while self._outbox:
+                self._send(*self._outbox.popleft())
 
     def return_idle_leases(self) -> None:
         """Give back every lease with nothing in flight (a worker, when its task is done)."""
@@ -831,7 +867,10 @@ class CoreClient:
             self._dispatch()
 
     def idle_timeout_ms(self) -> float:
-        """How long the sockets may be left unpolled: idle leases go back on time."""
+        """How long the sockets may be left unpolled: idle leases go back on time, and tasks
+        queued behind busy workers are looked at again soon (a worker may have stalled)."""
+        if any(shape.ready for shape in self.shapes.values()):
+            return 10
         return 1000 * CONFIG.lease_idle_s if self.leases else 1000
 
     def _timer_ms(self) -> float:
