@@ -123,10 +123,39 @@ def bench_async(n: int, runs: int) -> dict:
         del refs
         return n / dt
     nbray.get([noop.remote() for _ in range(min(n, 1000))])      # warm up the leases
+    before = control_plane()
     rates = best_of(runs, once)
+    after = control_plane()
+    tasks = n * runs
+    per_task = {k: (after[k] - before[k]) / tasks for k in before}
     return {"async_tasks_per_s": round(max(rates)),
             "async_tasks_per_s_runs": [round(r) for r in rates],
-            "async_tasks": n}
+            "async_tasks": n,
+            # what each task costs the parts that must not grow with the task rate
+            "per_task": {
+                "head_messages": round(per_task["head_msgs"], 5),
+                "head_cpu_us": round(per_task["head_cpu_s"] * 1e6, 2),
+                "node_messages": round(per_task["node_msgs"], 5),
+                "node_cpu_us": round(per_task["node_cpu_s"] * 1e6, 2),
+                "driver_messages": round(per_task["driver_msgs"], 4),
+                "worker_cpu_us": round(per_task["worker_cpu_s"] * 1e6, 2)}}
+
+
+def control_plane() -> dict:
+    """Counters of the head, the node and the driver's client, and their CPU time."""
+    import psutil
+    from nbray import api
+    from nbray.runtime import cluster, protocol as P
+    record, client = api._driver.record, api._driver.client
+    head = cluster.ask(record, record.head_address, P.ClusterInfoRequest())
+    node = cluster.ask(record, record.node_address, P.NodeInfoRequest())
+    head_pid, node_pid = head.head["pid"], node.info["pid"]
+    workers = psutil.Process(node_pid).children()
+    cpu = lambda p: sum(psutil.Process(p).cpu_times()[:2]) if psutil.pid_exists(p) else 0.0
+    return {"head_msgs": head.head["messages_received"], "head_cpu_s": cpu(head_pid),
+            "node_msgs": node.info["messages_received"], "node_cpu_s": cpu(node_pid),
+            "worker_cpu_s": sum(cpu(w.pid) for w in workers),
+            "driver_msgs": client.ep.sent + client.ep.received + client._pusher.sent}
 
 
 def bench_chain(length: int, runs: int) -> dict:

@@ -97,23 +97,7 @@ def cmd_start(args) -> int:
 def query_head(record: cluster.ClusterRecord, timeout: float = STATUS_TIMEOUT_S):
     """Ask a cluster's head for its ClusterInfo; None if it does not answer within ``timeout``."""
     from nbray.runtime import protocol as P
-    from nbray.runtime.transport import Endpoint
-    ep = Endpoint(bytes.fromhex(record.key), b"cli-" + os.urandom(6))
-    try:
-        target = record.head_address
-        ep.send(target, P.ClusterInfoRequest())
-        deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return None
-            for _peer, msg in ep.recv(left * 1000):
-                if isinstance(msg, P.ClusterInfo):
-                    return msg
-                if isinstance(msg, P.Error):
-                    raise ClusterError(f"the head answered with an error: {msg.text}")
-    finally:
-        ep.close()
+    return cluster.ask(record, record.head_address, P.ClusterInfoRequest(), timeout)
 
 
 def _records_for(address: str | None) -> list[cluster.ClusterRecord]:

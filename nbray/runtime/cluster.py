@@ -276,3 +276,24 @@ def find(address: str) -> ClusterRecord:
         if r.matches(address):
             return r
     raise ClusterError(f"no running cluster at {address!r} on this machine")
+
+
+def ask(record: ClusterRecord, address: str, request, timeout: float = 3.0):
+    """Send one request to a cluster process (signed with the cluster's key) and return its
+    answer, or None if none comes within ``timeout`` seconds."""
+    from nbray.runtime import protocol as P
+    from nbray.runtime.transport import Endpoint
+    ep = Endpoint(bytes.fromhex(record.key), b"ask-" + os.urandom(6))
+    try:
+        ep.send(address, request)
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            for _peer, msg in ep.recv(left * 1000):
+                if isinstance(msg, P.Error):
+                    raise ClusterError(f"{address} answered with an error: {msg.text}")
+                return msg
+    finally:
+        ep.close()

@@ -197,6 +197,7 @@ class ClusterInfoRequest(NamedTuple):
 class ClusterInfo(NamedTuple):
     session: str
     nodes: list
+    head: dict | None = None        # the head's own counters
 
 
 class Shutdown(NamedTuple):

@@ -179,6 +179,7 @@ class PushSender:
         self.ep = ep
         self.lock = threading.Lock()
         self.socks: dict[str, zmq.Socket] = {}
+        self.sent = 0
 
     def send(self, address: str, msg) -> None:
         frame = self.ep._frame(msg)
@@ -190,3 +191,4 @@ class PushSender:
                 sock.setsockopt(zmq.SNDHWM, 0)
                 sock.connect(address)
             sock.send(frame, copy=True)
+            self.sent += 1

@@ -1,6 +1,8 @@
 """The head's process: serves its tables to nodes, drivers and the CLI."""
 from __future__ import annotations
 
+import os
+
 
 import psutil
 
@@ -37,7 +39,9 @@ class HeadServer:
         self.tables.heartbeat(msg.node_id, msg.stats)
 
     def _on_info(self, peer, msg) -> None:
-        self.ep.reply(peer, P.ClusterInfo(self.tables.session, self.tables.node_list()))
+        head = {"pid": os.getpid(), "started_at": self.tables.started_at,
+                "messages_received": self.ep.received, "messages_rejected": self.ep.rejected}
+        self.ep.reply(peer, P.ClusterInfo(self.tables.session, self.tables.node_list(), head))
 
     def _on_shutdown(self, peer, msg) -> None:
         self._shutdown_nodes()
