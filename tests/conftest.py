@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import glob
 import os
-import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -157,16 +155,10 @@ def start_cluster(**kwargs) -> Cluster:
 
 def shutdown_and_check(timeout: float = 10.0) -> None:
     """``nbray.shutdown()`` the current driver and check that its cluster left nothing."""
-    record, procs = api._driver.record, api._driver.procs
+    record = api._driver.record
     session = record.session if record is not None else None
     pids = {p.pid for p in descendants()}
     nbray.shutdown()
-    # Committed nbray (HEAD) spawns the head and node with stdout pipes it never closes: a
-    # ResourceWarning, an error here, when the Popen objects are collected. Close any such pipe,
-    # so that every test does not fail on it; test_lifecycle checks nbray itself for this.
-    for p in (procs or {}).values():
-        if p.stdout is not None and not p.stdout.closed:
-            p.stdout.close()
     if session is not None:
         assert_nothing_left(session, pids, timeout)
 
@@ -198,13 +190,6 @@ def no_cluster():
     if nbray.is_initialized():
         shutdown_and_check()
     wait_until(lambda: not descendants(), 10, f"no child processes left: {descendants()}")
-
-
-def run_script(code: str, *args, timeout: float = 60, **kwargs) -> subprocess.CompletedProcess:
-    """Run ``code`` in a fresh interpreter (a separate driver)."""
-    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=os.path.dirname(os.path.dirname(__file__)),
-                          **kwargs)
 
 
 # ---- collection --------------------------------------------------------------------------------

@@ -108,9 +108,9 @@ def test_builtin_error_types_are_preserved(module_cluster):
     assert "/nonexistent-dir-nbray/file" in str(info.value)
 
 
-@pytest.mark.xfail(reason="BUG: for OSError subclasses RemoteError.__init__ runs OSError.__init__"
-                          "(cause, traceback_text, task_name), so errno is the cause object, "
-                          "strerror the traceback and filename the task name", strict=False)
+# Regression (found by this suite in 3bb027a): for OSError subclasses RemoteError.__init__ runs
+# OSError.__init__(cause, traceback_text, task_name), so errno is the cause object, strerror the
+# traceback and filename the task name
 def test_os_error_attributes_are_preserved(module_cluster):
     with pytest.raises(FileNotFoundError) as info:
         nbray.get(fail_with_os_error.remote())
@@ -161,10 +161,9 @@ def test_custom_exception_class_is_preserved(module_cluster):
     assert "custom failure" in str(err) and "fail_with_custom" in str(err)
 
 
-@pytest.mark.xfail(reason="BUG: RemoteError.from_parts cannot mix in an exception class whose "
-                          "__init__ does not take (cause, traceback, name); the error comes "
-                          "back as a plain RemoteError, so `except CustomErrorWithState` misses",
-                   strict=False)
+# Regression (found by this suite in 3bb027a): RemoteError.from_parts cannot mix in an exception
+# class whose __init__ does not take (cause, traceback, name); the error comes back as a plain
+# RemoteError, so `except CustomErrorWithState` misses
 def test_custom_exception_with_own_init_is_preserved(module_cluster):
     with pytest.raises(CustomErrorWithState) as info:
         nbray.get(fail_with_stateful.remote(17))
@@ -247,9 +246,8 @@ def test_put_unpicklable_raises_type_error(module_cluster):
         nbray.put(threading.Lock())
 
 
-@pytest.mark.xfail(reason="BUG (minor): nbray.put() of an unserializable value raises the bare "
-                          "pickling TypeError, not nbray.SerializationError as .remote() does",
-                   strict=False)
+# Regression (found by this suite in 3bb027a): nbray.put() of an unserializable value raises the
+# bare pickling TypeError, not nbray.SerializationError as .remote() does
 def test_put_unpicklable_raises_serialization_error(module_cluster):
     with pytest.raises(nbray.SerializationError):
         nbray.put(threading.Lock())

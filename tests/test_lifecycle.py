@@ -145,7 +145,7 @@ def test_shutdown_with_running_task_leaves_nothing(no_cluster, tmp_path):
 
 
 def test_init_shutdown_emits_no_resource_warning(no_cluster):
-    """Regression: in HEAD cluster.stop() never closed the stdout pipes of the head and node
+    """Regression (found by this suite in 3bb027a): cluster.stop() never closed the stdout pipes of the head and node
     Popen objects, so every init/shutdown emitted two ResourceWarnings."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -248,7 +248,8 @@ def killed_driver():
         proc.wait()
         proc.stdout.close()
     yield session, pids
-    # the tests looked; do not leave a known leak (see the xfail below) on the machine
+    # the tests have looked: should the run directory have leaked (a regression the test
+    # below reports), do not leave it on the machine
     wait_until(lambda: not [p for p in pids if pid_alive(p)], 10, "the cluster to exit")
     shutil.rmtree(rundir_of(session), ignore_errors=True)
 
@@ -259,10 +260,9 @@ def test_killed_driver_cluster_exits(no_cluster, killed_driver):
     _assert_driver_left_nothing(session, pids)
 
 
-@pytest.mark.xfail(reason="BUG: when the driver is SIGKILLed the head and node exit and remove "
-                          "the segments, but nobody removes the run directory "
-                          "/tmp/nbray-<uid>/<session> (only the driver's cluster.stop() does)",
-                   strict=False)
+# Regression (found by this suite in 3bb027a): when the driver is SIGKILLed the head and node
+# exit and remove the segments, but nobody removes the run directory /tmp/nbray-<uid>/<session>
+# (only the driver's cluster.stop() does)
 def test_killed_driver_run_directory_removed(no_cluster, killed_driver):
     session, pids = killed_driver
     _assert_driver_left_nothing(session, pids)
@@ -274,9 +274,22 @@ def test_interrupted_driver_leaves_nothing(no_cluster):
     """Ctrl-C (SIGINT to the driver's process group) while blocked in get: the driver gets
     KeyboardInterrupt and exits; its cluster, in its own session, is stopped at exit."""
     code = DRIVER_PRELUDE + textwrap.dedent("""
+        import threading
+
+        def report_when_main_thread_is_in_get():
+            main = threading.main_thread().ident
+            while True:
+                frame = sys._current_frames().get(main)
+                while frame is not None:
+                    if frame.f_code.co_name == "get" and "nbray" in frame.f_code.co_filename:
+                        report()
+                        return
+                    frame = frame.f_back
+                time.sleep(0.005)
+
         nbray.init(num_workers=2)
         r = nbray.remote(time.sleep).remote(60)
-        report()
+        threading.Thread(target=report_when_main_thread_is_in_get, daemon=True).start()
         try:
             nbray.get(r)
         except KeyboardInterrupt:
@@ -300,10 +313,9 @@ def test_interrupted_driver_leaves_nothing(no_cluster):
                f"run directory of session {session} to be removed")
 
 
-@pytest.mark.xfail(reason="BUG: serialization tries plain pickle first, which pickles instances of "
-                          "classes defined in __main__ (a notebook, a script) by reference; the "
-                          "worker cannot resolve __main__.<Class> and the task fails with "
-                          "AttributeError", strict=False)
+# Regression (found by this suite in 3bb027a): serialization tries plain pickle first, which
+# pickles instances of classes defined in __main__ (a notebook, a script) by reference; the
+# worker cannot resolve __main__.<Class> and the task fails with AttributeError
 def test_main_module_class_instance_as_argument(no_cluster):
     code = textwrap.dedent("""
         import nbray

@@ -149,10 +149,9 @@ def test_large_array_nested_ref_arrives_read_only(module_cluster):
     assert total == pytest.approx(float(arr.sum()), rel=1e-12)
 
 
-@pytest.mark.xfail(reason="BUG: a large array passed by value to .remote() is pickled inline "
-                          "into the task message (copied through the socket, ~25x slower than "
-                          "put) instead of going to shared memory; it arrives writeable",
-                   strict=False)
+# Regression (found by this suite in 3bb027a): a large array passed by value to .remote() is
+# pickled inline into the task message (copied through the socket, ~25x slower than put) instead
+# of going to shared memory; it arrives writeable
 def test_large_array_passed_by_value_is_zero_copy(module_cluster):
     arr = big_array(seed=4)
     info = nbray.get(array_info.remote(arr))

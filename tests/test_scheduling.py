@@ -44,12 +44,10 @@ def test_wait_returns_as_soon_as_enough_are_ready(cluster):
         nbray.cancel(refs[1])
 
 
-@pytest.mark.xfail(reason="BUG (working tree, not in HEAD): a driver pushes tasks on two sockets "
-                          "per worker, the PushSender DEALER of user threads and the Endpoint "
-                          "DEALER of the polling thread; ZeroMQ does not order messages across "
-                          "sockets, so a PushTasks without the function blob can overtake the one "
-                          "carrying it and the task fails with KeyError in Executor._function",
-                   strict=False)
+# Regression (found by this suite in the uncommitted work that became d5010ed): a driver pushed
+# tasks on two sockets per worker (the PushSender DEALER of user threads and the Endpoint DEALER
+# of the polling thread); ZeroMQ does not order messages across sockets, so a PushTasks without
+# the function blob could overtake the one carrying it: KeyError in Executor._function.
 def test_new_functions_after_a_burst_run_correctly(cluster):
     """A function first sent to workers while a burst of tasks is in flight."""
     for trial in range(3):
@@ -64,10 +62,9 @@ def test_new_functions_after_a_burst_run_correctly(cluster):
                          timeout=20) == [1, 2, 3]
 
 
-@pytest.mark.xfail(reason="BUG: as in test_pipelined_result_is_not_held_behind_next_task, seen "
-                          "with 2 workers (not every run): both tasks can end up on one worker "
-                          "and the short one's result waits for the long one",
-                   strict=False)
+# Regression (found by this suite in 3bb027a): as in
+# test_pipelined_result_is_not_held_behind_next_task, seen with 2 workers (not every run): both
+# tasks can end up on one worker and the short one's result waits for the long one
 def test_short_task_not_delayed_by_long_one_after_burst(cluster):
     """Two workers, after a burst of tiny tasks (deep pipelining): a 0.2s task submitted with a
     3s one must come back well before the 3s one ends."""
@@ -80,12 +77,11 @@ def test_short_task_not_delayed_by_long_one_after_burst(cluster):
     assert elapsed < 2.5, f"the short task's result took {elapsed:.2f}s"
 
 
-@pytest.mark.xfail(reason="BUG: after short tasks the client pipelines a batch of tasks to a "
-                          "worker; the worker holds a finished task's result back while it runs "
-                          "the tasks queued behind it (Executor.run_forever flushes results only "
-                          "when its queue is empty or the oldest is >5 ms old *after* the next "
-                          "task): a 0.2s task's result waits for the 2s task queued after it",
-                   strict=False)
+# Regression (found by this suite in 3bb027a): after short tasks the client pipelines a batch of
+# tasks to a worker; the worker holds a finished task's result back while it runs the tasks
+# queued behind it (Executor.run_forever flushes results only when its queue is empty or the
+# oldest is >5 ms old *after* the next task): a 0.2s task's result waits for the 2s task queued
+# after it
 def test_pipelined_result_is_not_held_behind_next_task(no_cluster):
     start_cluster(num_workers=1)
     nbray.get([noop.remote() for _ in range(200)])     # short tasks: deep pipelining
@@ -106,9 +102,8 @@ def test_recursive_tasks_moderate_depth(cluster):
 
 
 @pytest.mark.timeout(30)
-@pytest.mark.xfail(reason="BUG: deadlock. Every task blocked in get() keeps its worker process, "
-                          "and the node never starts more than max_workers_per_cpu (4) x CPUs "
-                          "workers; recursion deeper than that (fib(6) on 2 CPUs) waits forever",
-                   strict=False)
+# Regression (found by this suite in 3bb027a): deadlock. Every task blocked in get() keeps its
+# worker process, and the node never starts more than max_workers_per_cpu (4) x CPUs workers;
+# recursion deeper than that (fib(6) on 2 CPUs) waits forever
 def test_recursive_tasks_deeper_than_worker_cap(cluster):
     assert nbray.get(fib.remote(6), timeout=8) == 8

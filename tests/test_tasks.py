@@ -86,9 +86,8 @@ def test_get_same_ref_again(module_cluster):
     assert nbray.get([ref]) == [25]
 
 
-@pytest.mark.xfail(reason="BUG: get() of a list holding the same ref twice never returns: "
-                          "_wait_values counts distinct ready ids against len(refs)",
-                   strict=False)
+# Regression (found by this suite in 3bb027a): get() of a list holding the same ref twice never
+# returns: _wait_values counts distinct ready ids against len(refs)
 def test_get_same_ref_twice_in_list(module_cluster):
     ref = square.remote(5)
     assert nbray.get(ref) == 25                    # the value is there
