@@ -282,7 +282,7 @@ class CoreClient:
         depth = self._depth(shape)
         # a worker that has sent nothing back for well over the usual run time is busy with a
         # long task: queue nothing more behind it, and ask for another worker instead
-        stall_after = max(0.01, 3 * shape.avg_run_s)
+        stall_after = min(0.05, max(0.01, 3 * shape.avg_run_s))
         now = time.monotonic()
         usable = [lease for lease in shape.leases if not lease.returning and not (
             lease.inflight and now - lease.progress_at > stall_after)]
