@@ -280,12 +280,13 @@ class CoreClient:
         (``eager=False``) a task leaves at once only for an idle worker, or with a half-depth
         batch; the others leave together when results come back, one message for many."""
         depth = self._depth(shape)
-        # a worker that has sent nothing back for well over the usual run time is busy with a
-        # long task: queue nothing more behind it, and ask for another worker instead
-        stall_after = min(0.05, max(0.01, 3 * shape.avg_run_s))
+        # Queue more behind a busy worker only while its results keep coming: one whose
+        # current task has run over twice the usual time may be on a long task, so the next
+        # tasks wait for another worker (asked for below) rather than behind it.
+        fresh = min(0.05, max(0.0005, 2 * shape.avg_run_s))
         now = time.monotonic()
         usable = [lease for lease in shape.leases if not lease.returning and not (
-            lease.inflight and now - lease.progress_at > stall_after)]
+            lease.inflight and now - lease.progress_at > fresh)]
         for lease in sorted(usable, key=lambda w: len(w.inflight)):
             inflight = len(lease.inflight)
             if not shape.ready or inflight >= depth:
