@@ -92,6 +92,25 @@ def test_remote_value_error_is_remote_error_and_value_error(module_cluster):
     assert err.traceback_text in text
 
 
+def test_remote_traceback_shows_source_of_a_cell_that_is_no_file(module_cluster):
+    """A notebook cell's code has a file name that exists only in the kernel's linecache: the
+    function carries those lines, so the worker's traceback shows them."""
+    import linecache
+    name = "/tmp/nbray-no-such-dir/cell-17.py"
+    source = "def helper(v):\n    raise KeyError(f'no key {v}')\n\n" \
+             "def from_cell(v):\n    return helper(v) + 1\n"
+    linecache.cache[name] = (len(source), None, source.splitlines(True), name)
+    namespace = {}
+    exec(compile(source, name, "exec"), namespace)
+    with pytest.raises(KeyError) as info:
+        nbray.get(nbray.remote(namespace["from_cell"]).remote(5))
+    text = info.value.traceback_text
+    assert f'File "{name}", line 5, in from_cell' in text
+    assert "return helper(v) + 1" in text
+    assert f'File "{name}", line 2, in helper' in text
+    assert "raise KeyError(f'no key {v}')" in text
+
+
 def test_remote_error_caught_as_remote_error(module_cluster):
     with pytest.raises(nbray.RemoteError, match="bad value 1"):
         nbray.get(fail_with_value_error.remote(1))

@@ -10,8 +10,12 @@ them alive for as long as it lives.
 """
 from __future__ import annotations
 
+import collections
+import io
+import linecache
 import pickle
 import threading
+import types
 
 import cloudpickle
 
@@ -27,14 +31,48 @@ def contained_refs() -> list | None:
     return getattr(_local, "refs", None)
 
 
+class _Pickler(cloudpickle.Pickler):
+    """cloudpickle, keeping each code object's file name (cloudpickle 3.1.3 and later write
+    ``<dynamic-code>`` instead, which leaves remote tracebacks without files or source lines).
+    The files it saw are collected in ``filenames``."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.filenames: set = set()
+
+    def reducer_override(self, obj):
+        if type(obj) is types.CodeType:
+            self.filenames.add(obj.co_filename)
+            return _code_named, (_CODE_REDUCE(obj), obj.co_filename)
+        return super().reducer_override(obj)
+
+
+_CODE_REDUCE = cloudpickle.Pickler.dispatch_table[types.CodeType]
+
+
+def _code_named(reduced, filename: str) -> types.CodeType:
+    rebuild, args = reduced
+    code = rebuild(*args)
+    return code if code.co_filename == filename else code.replace(co_filename=filename)
+
+
+def _cloudpickle_dumps(value, protocol=5, buffer_callback=None, filenames=None) -> bytes:
+    with io.BytesIO() as f:
+        pickler = _Pickler(f, protocol=protocol, buffer_callback=buffer_callback)
+        pickler.dump(value)
+        if filenames is not None:
+            filenames.update(pickler.filenames)
+        return f.getvalue()
+
+
 def _dumps(value, buffer_callback=None) -> bytes:
-    for dumps in (pickle.dumps, cloudpickle.dumps):
+    for dumps in (pickle.dumps, _cloudpickle_dumps):
         buffers: list = []
         try:
             data = dumps(value, protocol=5,
                          buffer_callback=None if buffer_callback is None else buffers.append)
         except Exception:
-            if dumps is cloudpickle.dumps:
+            if dumps is _cloudpickle_dumps:
                 raise
             continue
         # plain pickle names classes and functions of __main__ (a notebook, a script) by
@@ -57,8 +95,31 @@ def dumps_collecting(value, buffer_callback=None) -> tuple[bytes, tuple]:
     return data, tuple(refs)
 
 
+#: source files larger than this are not shipped with a function
+MAX_SOURCE_BYTES = 1 << 20
+
+
 def dumps_function(fn) -> bytes:
-    return cloudpickle.dumps(fn, protocol=5)
+    """Pickle a function by value with the source lines of the files its code comes from, so
+    a worker's traceback shows them even where the file does not exist (a notebook cell, a
+    script on another machine)."""
+    filenames: set = set()
+    body = _cloudpickle_dumps(fn, filenames=filenames)
+    sources = {}
+    for name in filenames:
+        lines = linecache.getlines(name)
+        if lines and sum(map(len, lines)) <= MAX_SOURCE_BYTES:
+            sources[name] = lines
+    return pickle.dumps((body, sources), protocol=5)
+
+
+def loads_function(blob: bytes):
+    """The other side of ``dumps_function``: register the shipped source lines, load the function."""
+    body, sources = pickle.loads(blob)
+    for name, lines in sources.items():
+        # no mtime: linecache.checkcache keeps entries it cannot check against a file
+        linecache.cache[name] = (sum(map(len, lines)), None, lines, name)
+    return pickle.loads(body)
 
 
 def serialize(value, inline_threshold: int, shm_path=None) -> Value:

@@ -121,7 +121,7 @@ class Executor:
     def _function(self, fn_id: bytes):
         fn = self.functions.get(fn_id)
         if fn is None:
-            fn = self.functions[fn_id] = cloudpickle.loads(self.blobs.pop(fn_id))
+            fn = self.functions[fn_id] = serialization.loads_function(self.blobs.pop(fn_id))
         return fn
 
     def _encode(self, spec: P.TaskSpec, result) -> tuple:
