@@ -170,6 +170,38 @@ def test_cancel_immediately_after_submit(cluster, tmp_path):
     assert nbray.get(quick.remote("alive"), timeout=20) == "alive"
 
 
+class SlowToUnpickle:
+    """An argument whose unpickling takes a while (and says when it begins): it holds the
+    worker between receiving a task and starting it."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        with open(self.marker, "w") as f:
+            f.write("unpickling")
+        time.sleep(0.5)
+
+
+@nbray.remote
+def sleep_with(arg, seconds=30.0):
+    time.sleep(seconds)
+    return "finished"
+
+
+# Regression: a cancel whose signal reached the worker while it was still unpickling the task's
+# arguments was ignored, and the message announcing it then waited in the socket until the task
+# ended (seen as a 30 s task that could not be cancelled, under load)
+def test_cancel_while_the_worker_prepares_the_task(cluster, tmp_path):
+    marker = str(tmp_path / "unpickling")
+    ref = sleep_with.remote(SlowToUnpickle(marker))
+    wait_until(lambda: os.path.exists(marker), 20, "the worker to start unpickling")
+    nbray.cancel(ref)
+    _assert_cancelled(ref, within=10)
+    assert nbray.get(quick.remote("alive"), timeout=20) == "alive"
+
+
 def test_cancel_many_short_tasks(cluster):
     @nbray.remote
     def short(i):

@@ -133,6 +133,30 @@ def test_wrong_call_signature_is_a_remote_type_error(module_cluster):
     assert isinstance(info.value, nbray.RemoteError)
 
 
+class Point:
+    """A class of this module, which the workers cannot import: it must travel by value."""
+
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+    def norm2(self):
+        return self.x * self.x + self.y * self.y
+
+
+@nbray.remote
+def shifted(p):
+    return Point(p.x + 1, p.y + 1)
+
+
+# Regression: plain pickle, tried first, named such a class by reference even though its module
+# is registered to go by value (as the test suite registers its modules), and the worker failed
+# to import it
+def test_instances_of_a_by_value_module_travel_both_ways(module_cluster):
+    out = nbray.get(shifted.remote(Point(2, 3)))
+    assert type(out).__name__ == "Point" and (out.x, out.y) == (3, 4)
+    assert out.norm2() == 25
+
+
 def test_lambda_and_closure_remote_functions(module_cluster):
     offset = 42
     plus = nbray.remote(lambda x: x + offset)

@@ -65,6 +65,11 @@ def _cloudpickle_dumps(value, protocol=5, buffer_callback=None, filenames=None) 
         return f.getvalue()
 
 
+def _names_by_value_module(data: bytes) -> bool:
+    modules = getattr(cloudpickle.cloudpickle, "_PICKLE_BY_VALUE_MODULES", ())
+    return any(name.encode() in data for name in modules)
+
+
 def _dumps(value, buffer_callback=None) -> bytes:
     for dumps in (pickle.dumps, _cloudpickle_dumps):
         buffers: list = []
@@ -75,9 +80,10 @@ def _dumps(value, buffer_callback=None) -> bytes:
             if dumps is _cloudpickle_dumps:
                 raise
             continue
-        # plain pickle names classes and functions of __main__ (a notebook, a script) by
-        # reference, which workers cannot resolve: those go by value, through cloudpickle
-        if dumps is pickle.dumps and b"__main__" in data:
+        # plain pickle names classes and functions of __main__ (a notebook, a script) and of
+        # modules registered with cloudpickle.register_pickle_by_value by reference, which
+        # workers cannot resolve: those go by value, through cloudpickle
+        if dumps is pickle.dumps and (b"__main__" in data or _names_by_value_module(data)):
             continue
         for b in buffers:
             buffer_callback(b)

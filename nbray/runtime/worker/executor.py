@@ -99,6 +99,8 @@ class Executor:
             args, kwargs = serialization.unpack_args(spec.args_blob, values)
             client.in_user_code = True
             try:
+                if client.pokes_seen > client.cancels_seen or client.cancel_requested:
+                    client.take_poke()      # a cancel was announced while we got ready
                 result = fn(*args, **kwargs)
             finally:
                 client.in_user_code = False
