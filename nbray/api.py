@@ -79,7 +79,7 @@ def init(address: str | None = None, *, num_workers: int | None = None,
             record, procs, embedded = _join_record(address, key), None, False
         try:
             client = core_client.CoreClient(
-                key=bytes.fromhex(record.key), session=record.session,
+                key=bytes.fromhex(record.key), session=record.name,
                 node_address=record.node_address,
                 bind=f"ipc://{record.rundir}/d-{os.getpid()}-{os.urandom(3).hex()}",
                 threaded=True)

@@ -1,6 +1,7 @@
 """The ``nbray`` command: start, inspect and stop clusters on this machine, and run the demo.
 
-    nbray start --head [--host H] [--port P] [--num-workers N] [--resources JSON]
+    nbray start --head [--host H] [--port P] [--num-workers N] [--num-gpus G] [--resources JSON]
+    nbray start --address HOST:PORT [--key-file F] [--num-workers N] [--num-gpus G] [...]
     nbray status [--address A]
     nbray stop [--address A | --all]
     nbray demo [--tasks N]
@@ -46,35 +47,75 @@ def _parse_resources(text: str | None) -> dict:
     return res
 
 
-def cmd_start(args) -> int:
-    if args.address is not None:
-        if args.head:
-            return _err("give either --head (start a new cluster) or --address (join one), "
-                        "not both", code=2)
-        print(f"nbray start --address {args.address}: joining a node from another machine is not "
-              f"implemented yet (multi-node clusters are planned). Start a cluster on this "
-              f"machine with `nbray start --head`.", file=sys.stderr)
-        return 2
-    if not args.head:
-        return _err("nbray start needs --head (start a cluster on this machine)", code=2)
+def _read_key(path: str) -> str:
+    """A key file is the record ``nbray start --head`` wrote (JSON with a "key") or the key's
+    64 hex digits alone."""
+    try:
+        with open(path) as f:
+            text = f.read().strip()
+    except OSError as e:
+        raise SystemExit(_err(f"cannot read the key file: {e}", code=2))
+    if text.startswith("{"):
+        try:
+            text = json.loads(text)["key"]
+        except (ValueError, KeyError, TypeError):
+            raise SystemExit(_err(f"{path} is JSON without a \"key\"", code=2))
+    try:
+        if len(bytes.fromhex(text)) != 32:
+            raise ValueError
+    except ValueError:
+        raise SystemExit(_err(f"{path} does not hold a cluster key (64 hex digits)", code=2))
+    return text
+
+
+def _join_key(args) -> str:
+    if args.key_file:
+        return _read_key(args.key_file)
+    if os.environ.get("NBRAY_KEY"):
+        return os.environ["NBRAY_KEY"]
+    for r in cluster.ClusterRecord.load_all():     # the head runs on this machine
+        if r.role == "head" and r.tcp_address and r.matches(args.address) and r.live_pids():
+            return r.key
+    raise SystemExit(_err(f"joining {args.address} needs the cluster key: pass --key-file with "
+                          f"the key file `nbray start --head` wrote, or set NBRAY_KEY", code=2))
+
+
+def _node_options(args) -> tuple[int, dict] | int:
     n = args.num_workers if args.num_workers is not None else (os.cpu_count() or 1)
     if n < 1:
         return _err(f"--num-workers must be at least 1, got {n}", code=2)
+    resources = _parse_resources(args.resources)
+    if args.num_gpus is not None:
+        if args.num_gpus < 0:
+            return _err(f"--num-gpus must be at least 0, got {args.num_gpus}", code=2)
+        if args.num_gpus:
+            resources["GPU"] = args.num_gpus
+    return n, resources
+
+
+def cmd_start(args) -> int:
+    if args.address is not None and args.head:
+        return _err("give either --head (start a new cluster) or --address (join one), "
+                    "not both", code=2)
+    if args.address is None and not args.head:
+        return _err("nbray start needs --head (start a cluster) or --address HOST:PORT (add "
+                    "a node to one)", code=2)
+    options = _node_options(args)
+    if isinstance(options, int):
+        return options
+    n, resources = options
+    res = {"CPU": float(n), **{k: float(v) for k, v in resources.items()}}
+    if args.address is not None:
+        return _start_node(args, n, resources, res)
     if not 0 <= args.port <= 65535:
         return _err(f"--port must be in 0..65535, got {args.port}", code=2)
-    resources = _parse_resources(args.resources)
     try:
         record, procs = cluster.start(num_workers=n, resources=resources, host=args.host,
                                       port=args.port, watch_pid=None, detach=True)
     except (ClusterError, OSError) as e:
         return _err(f"could not start the cluster: {e}")
-    # The children wrote READY on these pipes and never write to them again; close our ends.
-    for p in procs.values():
-        if p.stdout is not None:
-            p.stdout.close()
     path = record.save()
     address = record.tcp_address or record.head_address
-    res = {"CPU": float(n), **{k: float(v) for k, v in resources.items()}}
     print(f"Started nbray cluster {record.session}")
     print(f"  address:   {address}")
     print(f"  session:   {record.session}")
@@ -87,9 +128,33 @@ def cmd_start(args) -> int:
     print("    import nbray")
     print(f'    nbray.init(address="{address}")')
     print()
-    print("Processes on other machines would need the cluster key from the key file "
-          "(joining from other machines is not implemented yet).")
+    print("To add a node on another machine, copy the key file there (keeping it private) and run:")
+    print(f"    nbray start --address {address} --key-file KEYFILE")
+    if args.host in ("127.0.0.1", "localhost"):
+        print(f"  (the head listens on {args.host} only: other machines reach it once it is "
+              f"started with --host set to an address of this machine they can reach)")
     print(f"Inspect it with `nbray status`; stop it with `nbray stop --address {address}`.")
+    return 0
+
+
+def _start_node(args, n: int, resources: dict, res: dict) -> int:
+    key = _join_key(args)
+    try:
+        record, procs = cluster.join(args.address, bytes.fromhex(key), num_workers=n,
+                                     resources=resources)
+    except (ClusterError, OSError) as e:
+        return _err(f"could not join the cluster at {args.address}: {e}")
+    path = record.save()
+    print(f"Joined nbray cluster {record.session} at {args.address} as node {record.name}")
+    print(f"  resources: {_fmt_res(res)}  ({n} worker process{'es' if n != 1 else ''})")
+    print(f"  processes: node pid {procs['node'].pid}")
+    print(f"  record:    {path}  (mode 0600)")
+    print(f"  log:       {record.rundir}/node.log (what tasks print goes there)")
+    print()
+    print("To use it from Python on this machine:")
+    print(f'    nbray.init(address="{record.name}")')
+    print(f"Stop this node with `nbray stop --address {record.name}`; it also stops when the "
+          f"head does.")
     return 0
 
 
@@ -169,27 +234,35 @@ def cmd_status(args) -> int:
         print("No nbray cluster is running on this machine (start one with `nbray start --head`).")
         return 0
     now = time.time()
-    for i, r in enumerate(records):
+    by_cluster: dict[str, list] = {}
+    for r in records:       # a head and the nodes that joined it from here: one cluster
+        by_cluster.setdefault(r.session, []).append(r)
+    for i, group in enumerate(by_cluster.values()):
         if i:
             print()
+        group.sort(key=lambda r: r.role != "head")
+        r = group[0]
         address = r.tcp_address or r.head_address
-        pids = r.live_pids()
         print(f"Cluster {r.session}  address {address}  up {_fmt_uptime(now - r.started_at)}")
-        if not pids:
-            print("  not running: its processes are gone (stale record; `nbray stop "
-                  f"--address {r.session}` removes it)")
+        for g in group:
+            what = "head and a node" if g.role == "head" else f"node {g.name} (joined)"
+            pids = g.live_pids()
+            state = f"pids {', '.join(map(str, pids))}" if pids else \
+                f"not running: stale record (`nbray stop --address {g.name}` removes it)"
+            print(f"  on this machine: {what}, {state}")
+        live = [g for g in group if g.live_pids()]
+        if not live:
             continue
         try:
-            info = query_head(r)
+            info = query_head(live[0])
         except (ClusterError, OSError) as e:
             print(f"  head error: {e}")
             continue
         if info is None:
-            print(f"  head not answering (no reply within {STATUS_TIMEOUT_S:g}s; "
-                  f"pids alive: {', '.join(map(str, pids))})")
+            print(f"  head not answering (no reply within {STATUS_TIMEOUT_S:g}s)")
             continue
         nodes = info.nodes
-        print(f"  session {info.session}, {len(nodes)} node{'s' if len(nodes) != 1 else ''}")
+        print(f"  {len(nodes)} node{'s' if len(nodes) != 1 else ''}")
         if not nodes:
             print("  (no node has registered with the head)")
             continue
@@ -209,20 +282,22 @@ def cmd_stop(args) -> int:
         print("No nbray cluster started by `nbray start` is running on this machine.")
         return 0
     if args.address is None and not args.all and len(records) > 1:
-        print(f"{len(records)} clusters are running on this machine; say which to stop with "
-              f"--address, or stop them all with --all:", file=sys.stderr)
+        print(f"{len(records)} clusters or nodes are running on this machine; say which to stop "
+              f"with --address, or stop them all with --all:", file=sys.stderr)
         for r in records:
-            print(f"  {r.session}  {r.tcp_address or r.head_address}", file=sys.stderr)
+            what = "cluster" if r.role == "head" else "joined node"
+            print(f"  {r.name}  {what} at {r.tcp_address or r.head_address}", file=sys.stderr)
         return 1
-    for r in records:
+    for r in sorted(records, key=lambda r: r.role == "head"):   # joined nodes first
         address = r.tcp_address or r.head_address
         pids = r.live_pids()
         cluster.stop(r)
+        what = f"cluster {r.session}" if r.role == "head" else f"node {r.name} of cluster " \
+            f"{r.session}"
         if pids:
-            print(f"Stopped cluster {r.session} at {address} "
-                  f"(pids {', '.join(map(str, pids))})")
+            print(f"Stopped {what} at {address} (pids {', '.join(map(str, pids))})")
         else:
-            print(f"Removed the stale record of cluster {r.session} at {address} "
+            print(f"Removed the stale record of {what} at {address} "
                   f"(its processes were already gone)")
     return 0
 
@@ -247,28 +322,35 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--version", action="version", version=f"nbray {nbray.__version__}")
     sub = ap.add_subparsers(dest="command", metavar="COMMAND")
 
-    st = sub.add_parser("start", help="start a cluster on this machine (detached)",
-                        description="Start a head and a node on this machine. They run detached "
-                        "and keep running after this command exits; stop them with `nbray stop`.")
+    st = sub.add_parser("start", help="start a cluster, or a node joining one (detached)",
+                        description="Start a head and a node on this machine (--head), or a "
+                        "node that joins a running cluster (--address). They run detached and "
+                        "keep running after this command exits; stop them with `nbray stop`.")
     st.add_argument("--head", action="store_true", help="start a new cluster (head + node)")
     st.add_argument("--address", metavar="HOST:PORT",
-                    help="join an existing cluster from another machine (not implemented yet)")
+                    help="start a node on this machine that joins the cluster at HOST:PORT")
+    st.add_argument("--key-file", metavar="FILE",
+                    help="with --address: the cluster's key file (written by `nbray start "
+                         "--head`); default: NBRAY_KEY, or the record of a head on this machine")
     st.add_argument("--host", default="127.0.0.1",
                     help="interface the head listens on for TCP (default: 127.0.0.1)")
     st.add_argument("--port", type=int, default=0, help="TCP port of the head (default: random)")
-    st.add_argument("--num-workers", type=int, default=None,
+    st.add_argument("--num-workers", "--num-cpus", type=int, default=None, dest="num_workers",
                     help="worker processes and CPUs of the node (default: the machine's cores)")
+    st.add_argument("--num-gpus", type=float, default=None,
+                    help="GPUs the node declares (a logical resource, as in Ray)")
     st.add_argument("--resources", metavar="JSON",
                     help='custom resources of the node, e.g. \'{"GPU": 1}\'')
     st.set_defaults(func=cmd_start)
 
     ss = sub.add_parser("status", help="show the clusters running on this machine")
-    ss.add_argument("--address", help="only this cluster (host:port or session id)")
+    ss.add_argument("--address", help="only this cluster (host:port, session id or node name)")
     ss.set_defaults(func=cmd_status)
 
     sp = sub.add_parser("stop", help="stop clusters started by `nbray start`")
     g = sp.add_mutually_exclusive_group()
-    g.add_argument("--address", help="the cluster to stop (host:port or session id)")
+    g.add_argument("--address", help="the cluster (host:port or session id) or joined node "
+                                     "(its name) to stop")
     g.add_argument("--all", action="store_true", help="stop every cluster on this machine")
     sp.set_defaults(func=cmd_stop)
 

@@ -33,6 +33,11 @@ class Config:
     shutdown_grace_s: float = 3.0
     #: retries for a task whose worker died, unless the task says otherwise
     default_max_retries: int = 3
+    #: where clusters of this user keep their sockets, records and logs (default
+    #: ``/tmp/nbray-<uid>``); each cluster or joined node has a 0700 directory in it
+    run_root: str = ""
+    #: how long a node waits for the head to accept it when it starts (seconds)
+    register_timeout_s: float = 10.0
 
     @classmethod
     def from_env(cls) -> "Config":

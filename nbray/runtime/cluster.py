@@ -7,6 +7,10 @@ directory (``/tmp/nbray-<uid>/<session>``, mode 0700); a cluster started by ``nb
 listens on TCP and leaves a record there (mode 0600, it holds the key) for ``nbray status``,
 ``nbray stop`` and ``nbray.init(address=...)``; being detached, its processes (and what its
 tasks print) write to ``head.log`` and ``node.log`` in its directory.
+
+A node that joins a cluster from another machine (``nbray start --address``, :func:`join`) has a
+record of its own on its machine, named apart from the cluster's session so that two nodes of one
+cluster on one machine keep separate directories and shared-memory segments.
 """
 from __future__ import annotations
 
@@ -27,7 +31,7 @@ from nbray.runtime import object_store
 
 
 def run_root() -> str:
-    root = os.path.join("/tmp", f"nbray-{os.getuid()}")
+    root = CONFIG.run_root or os.path.join("/tmp", f"nbray-{os.getuid()}")
     os.makedirs(root, mode=0o700, exist_ok=True)
     return root
 
@@ -35,20 +39,31 @@ def run_root() -> str:
 @dataclass
 class ClusterRecord:
     """What a process needs to join a cluster (and what ``nbray stop`` needs to stop it)."""
-    session: str
+    session: str                   # the cluster's
     key: str                       # hex; never printed by the library
     head_address: str
     node_address: str = ""
     tcp_address: str = ""          # host:port of the head for other machines
     pids: list = field(default_factory=list)
     started_at: float = field(default_factory=time.time)
+    #: this record's own name: the session for the head's, a fresh id for a joined node's; it
+    #: names the run directory and the node's shared-memory segments
+    name: str = ""
+    role: str = "head"             # "head": a head and its node; "node": a joined node
+
+    def __post_init__(self):
+        self.name = self.name or self.session
 
     @property
     def rundir(self) -> str:
-        return os.path.join(run_root(), self.session)
+        return os.path.join(run_root(), self.name)
+
+    @property
+    def path(self) -> str:
+        return os.path.join(run_root(), f"{self.name}.json")
 
     def save(self) -> str:
-        path = os.path.join(run_root(), f"{self.session}.json")
+        path = self.path
         fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             json.dump(asdict(self), f)
@@ -67,13 +82,13 @@ class ClusterRecord:
                 cmd = p.cmdline()
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 continue
-            if self.session in cmd and any(c.startswith("nbray.runtime.") for c in cmd):
+            if self.name in cmd and any(c.startswith("nbray.runtime.") for c in cmd):
                 alive.append(pid)
         return alive
 
     def matches(self, address: str) -> bool:
         """Whether ``address`` (session id, ``host:port``, ``:port`` or a port) names us."""
-        if address in (self.session, self.tcp_address, self.head_address):
+        if address in (self.session, self.name, self.tcp_address, self.head_address):
             return True
         if not self.tcp_address:
             return False
@@ -200,6 +215,40 @@ def start(*, num_workers: int, resources: dict | None = None, host: str | None =
     return record, procs
 
 
+def join(address: str, key: bytes, *, num_workers: int, resources: dict | None = None) -> tuple:
+    """Start a node on this machine that joins the cluster whose head listens at ``address``
+    (``host:port``), detached. Returns (ClusterRecord, {"node": Popen}); raises ClusterError,
+    with the node's own words, if the head does not accept it."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ClusterError(f"the address of a head is host:port, got {address!r}")
+    name = secrets.token_hex(4)
+    rundir = os.path.join(run_root(), name)
+    os.makedirs(rundir, mode=0o700)
+    record = ClusterRecord("", key.hex(), f"tcp://{address}", f"ipc://{rundir}/node", address,
+                           name=name, role="node")
+    log = os.path.join(rundir, "node.log")
+    proc = _spawn("nbray.runtime.node.main",
+                  ["--session", name, "--head", record.head_address,
+                   "--bind", record.node_address, "--worker-bind", f"ipc://{rundir}/w-{{id}}",
+                   "--num-workers", str(num_workers), "--resources", json.dumps(resources or {}),
+                   "--cleanup", rundir, "--cleanup", record.path], key, log)
+    try:
+        _await_ready({"node": proc}, timeout=CONFIG.register_timeout_s + 30)
+    except BaseException:
+        _kill_group(proc)
+        shutil.rmtree(rundir, ignore_errors=True)
+        raise
+    record.pids = [proc.pid]
+    from nbray.runtime import protocol as P
+    info = ask(record, record.head_address, P.ClusterInfoRequest(), timeout=5.0)
+    if info is None:        # it accepted the node a moment ago: only a dying head gets here
+        stop(record, {"node": proc})
+        raise ClusterError(f"the head at {address} stopped answering")
+    record.session = info.session
+    return record, {"node": proc}
+
+
 def _tcp_of(head: subprocess.Popen, host: str, port: int) -> str:
     if port:
         return f"{host}:{port}"
@@ -221,10 +270,10 @@ def stop(record: ClusterRecord, procs: dict | None = None) -> None:
     deadline = time.monotonic() + CONFIG.shutdown_grace_s + 2
     for pid in pids:
         _wait_pid(pid, deadline, procs)
-    object_store.remove_session(record.session)
+    object_store.remove_session(record.name)
     shutil.rmtree(record.rundir, ignore_errors=True)
     try:
-        os.unlink(os.path.join(run_root(), f"{record.session}.json"))
+        os.unlink(record.path)
     except FileNotFoundError:
         pass
 
@@ -265,16 +314,21 @@ def _kill_group(p: subprocess.Popen) -> None:
 
 
 def find(address: str) -> ClusterRecord:
-    """The record of a cluster on this machine by ``host:port``, session id, or "auto"."""
+    """The record of the node on this machine that a driver joining ``address`` (``host:port``,
+    a session id or record name, or "auto") should use: the head's own node if the head runs
+    here, else a node that joined from here."""
     records = [r for r in ClusterRecord.load_all() if r.live_pids()]
+    if address != "auto":
+        records = [r for r in records if r.matches(address)]
+    if records:
+        return max(records, key=lambda r: (r.name == address, r.role == "head", r.started_at))
     if address == "auto":
-        if not records:
-            raise ClusterError("no running cluster found on this machine (start one with "
-                               "`nbray start --head`)")
-        return max(records, key=lambda r: r.started_at)
-    for r in records:
-        if r.matches(address):
-            return r
+        raise ClusterError("no running cluster found on this machine (start one with "
+                           "`nbray start --head`)")
+    if ":" in address:
+        raise ClusterError(f"no node of the cluster at {address!r} runs on this machine: a "
+                           f"driver talks to a node of its own machine. Start one with "
+                           f"`nbray start --address {address} --key-file KEYFILE`")
     raise ClusterError(f"no running cluster at {address!r} on this machine")
 
 

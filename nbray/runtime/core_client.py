@@ -176,7 +176,11 @@ class CoreClient:
                 self.cv.notify_all()
             self.ep.wake()
             self._io_thread.join(timeout=5)
-        self.ep.close()
+        # the node gives back our leases now, not when this process exits (a notebook that
+        # shuts down and joins again lives on)
+        if self._welcomed.is_set():
+            self.ep.send(self.node_address, P.Goodbye(self.client_id))
+        self.ep.close(linger_ms=200)
 
     # ---- ids -------------------------------------------------------------------------------
     def _new_task_id(self) -> bytes:
@@ -897,21 +901,29 @@ def _as_error(exc) -> BaseException:
 
 def install_poke_handler(client: CoreClient) -> None:
     """Worker: SIGUSR1 means "a cancel is on its way to your socket". The signal can overtake
-    the message (they travel different paths), so the handler waits for it briefly."""
-    def on_poke(signum, frame):
-        if not client.in_user_code:
-            return                  # the loop is in our own code: it reads the socket soon
-        seen = client.cancels_seen
+    the message (they travel different paths), so the handler waits for it briefly. A poke
+    that lands while our own code runs (between receiving a task and starting it, say) is
+    counted, and the task looks at it as it starts (``take_poke``): otherwise the cancel would
+    wait in the socket until the task ended."""
+    def take_poke():
         client.in_user_code = False
         try:
             deadline = time.monotonic() + 0.2
-            while client.cancels_seen == seen and time.monotonic() < deadline:
+            while client.cancels_seen < client.pokes_seen and not client.cancel_requested \
+                    and time.monotonic() < deadline:
                 client.pump(10)
         finally:
             client.in_user_code = True
+            client.pokes_seen = client.cancels_seen = 0
         if client.cancel_requested:
             raise TaskCancelledError("task was cancelled while running")
 
+    def on_poke(signum, frame):
+        client.pokes_seen += 1
+        if client.in_user_code:
+            take_poke()
+
     client.cancel_requested = False
-    client.cancels_seen = 0
+    client.cancels_seen = client.pokes_seen = 0
+    client.take_poke = take_poke
     signal.signal(signal.SIGUSR1, on_poke)

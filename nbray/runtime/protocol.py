@@ -6,14 +6,16 @@ moves a batch. ``PROTOCOL_VERSION`` is checked when a process joins a cluster.
 
 Who sends what:
     client (driver or worker) -> node    Hello, RequestLease, ReturnLease, WorkerBlocked,
-                                         WorkerUnblocked, Poke, FreeObjects, NodeInfoRequest
+                                         WorkerUnblocked, Poke, FreeObjects, NodeInfoRequest,
+                                         Goodbye
     node -> client                       Welcome, LeaseGranted, LeaseRejected, ReclaimLeases,
                                          WorkerDied, NodeInfo
     client -> leased worker              PushTasks, CancelTasks
     worker -> client                     TaskResults
     borrower -> owner                    Subscribe, AddBorrower, RemoveBorrower
     owner -> borrower                    ObjectStates, Ack
-    node -> head                         RegisterNode, Heartbeat
+    node -> head                         RegisterNode, Heartbeat, NodeLeaving
+    head -> node                         NodeRegistered, Shutdown
     anyone -> head                       ClusterInfoRequest -> ClusterInfo; Shutdown
 """
 from __future__ import annotations
@@ -77,6 +79,11 @@ class Welcome(NamedTuple):
     session: str
     resources: dict
     store_dir: str
+
+
+class Goodbye(NamedTuple):
+    """The client leaves (its process may live on): its leases and requests end now."""
+    client_id: bytes
 
 
 class RequestLease(NamedTuple):
@@ -183,6 +190,15 @@ class RegisterNode(NamedTuple):
     resources: dict
     pid: int
     version: int = PROTOCOL_VERSION
+
+
+class NodeRegistered(NamedTuple):
+    """The head accepted a node into cluster ``session``."""
+    session: str
+
+
+class NodeLeaving(NamedTuple):
+    node_id: bytes
 
 
 class Heartbeat(NamedTuple):

@@ -173,8 +173,9 @@ class Endpoint:
         self.received += 1
         return pickle.loads(body)
 
-    def close(self) -> None:
-        self.ctx.destroy(linger=0)
+    def close(self, linger_ms: int = 0) -> None:
+        """Close every socket; ``linger_ms`` gives messages already sent that long to leave."""
+        self.ctx.destroy(linger=linger_ms)
         for addr in self.addresses:         # ZeroMQ leaves the files of ipc sockets behind
             if addr.startswith("ipc://"):
                 try:

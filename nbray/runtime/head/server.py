@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-
+import sys
 
 import psutil
 
@@ -27,13 +27,26 @@ class HeadServer:
                     if handler is not None:
                         handler(self, peer, msg)
                 if self.watch_pid is not None and not psutil.pid_exists(self.watch_pid):
-                    self._shutdown_nodes()
                     self.stopping = True
         finally:
-            self.ep.close()
+            # the nodes go with the head: joined nodes on other machines too
+            self._shutdown_nodes()
+            self.ep.close(linger_ms=500)
 
     def _on_register_node(self, peer, msg: P.RegisterNode) -> None:
-        self.tables.register_node(msg.node_id, msg.host, msg.address, msg.resources, msg.pid)
+        if msg.version != P.PROTOCOL_VERSION:
+            print(f"nbray head: refused node {msg.host} pid {msg.pid}: protocol version "
+                  f"{msg.version}, this head speaks {P.PROTOCOL_VERSION}", file=sys.stderr,
+                  flush=True)
+            self.ep.reply(peer, P.Error(f"protocol version {msg.version} is not the head's "
+                                        f"({P.PROTOCOL_VERSION}): install the same nbray"))
+            return
+        self.tables.register_node(msg.node_id, msg.host, msg.address, msg.resources, msg.pid,
+                                  peer)
+        self.ep.reply(peer, P.NodeRegistered(self.tables.session))
+
+    def _on_node_leaving(self, peer, msg: P.NodeLeaving) -> None:
+        self.tables.remove_node(msg.node_id)
 
     def _on_heartbeat(self, peer, msg: P.Heartbeat) -> None:
         self.tables.heartbeat(msg.node_id, msg.stats)
@@ -44,18 +57,17 @@ class HeadServer:
         self.ep.reply(peer, P.ClusterInfo(self.tables.session, self.tables.node_list(), head))
 
     def _on_shutdown(self, peer, msg) -> None:
-        self._shutdown_nodes()
         self.stopping = True
 
     def _shutdown_nodes(self) -> None:
         for node in self.tables.nodes.values():
-            self.ep.send(node.address, P.Shutdown())
+            if node.peer:
+                self.ep.reply(node.peer, P.Shutdown())
 
     _HANDLERS = {
         P.RegisterNode: _on_register_node,
+        P.NodeLeaving: _on_node_leaving,
         P.Heartbeat: _on_heartbeat,
         P.ClusterInfoRequest: _on_info,
         P.Shutdown: _on_shutdown,
     }
-
-

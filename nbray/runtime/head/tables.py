@@ -12,6 +12,9 @@ class NodeEntry:
     address: str
     resources: dict
     pid: int
+    #: the connection the node registered on: the head answers there, since ``address`` may
+    #: be an ipc path on another machine
+    peer: tuple = ()
     registered_at: float = field(default_factory=time.time)
     last_seen: float = field(default_factory=time.monotonic)
     stats: dict = field(default_factory=dict)
@@ -24,9 +27,12 @@ class Tables:
         self.nodes: dict[bytes, NodeEntry] = {}
         self.started_at = time.time()
 
-    def register_node(self, node_id, host, address, resources, pid) -> NodeEntry:
-        entry = self.nodes[node_id] = NodeEntry(node_id, host, address, resources, pid)
+    def register_node(self, node_id, host, address, resources, pid, peer=()) -> NodeEntry:
+        entry = self.nodes[node_id] = NodeEntry(node_id, host, address, resources, pid, peer)
         return entry
+
+    def remove_node(self, node_id: bytes) -> NodeEntry | None:
+        return self.nodes.pop(node_id, None)
 
     def heartbeat(self, node_id: bytes, stats: dict) -> None:
         entry = self.nodes.get(node_id)

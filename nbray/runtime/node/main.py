@@ -11,6 +11,8 @@ import sys
 
 import psutil
 
+from nbray.config import CONFIG
+from nbray.errors import ClusterError
 from nbray.runtime import cluster
 from nbray.runtime.node.server import NodeServer
 
@@ -28,6 +30,8 @@ def main(argv=None) -> None:
     ap.add_argument("--ready-fd", type=int)
     ap.add_argument("--rundir", help="removed at exit if the watched driver died without "
                                      "cleaning up")
+    ap.add_argument("--cleanup", action="append", default=[],
+                    help="a file or directory to remove at exit (a joined node's own record)")
     args = ap.parse_args(argv)
     key = bytes.fromhex(os.environ.pop("NBRAY_KEY"))
     resources = {"CPU": float(args.num_workers), **json.loads(args.resources)}
@@ -37,6 +41,12 @@ def main(argv=None) -> None:
                         watch_pid=args.watch_pid)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))    # unwind, so cleanup runs
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        server.register(CONFIG.register_timeout_s)
+    except ClusterError as e:
+        print(f"nbray node: {e}", file=sys.stderr, flush=True)
+        server.ep.close()
+        sys.exit(1)
     if args.ready_fd is not None:
         cluster.announce_ready(args.ready_fd, server.address)
     try:
@@ -44,6 +54,11 @@ def main(argv=None) -> None:
     finally:
         if args.rundir and args.watch_pid and not psutil.pid_exists(args.watch_pid):
             shutil.rmtree(args.rundir, ignore_errors=True)
+        for path in args.cleanup:
+            if os.path.isdir(path):
+                shutil.rmtree(path, ignore_errors=True)
+            elif os.path.exists(path):
+                os.unlink(path)
     sys.exit(0)
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import psutil
 
 from nbray.config import CONFIG
+from nbray.errors import ClusterError
 from nbray.runtime import object_store, protocol as P
 from nbray.runtime.node.local_scheduler import LeaseRequest, LocalScheduler
 from nbray.runtime.node.worker_pool import WorkerPool
@@ -32,7 +33,8 @@ class NodeServer:
     def __init__(self, *, key: bytes, session: str, bind: list[str], head_address: str,
                  resources: dict, num_workers: int, worker_bind, watch_pid: int | None = None):
         self.node_id = os.urandom(8)
-        self.session = session
+        self.session = session          # names this node's run directory and segments
+        self.cluster_session = ""
         self.ep = Endpoint(key, self.node_id, bind)
         self.address = self.ep.address
         self.head_address = head_address
@@ -52,9 +54,24 @@ class NodeServer:
         self.leases_granted = 0
 
     # ---- main loop -------------------------------------------------------------------------
-    def serve(self) -> None:
+    def register(self, timeout: float) -> str:
+        """Join the head's cluster; returns its session. Raises ClusterError when the head
+        refuses us or says nothing (a wrong key looks the same as no head: it gets no answer)."""
         self.ep.send(self.head_address, P.RegisterNode(
             self.node_id, socket.gethostname(), self.address, self.sched.total, os.getpid()))
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            for peer, msg in self.ep.recv(left * 1000):
+                if type(msg) is P.NodeRegistered:
+                    self.cluster_session = msg.session
+                    return msg.session
+                if type(msg) is P.Error:
+                    raise ClusterError(f"the head at {self.head_address} refused this node: "
+                                       f"{msg.text}")
+        raise ClusterError(f"the head at {self.head_address} did not answer within {timeout:g}s "
+                           f"(is the address right, and is the key the cluster's?)")
+
+    def serve(self) -> None:
         for _ in range(self.num_workers):
             self.pool.spawn()
         try:
@@ -85,9 +102,10 @@ class NodeServer:
                     self._client_gone(cid)
 
     def shutdown(self) -> None:
+        self.ep.send(self.head_address, P.NodeLeaving(self.node_id))
         self.pool.stop_all(CONFIG.shutdown_grace_s)
         object_store.remove_session(self.session)
-        self.ep.close()
+        self.ep.close(linger_ms=200)
 
     def stats(self) -> dict:
         workers = list(self.pool.workers.values())
@@ -206,6 +224,10 @@ class NodeServer:
     def _on_info(self, peer, msg) -> None:
         self.ep.reply(peer, P.NodeInfo(self.stats()))
 
+    def _on_goodbye(self, peer, msg: P.Goodbye) -> None:
+        if peer == (True, msg.client_id) and msg.client_id in self.clients:
+            self._client_gone(msg.client_id)
+
     def _on_shutdown(self, peer, msg) -> None:
         self.stopping = True
 
@@ -218,6 +240,7 @@ class NodeServer:
         P.Poke: _on_poke,
         P.FreeObjects: _on_free,
         P.NodeInfoRequest: _on_info,
+        P.Goodbye: _on_goodbye,
         P.Shutdown: _on_shutdown,
     }
 

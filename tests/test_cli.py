@@ -1,0 +1,304 @@
+"""The ``nbray`` command, run as a user runs it: start a cluster, join nodes to it over TCP,
+drive it from Python, look at it, stop it, and run the demo.
+
+Every test runs the CLI in a subprocess with a run root of its own (``NBRAY_RUN_ROOT``), so the
+clusters it starts are its alone; at teardown it stops whatever is left there and checks that
+no process, socket, record or shared-memory segment of them remains.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import re
+import stat
+import subprocess
+import sys
+
+import psutil
+import pytest
+
+import nbray
+from nbray.runtime import object_store
+from conftest import pid_alive, wait_until
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@nbray.remote
+def parent_pid():
+    return os.getppid()
+
+
+@nbray.remote
+def add(a, b):
+    return a + b
+
+
+class Cli:
+    """Runs ``nbray ...`` with a private run root and cleans up what it started."""
+
+    def __init__(self, root: str):
+        self.root = root
+        self.env = dict(os.environ, NBRAY_RUN_ROOT=root)
+        self.env.pop("NBRAY_KEY", None)
+
+    def __call__(self, *args, check: bool = True, env: dict | None = None,
+                 timeout: float = 60) -> subprocess.CompletedProcess:
+        out = subprocess.run([sys.executable, "-m", "nbray.cli", *args], capture_output=True,
+                             text=True, env={**self.env, **(env or {})}, timeout=timeout)
+        if check and out.returncode != 0:
+            raise AssertionError(f"nbray {' '.join(args)} exited {out.returncode}:\n"
+                                 f"{out.stdout}\n{out.stderr}")
+        return out
+
+    def records(self) -> list[dict]:
+        out = []
+        for path in glob.glob(os.path.join(self.root, "*.json")):
+            with open(path) as f:
+                out.append(json.load(f))
+        return out
+
+    def record(self, role: str) -> dict:
+        found = [r for r in self.records() if r["role"] == role]
+        assert len(found) == 1, found
+        return found[0]
+
+    def all_pids(self) -> set:
+        return {p for r in self.records() for p in r["pids"]}
+
+    def start_head(self, *extra) -> dict:
+        self("start", "--head", "--num-workers", "1", *extra)
+        return self.record("head")
+
+
+@pytest.fixture
+def cli(tmp_path, monkeypatch, no_cluster):
+    root = str(tmp_path / "run")
+    # the driver in this process must find the clusters in the same run root
+    from nbray.config import CONFIG
+    monkeypatch.setattr(CONFIG, "run_root", root)
+    c = Cli(root)
+    seen: set = set()
+    try:
+        yield c
+    finally:
+        if nbray.is_initialized():
+            nbray.shutdown()
+        seen |= c.all_pids()
+        names = [r["name"] for r in c.records()]
+        subprocess.run([sys.executable, "-m", "nbray.cli", "stop", "--all"], env=c.env,
+                       capture_output=True, timeout=60)
+        wait_until(lambda: not [p for p in seen if pid_alive(p)], 15,
+                   "the CLI's cluster processes to exit")
+        for name in names:
+            wait_until(lambda: not glob.glob(os.path.join(
+                object_store.store_dir(), f"{object_store.PREFIX}{name}_*")), 10,
+                f"segments of {name} to be removed")
+        wait_until(lambda: not os.listdir(root) if os.path.isdir(root) else True, 10,
+                   f"the run root to be empty: {os.listdir(root) if os.path.isdir(root) else ''}")
+
+
+def _descendants_of(pid: int) -> set:
+    try:
+        return {p.pid for p in psutil.Process(pid).children(recursive=True)}
+    except psutil.NoSuchProcess:
+        return set()
+
+
+# ---- start --head, status, init(address), stop ---------------------------------------------------
+def test_start_head_prints_address_and_key_file_and_drivers_join(cli):
+    out = cli("start", "--head", "--num-workers", "2", "--resources", '{"sim": 2}').stdout
+    head = cli.record("head")
+    address = head["tcp_address"]
+    assert re.match(r"127\.0\.0\.1:\d+$", address)
+    assert f"address:   {address}" in out
+    assert f'nbray.init(address="{address}")' in out
+    assert f"nbray start --address {address} --key-file" in out
+    key_file = os.path.join(cli.root, f"{head['session']}.json")
+    assert key_file in out
+    assert stat.S_IMODE(os.stat(key_file).st_mode) == 0o600
+    assert head["key"] not in out                   # the key itself is never printed
+    assert len(head["pids"]) == 2 and all(pid_alive(p) for p in head["pids"])
+
+    # the head listens on TCP on 127.0.0.1 only
+    head_proc = psutil.Process(head["pids"][0])
+    listening = [c.laddr for c in head_proc.net_connections(kind="tcp")
+                 if c.status == psutil.CONN_LISTEN]
+    assert [(a.ip, a.port) for a in listening] == [("127.0.0.1", int(address.split(":")[1]))]
+
+    ctx = nbray.init(address=address)
+    assert not ctx.embedded and ctx.session == head["session"]
+    assert ctx.resources == {"CPU": 2.0, "sim": 2.0}
+    assert nbray.get([add.remote(i, i) for i in range(50)]) == [2 * i for i in range(50)]
+    assert nbray.get(add.options(resources={"sim": 1}).remote(1, 2)) == 3
+    nbray.shutdown()
+    assert all(pid_alive(p) for p in head["pids"])      # leaving does not stop the cluster
+
+    # the driver said goodbye: its leases are back (the next heartbeat shows it)
+    status = wait_until(lambda: (lambda s: s if "CPU 2/2, sim 2/2" in s else None)(
+        cli("status").stdout), 10, "the driver's leases to be returned")
+    assert f"Cluster {head['session']}  address {address}" in status
+    assert "1 node" in status
+
+    stopped = cli("stop", "--address", address).stdout
+    assert f"Stopped cluster {head['session']}" in stopped
+    wait_until(lambda: not [p for p in head["pids"] if pid_alive(p)], 10, "the cluster to exit")
+    assert cli.records() == []
+    assert "No nbray cluster is running" in cli("status").stdout
+
+
+def test_init_address_forms_and_unknown_address(cli):
+    head = cli.start_head()
+    for address in ("auto", head["session"], head["tcp_address"],
+                    ":" + head["tcp_address"].split(":")[1]):
+        nbray.init(address=address)
+        assert nbray.get(add.remote(1, 1)) == 2
+        nbray.shutdown()
+    with pytest.raises(nbray.ClusterError, match="no running cluster at 'nope'"):
+        nbray.init(address="nope")
+    with pytest.raises(nbray.ClusterError, match="no node of the cluster at '10.9.8.7:1' runs "
+                                                 "on this machine"):
+        nbray.init(address="10.9.8.7:1")
+    with pytest.raises(ValueError, match="cannot be given when joining"):
+        nbray.init(address="auto", num_workers=2)
+    assert not nbray.is_initialized()
+
+
+# ---- start --address: a node joins over TCP ------------------------------------------------------
+def test_node_joins_over_tcp_and_runs_its_drivers_tasks(cli):
+    head = cli.start_head()
+    address = head["tcp_address"]
+    out = cli("start", "--address", address, "--num-workers", "2", "--num-gpus", "1",
+              "--resources", '{"sim": 4}').stdout
+    node = cli.record("node")
+    assert node["session"] == head["session"] and node["name"] != head["session"]
+    assert f"Joined nbray cluster {head['session']} at {address} as node {node['name']}" in out
+    assert "CPU 2, GPU 1, sim 4" in out
+    # its own private directory and record; the key file was not needed on the head's machine
+    assert stat.S_IMODE(os.stat(os.path.join(cli.root, node["name"])).st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(os.path.join(cli.root, f"{node['name']}.json")).st_mode) == 0o600
+
+    status = cli("status").stdout
+    assert status.count(f"Cluster {head['session']}") == 1      # one cluster, two nodes
+    assert "2 nodes" in status
+    assert f"node {node['name']} (joined)" in status
+    assert "CPU 2/2, GPU 1/1, sim 4/4" in status and "CPU 1/1" in status
+
+    # a driver on the joined node runs its tasks on that node's workers
+    node_pid = node["pids"][0]
+    ctx = nbray.init(address=node["name"])
+    assert ctx.session == head["session"] and ctx.resources["GPU"] == 1.0
+    parents = set(nbray.get([parent_pid.remote() for _ in range(20)]))
+    assert parents == {node_pid}
+    assert nbray.get(add.options(num_gpus=1, resources={"sim": 2}).remote(20, 22)) == 42
+    import numpy as np
+    big = nbray.put(np.arange(1_000_000, dtype=np.int64))
+    assert glob.glob(os.path.join(object_store.store_dir(),
+                                  f"{object_store.PREFIX}{node['name']}_*"))
+    assert nbray.get(add.remote(big, 1))[-1] == 1_000_000
+    del big
+    nbray.shutdown()
+
+    # a driver given the head's address uses the head's own node, on the head's machine
+    nbray.init(address=address)
+    assert set(nbray.get([parent_pid.remote() for _ in range(5)])) == {head["pids"][1]}
+    nbray.shutdown()
+
+    # stopping the joined node leaves the cluster with one node
+    cli("stop", "--address", node["name"])
+    wait_until(lambda: not pid_alive(node_pid), 10, "the joined node to exit")
+    wait_until(lambda: "1 node" in cli("status").stdout, 10, "the head to drop the node")
+    assert not os.path.exists(os.path.join(cli.root, node["name"]))
+
+
+def test_stopping_the_head_stops_the_nodes_that_joined_it(cli):
+    head = cli.start_head()
+    cli("start", "--address", head["tcp_address"], "--num-workers", "1")
+    node = cli.record("node")
+    node_procs = {node["pids"][0]} | _descendants_of(node["pids"][0])
+    assert len(node_procs) >= 2                  # the node and its worker
+    cli("stop", "--address", head["session"])      # the head's record only
+    wait_until(lambda: not [p for p in node_procs if pid_alive(p)], 15,
+               "the joined node and its workers to exit after the head")
+    # the node removed its own record and directory on the way out
+    wait_until(lambda: cli.records() == [], 10, "the joined node's record to be removed")
+    assert os.listdir(cli.root) == []
+
+
+def test_join_with_a_key_file_and_with_a_wrong_key(cli, tmp_path):
+    head = cli.start_head()
+    address = head["tcp_address"]
+    good = tmp_path / "key"
+    good.write_text(head["key"] + "\n")
+    wrong = tmp_path / "wrong"
+    wrong.write_text(os.urandom(32).hex())
+    short = {"NBRAY_REGISTER_TIMEOUT_S": "2"}
+    out = cli("start", "--address", address, "--key-file", str(wrong), "--num-workers", "1",
+              check=False, env=short)
+    assert out.returncode == 1
+    assert "did not answer within 2s" in out.stderr and "key" in out.stderr
+    assert [r["role"] for r in cli.records()] == ["head"]      # nothing of it is left
+    info = cli("status").stdout
+    assert "1 node" in info
+
+    # the head dropped the wrong-key frames and counted them
+    from nbray.runtime import cluster, protocol as P
+    rec = cluster.ClusterRecord(**head)
+    reply = cluster.ask(rec, rec.head_address, P.ClusterInfoRequest())
+    assert reply.head["messages_rejected"] >= 1
+
+    cli("start", "--address", address, "--key-file", str(good), "--num-workers", "1")
+    cli("start", "--address", address, "--key-file", os.path.join(cli.root,
+                                                                  f"{head['session']}.json"),
+        "--num-workers", "1")
+    assert "3 nodes" in cli("status").stdout
+
+
+def test_join_without_any_key_from_another_machines_view(cli):
+    out = cli("start", "--address", "127.0.0.1:9", "--num-workers", "1", check=False)
+    assert out.returncode == 2 and "needs the cluster key" in out.stderr
+    out = cli("start", "--address", "127.0.0.1:9", "--num-workers", "1", check=False,
+              env={"NBRAY_KEY": os.urandom(32).hex(), "NBRAY_REGISTER_TIMEOUT_S": "1"})
+    assert out.returncode == 1 and "did not answer within 1s" in out.stderr
+    assert cli.records() == []
+
+
+@pytest.mark.parametrize("args, message", [
+    (["start"], "needs --head"),
+    (["start", "--head", "--address", "127.0.0.1:1"], "either --head"),
+    (["start", "--head", "--num-workers", "0"], "--num-workers must be at least 1"),
+    (["start", "--head", "--port", "70000"], "--port must be in"),
+    (["start", "--head", "--resources", "{bad"], "not valid JSON"),
+    (["start", "--head", "--resources", '{"CPU": 2}'], "cannot set CPU"),
+    (["start", "--head", "--resources", '{"sim": -1}'], "non-negative"),
+    (["start", "--head", "--num-gpus", "-1"], "--num-gpus must be at least 0"),
+    (["start", "--address", "nohostport", "--key-file", "/nonexistent"], "cannot read the key"),
+    (["stop", "--address", "nope"], "no cluster at 'nope'"),
+    (["status", "--address", "nope"], "no cluster at 'nope'"),
+])
+def test_bad_command_lines_are_clear_errors(cli, args, message):
+    out = cli(*args, check=False)
+    assert out.returncode != 0
+    assert message in out.stderr
+    assert cli.records() == []
+
+
+def test_stop_with_several_clusters_asks_which(cli):
+    cli.start_head()
+    cli("start", "--head", "--num-workers", "1")
+    out = cli("stop", check=False)
+    assert out.returncode == 1 and "say which to stop" in out.stderr
+    assert len(cli.records()) == 2
+    assert "Stopped cluster" in cli("stop", "--all").stdout
+    assert cli.records() == []
+
+
+# ---- demo ----------------------------------------------------------------------------------------
+def test_demo_runs_and_leaves_nothing(cli):
+    out = cli("demo", "--tasks", "8", "--num-workers", "2")
+    assert "Summary" in out.stdout
+    assert "pi estimate:     3.1" in out.stdout
+    assert "matches the local result" in out.stdout
+    assert "results" in out.stderr                  # the progress bar
+    assert os.listdir(cli.root) == [] if os.path.isdir(cli.root) else True
