@@ -54,6 +54,25 @@ def array_sum(a):
     return float(a.sum())
 
 
+@nbray.remote
+class Target:
+    def noop(self):
+        return None
+
+
+@nbray.remote
+class Caller:
+    """Calls a set of actors, round robin, and waits for all its calls."""
+
+    def __init__(self, targets):
+        self.targets = targets
+
+    def run(self, n):
+        k = len(self.targets)
+        nbray.get([self.targets[i % k].noop.remote() for i in range(n)])
+        return n
+
+
 # ---- helpers -------------------------------------------------------------------------------------
 def percentile(sorted_values: list, q: float) -> float:
     if not sorted_values:
@@ -139,6 +158,45 @@ def bench_async(n: int, runs: int) -> dict:
                 "node_cpu_us": round(per_task["node_cpu_s"] * 1e6, 2),
                 "driver_messages": round(per_task["driver_msgs"], 4),
                 "worker_cpu_us": round(per_task["worker_cpu_s"] * 1e6, 2)}}
+
+
+def bench_actors(samples: int, warmup: int, calls: int, runs: int) -> dict:
+    """Actor calls: one at a time, a burst to one actor, and 4 callers x 4 actors."""
+    a = Target.remote()
+    for _ in range(warmup):
+        nbray.get(a.noop.remote())
+    lat = []
+    for _ in range(samples):
+        t = time.perf_counter()
+        nbray.get(a.noop.remote())
+        lat.append((time.perf_counter() - t) * 1e6)
+    lat.sort()
+
+    def burst():
+        t = time.perf_counter()
+        nbray.get([a.noop.remote() for _ in range(calls)])
+        return calls / (time.perf_counter() - t)
+    rates = best_of(runs, burst, warmup=1)
+
+    targets = [Target.remote() for _ in range(4)]
+    callers = [Caller.remote(targets) for _ in range(4)]
+    per_caller = calls // 4
+    nbray.get([c.run.remote(100) for c in callers])         # warm up every pair
+
+    def many():
+        t = time.perf_counter()
+        nbray.get([c.run.remote(per_caller) for c in callers])
+        return 4 * per_caller / (time.perf_counter() - t)
+    many_rates = best_of(runs, many)
+    for h in [a, *targets, *callers]:
+        nbray.kill(h)
+    return {"actor_rtt_us_p50": round(statistics.median(lat), 1),
+            "actor_rtt_us_p99": round(percentile(lat, 0.99), 1),
+            "actor_calls_per_s": round(max(rates)),
+            "actor_calls_per_s_runs": [round(r) for r in rates],
+            "actor_calls": calls,
+            "actors_4x4_calls_per_s": round(max(many_rates)),
+            "actors_4x4_calls_per_s_runs": [round(r) for r in many_rates]}
 
 
 def control_plane() -> dict:
@@ -337,6 +395,13 @@ def main(argv=None) -> int:
         log("put + get of 1 KB")
         result.update(bench_put_get(500 if q else 5000))
         log(f"  {result['put_get_1kb_per_s']} ops/s")
+
+        log("actors: round trips, a burst to one actor, 4 callers x 4 actors")
+        result.update(bench_actors(samples=300 if q else 3000, warmup=100 if q else 500,
+                                   calls=2000 if q else 20000, runs=2 if q else 3))
+        log(f"  p50 {result['actor_rtt_us_p50']} us, p99 {result['actor_rtt_us_p99']} us, "
+            f"{result['actor_calls_per_s_runs']} calls/s to one actor, "
+            f"{result['actors_4x4_calls_per_s_runs']} calls/s 4x4")
 
         log("100 MB array: put once, pass to a task")
         result.update(bench_array(runs=2 if q else 5))

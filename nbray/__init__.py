@@ -1,6 +1,7 @@
 """nbray: Ray for people who live in notebooks.
 
-Tasks, futures and a shared-memory object store on a ZeroMQ runtime; the API speaks Ray::
+Tasks, actors, futures and a shared-memory object store on a ZeroMQ runtime; the API speaks
+Ray::
 
     import nbray
     nbray.init()
@@ -11,10 +12,12 @@ Tasks, futures and a shared-memory object store on a ZeroMQ runtime; the API spe
 
     nbray.get([square.remote(i) for i in range(10)])
 """
-from nbray.api import cancel, get, init, is_initialized, put, shutdown, wait
-from nbray.errors import (ClusterError, GetTimeoutError, NbrayError, ObjectLostError,
-                          OwnerDiedError, RemoteError, SerializationError, TaskCancelledError,
-                          WorkerCrashedError)
+from nbray import state, util
+from nbray.actor import ActorHandle, method
+from nbray.api import cancel, get, get_actor, init, is_initialized, kill, put, shutdown, wait
+from nbray.errors import (ActorDiedError, ClusterError, GetTimeoutError, NbrayError,
+                          ObjectLostError, OwnerDiedError, RemoteError, SerializationError,
+                          TaskCancelledError, WorkerCrashedError)
 from nbray.object_ref import ObjectRef
 from nbray.remote_function import remote
 
@@ -23,7 +26,9 @@ __version__ = "0.1.0"
 __all__ = [
     "init", "shutdown", "is_initialized",
     "remote", "get", "put", "wait", "cancel",
-    "ObjectRef",
+    "kill", "get_actor", "method",
+    "ObjectRef", "ActorHandle",
+    "state", "util",
     "NbrayError", "RemoteError", "GetTimeoutError", "TaskCancelledError", "WorkerCrashedError",
-    "ObjectLostError", "OwnerDiedError", "SerializationError", "ClusterError",
+    "ActorDiedError", "ObjectLostError", "OwnerDiedError", "SerializationError", "ClusterError",
 ]

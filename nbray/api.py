@@ -1,4 +1,5 @@
-"""The driver API: init, shutdown, get, put, wait, cancel. Ray's names and signatures."""
+"""The driver API: init, shutdown, get, put, wait, cancel, kill, get_actor. Ray's names and
+signatures."""
 from __future__ import annotations
 
 import asyncio
@@ -9,7 +10,7 @@ import threading
 from dataclasses import dataclass
 
 from nbray.object_ref import ObjectRef
-from nbray.runtime import cluster, core_client
+from nbray.runtime import cluster, core_client, protocol as P
 
 log = logging.getLogger("nbray")
 _lock = threading.RLock()
@@ -204,6 +205,42 @@ def cancel(ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> No
     if not isinstance(ref, ObjectRef):
         raise TypeError(f"nbray.cancel() takes an ObjectRef, got {type(ref).__name__}")
     _client().cancel(ref, force=force)
+
+
+# ---- actors ----------------------------------------------------------------------------------
+def kill(actor, *, no_restart: bool = True) -> None:
+    """End an actor now: calls in flight and later ones fail with ``ActorDiedError``. With
+    ``no_restart=False`` it is killed as if its worker crashed, and restarts if it may."""
+    from nbray.actor import ActorHandle
+    if not isinstance(actor, ActorHandle):
+        raise TypeError(f"nbray.kill() takes an actor handle, got {type(actor).__name__} "
+                        f"(use nbray.cancel() for a task's ObjectRef)")
+    _client().kill_actor(actor._actor_id, actor._owner, no_restart)
+
+
+def get_actor(name: str, namespace: str | None = None):
+    """The handle of the live actor registered under ``name`` (from any driver or task);
+    ``ValueError`` if there is none."""
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"nbray.get_actor() takes an actor's name, got {name!r}")
+    found = _lookup_actor(_client(), name, namespace or "")
+    if found is None:
+        raise ValueError(f"no actor named {name!r}" + (
+            f" in namespace {namespace!r}" if namespace else "") + " is alive")
+    return found
+
+
+def _lookup_actor(client, name: str, namespace: str):
+    from nbray.actor import ActorHandle
+    row = client.request(client.head_address, lambda r: P.LookupActor(r, name, namespace))
+    if row is None:
+        return None
+    meta = row["meta"]
+    client.adopt_actor(row["actor_id"], row["owner"], row["class_name"],
+                       meta["max_task_retries"])
+    ref = ObjectRef(meta["creation_id"], row["owner"])    # keeps it alive while held
+    return ActorHandle(row["actor_id"], row["owner"], row["class_name"], meta["methods"],
+                       meta["max_task_retries"], ref)
 
 
 async def _await_ref(ref: ObjectRef):

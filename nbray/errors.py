@@ -75,6 +75,11 @@ class WorkerCrashedError(NbrayError):
     """The worker running the task died (and retries, if any, were exhausted)."""
 
 
+class ActorDiedError(NbrayError):
+    """The actor is gone (killed, its worker or owner died, restarts used up, or every handle
+    to it was dropped); calls to it fail with this error, which says why."""
+
+
 class ObjectLostError(NbrayError):
     """The object's only copy is gone and it cannot be rebuilt."""
 

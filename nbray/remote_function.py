@@ -12,11 +12,8 @@ from nbray.runtime import serialization
 _TASK_OPTIONS = {"num_cpus", "num_gpus", "resources", "num_returns", "max_retries", "name"}
 
 
-def _validate(options: dict) -> dict:
-    unknown = set(options) - _TASK_OPTIONS
-    if unknown:
-        raise ValueError(f"unknown option(s) {sorted(unknown)} for a remote function; valid "
-                         f"options are {sorted(_TASK_OPTIONS)}")
+def check_resources(options: dict) -> None:
+    """``num_cpus``, ``num_gpus`` and ``resources`` of a task's or an actor's options."""
     for name in ("num_cpus", "num_gpus"):
         v = options.get(name)
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0):
@@ -30,6 +27,14 @@ def _validate(options: dict) -> dict:
                 raise ValueError(f"use num_cpus/num_gpus, not resources={{{k!r}: ...}}")
             if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
                 raise ValueError(f"resource {k!r} must be a non-negative number, got {v!r}")
+
+
+def _validate(options: dict) -> dict:
+    unknown = set(options) - _TASK_OPTIONS
+    if unknown:
+        raise ValueError(f"unknown option(s) {sorted(unknown)} for a remote function; valid "
+                         f"options are {sorted(_TASK_OPTIONS)}")
+    check_resources(options)
     n = options.get("num_returns")
     if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
         raise ValueError(f"num_returns must be a positive integer, got {n!r}")
@@ -88,7 +93,8 @@ class RemoteFunction:
 
 
 def remote(*args, **options):
-    """``@remote`` or ``@remote(num_cpus=..., num_returns=..., max_retries=..., resources=...)``."""
+    """``@remote`` or ``@remote(num_cpus=..., num_returns=..., max_retries=..., resources=...)``
+    on a function (a remote function) or a class (an actor class)."""
     if len(args) == 1 and not options and callable(args[0]):
         return _make(args[0], {})
     if args:
@@ -99,7 +105,9 @@ def remote(*args, **options):
 
 def _make(target, options: dict):
     if inspect.isclass(target):
-        raise NotImplementedError("actors (@nbray.remote on a class) are not available yet")
+        from nbray.actor import ActorClass
+        return ActorClass(target, options)
     if not callable(target):
-        raise TypeError(f"@nbray.remote decorates a function, got {type(target).__name__}")
+        raise TypeError(f"@nbray.remote decorates a function or a class, got "
+                        f"{type(target).__name__}")
     return RemoteFunction(target, options)

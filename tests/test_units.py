@@ -19,7 +19,7 @@ from nbray.runtime.transport import Endpoint
 # ---- public API ------------------------------------------------------------------------------
 def test_public_api_is_the_explicit_list():
     exported = {name for name in dir(nbray) if not name.startswith("_")}
-    modules = {"api", "errors", "object_ref", "remote_function", "runtime", "config",
+    modules = {"api", "actor", "errors", "object_ref", "remote_function", "runtime", "config",
                "extension", "cli", "demo"}
     assert exported - modules == set(nbray.__all__)
     for name in nbray.__all__:
@@ -133,3 +133,26 @@ def test_endpoint_drops_messages_signed_with_another_key(tmp_path):
         for ep in (good, evil, friend):
             ep.close()
     assert not os.path.exists(f"{tmp_path}/srv")     # ipc files are removed on close
+
+
+# ---- the head's actor table ------------------------------------------------------------------
+def test_actor_table_names_history_and_owner_death():
+    from nbray.runtime.head.tables import Tables
+    t = Tables("s")
+    row = {"actor_id": b"a1", "name": "learner", "namespace": "", "owner": "ipc://d1",
+           "class_name": "Learner"}
+    assert t.register_actor(dict(row)) == ""
+    assert "already exists" in t.register_actor(dict(row, actor_id=b"a2"))
+    assert t.register_actor(dict(row, actor_id=b"a3", namespace="other")) == ""
+    assert t.lookup_actor("learner")["actor_id"] == b"a1"
+    t.update_actor(b"a1", {"state": "alive", "worker_pid": 7})
+    t.update_actor(b"a1", {"state": "alive"})                   # no change: no new entry
+    t.update_actor(b"a1", {"state": "restarting", "restarts": 1, "detail": "worker died"})
+    history = t.actors[b"a1"]["history"]
+    assert [h["state"] for h in history] == ["pending", "alive", "restarting"]
+    assert history[-1]["detail"] == "worker died" and t.actors[b"a1"]["restarts"] == 1
+    t.owner_gone("ipc://d1")                   # both of its actors die, the names are free
+    assert t.actors[b"a1"]["state"] == "dead" and t.actors[b"a3"]["state"] == "dead"
+    assert t.lookup_actor("learner") is None
+    assert t.register_actor(dict(row, actor_id=b"a4")) == ""
+    assert {r["actor_id"] for r in t.actor_list()} == {b"a1", b"a3", b"a4"}

@@ -37,10 +37,11 @@ import time
 from dataclasses import dataclass, field
 
 from nbray.config import CONFIG
-from nbray.errors import (GetTimeoutError, ObjectLostError, RemoteError, TaskCancelledError,
-                          WorkerCrashedError)
+from nbray.errors import (ClusterError, GetTimeoutError, ObjectLostError, RemoteError,
+                          TaskCancelledError, WorkerCrashedError)
 from nbray.object_ref import ObjectRef
 from nbray.runtime import object_store, protocol as P, serialization
+from nbray.runtime.actor_client import Actor, ActorCalls, cancelled_value
 from nbray.runtime.transport import Endpoint
 
 _CURRENT = None
@@ -83,6 +84,8 @@ class Task:
     worker: "Lease | None" = None
     cancelled: bool = False
     attempts: int = 0
+    actor: "Actor | None" = None    # an actor's creation or one of its calls
+    ready: bool = False             # an actor call whose inputs exist
 
 
 @dataclass(eq=False)
@@ -95,6 +98,7 @@ class Lease:
     idle_since: float = 0.0
     progress_at: float = 0.0        # last push to it while idle, or last result from it
     returning: bool = False
+    actor: "Actor | None" = None    # the worker hosts this actor (we own it)
 
 
 @dataclass(eq=False)
@@ -108,6 +112,8 @@ class Shape:
 
 
 class CoreClient:
+    Obj, Task, Lease = Obj, Task, Lease
+
     def __init__(self, *, key: bytes, session: str, node_address: str, bind: str,
                  threaded: bool, worker_id: bytes | None = None, client_id: bytes | None = None):
         self.client_id = client_id or os.urandom(8)
@@ -119,18 +125,21 @@ class CoreClient:
         self.worker_id = worker_id
         self.node_id = b""
         self.node_resources: dict = {}
+        self.head_address = ""
         self.lock = threading.RLock()
         self.cv = threading.Condition(self.lock)
         self.objects: dict[bytes, Obj] = {}
         self.tasks: dict[bytes, Task] = {}
         self.shapes: dict[tuple, Shape] = {}
         self.leases: dict[bytes, Lease] = {}
+        self.actors = ActorCalls(self)
         self.released: collections.deque = collections.deque()
         self._outbox: collections.deque = collections.deque()
         self._seq = itertools.count(1)
         self._requests = itertools.count(1)
         self._acks = itertools.count(1)
         self._lease_requests: dict[int, tuple] = {}
+        self._replies: dict[int, P.Reply | None] = {}
         self._pending_acks: set = set()
         self._held: list = []
         self._pusher = self.ep.push_sender()
@@ -168,6 +177,15 @@ class CoreClient:
                     raise TimeoutError(f"node at {self.node_address} did not answer")
                 self.pump(100)
 
+    def become_threaded(self) -> None:
+        """From now on an I/O thread owns the sockets (a worker hosting an async or threaded
+        actor, whose calls run on other threads). Called by the thread that pumped so far."""
+        with self.lock:
+            self.threaded = True
+            self._baton_owner = None
+        self._io_thread = threading.Thread(target=self._io_loop, name="nbray-io", daemon=True)
+        self._io_thread.start()
+
     def close(self) -> None:
         self._closing = True
         if self._io_thread is not None:
@@ -194,27 +212,36 @@ class CoreClient:
         return object_id[:8] == self.client_id
 
     # ---- submit ----------------------------------------------------------------------------
-    def submit(self, fn_id: bytes, fn_blob: bytes, name: str, args: tuple, kwargs: dict,
-               num_returns: int, resources: dict, max_retries: int) -> list[ObjectRef]:
+    def _pack(self, name: str, args: tuple, kwargs: dict):
+        """Pickle a call's arguments for a new task id. Returns (task_id, blob, top-level refs,
+        their ids, ids to pin while it waits, id of the arguments' own object or None)."""
         buffers: list = []
         blob, top, nested = serialization.pack_args(name, args, kwargs, _is_ref, buffers.append)
-        key = tuple(sorted(resources.items()))
         with self.lock:
             task_id = self._new_task_id()
         args_id = None
         if buffers or len(blob) > CONFIG.inline_threshold:
             blob, args_id = self._args_blob(task_id, blob, buffers, name, args, kwargs)
+        arg_ids = [r._id for r in top]
+        return task_id, blob, top, arg_ids, arg_ids + [i for i, _ in nested], args_id
+
+    def _keep_args(self, task: Task, args_id) -> None:
+        """Large arguments live in an object of their own, freed when the task is done."""
+        if args_id is not None:
+            self.objects[args_id] = Obj(self.address, True, value=task.spec.args_blob)
+            task.pinned.append(args_id)
+
+    def submit(self, fn_id: bytes, fn_blob: bytes, name: str, args: tuple, kwargs: dict,
+               num_returns: int, resources: dict, max_retries: int) -> list[ObjectRef]:
+        task_id, blob, top, arg_ids, pinned, args_id = self._pack(name, args, kwargs)
+        key = tuple(sorted(resources.items()))
         with self.lock:
             rids = tuple(self.return_id(task_id, i) for i in range(num_returns))
             spec = P.TaskSpec(task_id, fn_id, name, blob, (), num_returns, rids)
-            arg_ids = [r._id for r in top]
-            task = Task(spec, fn_blob, key, arg_ids, arg_ids + [i for i, _ in nested],
-                        max_retries)
+            task = Task(spec, fn_blob, key, arg_ids, pinned, max_retries)
             for rid in rids:
                 self.objects[rid] = Obj(self.address, True, refs=1, producing=True)
-            if args_id is not None:     # large arguments: freed when the task is done
-                self.objects[args_id] = Obj(self.address, True, value=blob)
-                task.pinned.append(args_id)
+            self._keep_args(task, args_id)
             for oid in task.pinned:
                 self.objects[oid].pins += 1
             self.tasks[task_id] = task
@@ -235,6 +262,66 @@ class CoreClient:
         written = object_store.write_segment(path, blob, [b.raw() for b in buffers])
         return P.Value(P.SHM, P.ShmLocation(self.node_id, path, written)), args_id
 
+    # ---- actors ----------------------------------------------------------------------------
+    def create_actor(self, cls_id: bytes, cls_blob: bytes, class_name: str, args: tuple,
+                     kwargs: dict, *, placement: dict, hold: dict, max_restarts: int,
+                     max_task_retries: int, name: str, namespace: str, meta: dict):
+        """Create an actor we own; returns (actor id, the ref that stands for its handles).
+        A name is registered with the head first: a taken name raises ClusterError."""
+        task_name = f"{class_name}.__init__"
+        task_id, blob, top, arg_ids, pinned, args_id = self._pack(task_name, args, kwargs)
+        rid = self.return_id(task_id, 0)
+        entry = {"actor_id": task_id, "name": name, "namespace": namespace,
+                 "class_name": class_name, "owner": self.address, "state": P.PENDING,
+                 "resources": hold, "max_restarts": max_restarts, "created_at": time.time(),
+                 "meta": dict(meta, creation_id=rid, max_task_retries=max_task_retries)}
+        if name:
+            self.request(self.head_address, lambda r: P.RegisterActor(r, entry))
+        elif self.head_address:
+            self._post(self.head_address, P.RegisterActor(0, entry))
+        with self.lock:
+            spec = P.TaskSpec(task_id, cls_id, task_name, blob, (), 1, (rid,),
+                              P.ACTOR_CREATE, task_id)
+            task = Task(spec, cls_blob, ("actor",), arg_ids, pinned, 0)
+            self._keep_args(task, args_id)
+            actor = Actor(task_id, self.address, True, class_name, max_task_retries,
+                          name=name, fn_blob=cls_blob, placement=placement, hold=hold,
+                          max_restarts=max_restarts)
+            self.actors.create(task, actor, top)
+            ref = self._make_ref(rid)
+        self._kick()
+        return task_id, ref
+
+    def call_actor(self, actor_id: bytes, owner: str, class_name: str, retries: int,
+                   method: str, args: tuple, kwargs: dict, num_returns: int) -> list:
+        """Call a method of an actor; returns the refs of its results."""
+        name = f"{class_name}.{method}"
+        task_id, blob, top, arg_ids, pinned, args_id = self._pack(name, args, kwargs)
+        with self.lock:
+            actor = self.actors.known(actor_id, owner, class_name, retries)
+            rids = tuple(self.return_id(task_id, i) for i in range(num_returns))
+            spec = P.TaskSpec(task_id, method, name, blob, (), num_returns, rids,
+                              P.ACTOR_CALL, actor_id)
+            task = Task(spec, b"", ("actor",), arg_ids, pinned, actor.max_task_retries)
+            task.actor = actor
+            for rid in rids:
+                self.objects[rid] = Obj(self.address, True, refs=1, producing=True)
+            self._keep_args(task, args_id)
+            self.actors.call(task, top)
+            refs = [self._make_ref(rid) for rid in rids]
+        self._kick()
+        return refs
+
+    def kill_actor(self, actor_id: bytes, owner: str, no_restart: bool) -> None:
+        with self.lock:
+            self.actors.kill(actor_id, owner, no_restart)
+        self._kick()
+
+    def adopt_actor(self, actor_id: bytes, owner: str, class_name: str, retries: int) -> None:
+        """A handle arrived in this process: learn where its actor is before the first call."""
+        with self.lock:
+            self.actors.known(actor_id, owner, class_name, retries)
+
     def _make_ref(self, rid: bytes) -> ObjectRef:
         ref = ObjectRef.__new__(ObjectRef)
         ref._id, ref._owner, ref._client = rid, self.address, self
@@ -254,6 +341,13 @@ class CoreClient:
 
     def _ready(self, task: Task) -> None:
         values = [self.objects[i].value for i in task.arg_ids]
+        if task.actor is not None:
+            task.spec = task.spec._replace(arg_values=tuple(values))
+            if task.spec.kind == P.ACTOR_CREATE:
+                self.actors.creation_ready(task)
+            else:
+                self.actors.call_ready(task)
+            return
         for v in values:
             if v.kind in (P.ERROR, P.LOST):
                 self._finish(task, [v] * task.spec.num_returns)
@@ -266,6 +360,8 @@ class CoreClient:
 
     # ---- dispatch (I/O thread, or the worker's one thread) ---------------------------------
     def _dispatch(self, eager: bool = True) -> None:
+        if self.actors.dirty:
+            self.actors.dispatch()
         now = time.monotonic()
         for shape in self.shapes.values():
             if shape.ready:
@@ -349,6 +445,12 @@ class CoreClient:
             task = self.tasks.get(res.task_id)
             if task is None:
                 continue
+            if task.actor is not None:
+                if task.spec.kind == P.ACTOR_CREATE:
+                    self.actors.creation_done(task, res.values)
+                else:
+                    self.actors.result(task, res.values)
+                continue
             lease = task.worker
             if lease is not None:
                 lease.inflight.pop(res.task_id, None)
@@ -405,6 +507,9 @@ class CoreClient:
         if shape is None:
             self._send(self.node_address, P.ReturnLease(msg.worker_id))
             return
+        if type(shape) is Actor:
+            self.actors.lease_granted(shape, msg)
+            return
         shape.requests -= 1
         lease = Lease(msg.worker_id, msg.address, tuple(sorted(shape.resources.items())),
                       idle_since=time.monotonic())
@@ -414,6 +519,9 @@ class CoreClient:
     def _on_lease_rejected(self, peer, msg: P.LeaseRejected) -> None:
         shape = self._lease_requests.pop(msg.request_id, None)
         if shape is None:
+            return
+        if type(shape) is Actor:
+            self.actors.lease_rejected(shape, msg.reason)
             return
         shape.requests -= 1
         err = serialization.serialize_error(
@@ -425,13 +533,19 @@ class CoreClient:
         """Another client waits for a worker. Give back the idle ones; if none is idle, stop
         feeding ours and give each back when drained (queued tasks then ask again, behind the
         other client's request)."""
-        idle = [lease for lease in self.leases.values() if not lease.inflight]
-        for lease in idle or self.leases.values():
+        ours = [lease for lease in self.leases.values() if lease.actor is None]
+        idle = [lease for lease in ours if not lease.inflight]
+        for lease in idle or ours:
             lease.returning = True
 
     def _on_worker_died(self, peer, msg: P.WorkerDied) -> None:
         lease = self.leases.pop(msg.worker_id, None)
         if lease is None:
+            if msg.owner_died:
+                self.actors.worker_gone(msg.worker_id, msg.reason)
+            return
+        if lease.actor is not None:
+            self.actors.worker_died(lease, msg.reason)
             return
         shape = self.shapes.get(lease.key)
         if shape is not None and lease in shape.leases:
@@ -453,6 +567,7 @@ class CoreClient:
     def _on_welcome(self, peer, msg: P.Welcome) -> None:
         self.node_id = msg.node_id
         self.node_resources = msg.resources
+        self.head_address = msg.head_address
         self._welcomed.set()
 
     def _on_subscribe(self, peer, msg: P.Subscribe) -> None:
@@ -498,6 +613,22 @@ class CoreClient:
             for address, m in held:
                 self._send(address, m)
 
+    def _on_subscribe_actor(self, peer, msg: P.SubscribeActor) -> None:
+        self.actors.on_subscribe(peer, msg)
+
+    def _on_actor_state(self, peer, msg: P.ActorState) -> None:
+        self.actors.on_state(msg)
+
+    def _on_kill_actor(self, peer, msg: P.KillActor) -> None:
+        actor = self.actors.actors.get(msg.actor_id)
+        if actor is not None and actor.owned:
+            self.actors.on_kill(actor, msg.no_restart)
+
+    def _on_reply(self, peer, msg: P.Reply) -> None:
+        if msg.request_id in self._replies:
+            self._replies[msg.request_id] = msg
+            self._notify = True
+
     def _on_push(self, peer, msg) -> None:
         if self.on_push is not None:
             self.on_push(peer, msg)
@@ -522,6 +653,11 @@ class CoreClient:
         P.Ack: _on_ack,
         P.PushTasks: _on_push,
         P.CancelTasks: _on_push,
+        P.ActorInfoRequest: _on_push,
+        P.SubscribeActor: _on_subscribe_actor,
+        P.ActorState: _on_actor_state,
+        P.KillActor: _on_kill_actor,
+        P.Reply: _on_reply,
         P.Shutdown: _on_shutdown,
     }
 
@@ -565,6 +701,10 @@ class CoreClient:
             return
         del self.objects[oid]
         value = obj.value
+        if self.actors.by_creation:
+            actor = self.actors.by_creation.pop(oid, None)
+            if actor is not None:       # the last handle to an actor we own is gone
+                self.actors.out_of_scope(actor)
         if not obj.owned:
             if obj.registered:
                 self._send_release(obj.owner, P.RemoveBorrower((oid,), self.client_id))
@@ -680,21 +820,35 @@ class CoreClient:
                 objs.append((ref._id, obj))
                 if obj.value is None and not obj.owned:
                     self._subscribe(ref._id, obj)
+
+        def ready():
+            done = {oid: o.value for oid, o in objs if o.value is not None}
+            return done if len(done) >= num_returns else None
+
+        done = self.wait_for(ready, deadline, lend_cpu=True)
+        if done is not None:
+            return done
+        done = {oid: o.value for oid, o in objs if o.value is not None}
+        if need_all:
+            raise GetTimeoutError(f"get timed out after {timeout}s: {len(objs) - len(done)} of "
+                                  f"{len(objs)} objects not ready")
+        return done
+
+    def wait_for(self, check, deadline: float | None, lend_cpu: bool = False):
+        """Handle messages until ``check()`` returns something other than None (returned), or
+        ``deadline`` (monotonic) passes (None returned). A worker that waits here while
+        ``lend_cpu`` lends its CPU to its node meanwhile."""
         blocked = owner = False
         try:
             while True:
-                done = {oid: o.value for oid, o in objs if o.value is not None}
-                if len(done) >= num_returns:
-                    return done
+                result = check()
+                if result is not None:
+                    return result
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
-                    if need_all:
-                        raise GetTimeoutError(
-                            f"get timed out after {timeout}s: {len(objs) - len(done)} of "
-                            f"{len(objs)} objects not ready")
-                    return done
+                    return None
                 if not self.threaded:
-                    if not blocked and self.worker_id is not None:
+                    if lend_cpu and not blocked and self.worker_id is not None:
                         blocked = True
                         self._set_blocked(True)
                     self.pump(None if remaining is None else remaining * 1000)
@@ -721,6 +875,38 @@ class CoreClient:
                     self._baton_idle_since = time.monotonic()
                     if self._waiters:
                         self.cv.notify_all()
+
+    # ---- requests (to the head, to a worker) -----------------------------------------------
+    def request(self, address: str, make, timeout: float = 10.0):
+        """Send ``make(request_id)`` to ``address`` and return the ``Reply``'s value; raises
+        ClusterError if no reply comes within ``timeout`` or the reply is an error."""
+        reply = self.request_many([(address, make)], timeout)[0]
+        if reply is None:
+            raise ClusterError(f"{address} did not answer within {timeout:g}s")
+        if reply.error:
+            raise ClusterError(reply.error)
+        return reply.value
+
+    def request_many(self, requests: list, timeout: float) -> list:
+        """Several requests at once: their ``Reply`` messages (None where none came in time)."""
+        with self.lock:
+            ids = []
+            for address, make in requests:
+                rid = next(self._requests)
+                self._replies[rid] = None
+                ids.append(rid)
+                self._post(address, make(rid))
+        self._kick()
+
+        def answered():
+            return True if all(self._replies[i] is not None for i in ids) else None
+
+        try:
+            self.wait_for(answered, time.monotonic() + timeout)
+        finally:
+            with self.lock:
+                out = [self._replies.pop(i, None) for i in ids]
+        return out
 
     def _acquire_sockets(self, remaining: float | None) -> bool:
         """Let this user thread poll the sockets itself (False: another user thread polls).
@@ -772,8 +958,12 @@ class CoreClient:
             if task is None or task.cancelled:
                 return
             task.cancelled = True
-            err = serialization.serialize_error(
-                TaskCancelledError(f"task {task.spec.name} was cancelled"))
+            err = cancelled_value(task.spec.name)
+            if task.actor is not None:
+                if task.spec.kind == P.ACTOR_CALL and self.actors.cancel(task):
+                    self._finish(task, _repeat(err))
+                self._kick()
+                return
             lease = task.worker
             if lease is None:
                 for shape in self.shapes.values():
@@ -864,10 +1054,11 @@ class CoreClient:
                 self._send(*self._outbox.popleft())
 
     def return_idle_leases(self) -> None:
-        """Give back every lease with nothing in flight (a worker, when its task is done)."""
+        """Give back every lease with nothing in flight (a worker, when its task is done);
+        the leases of actors it owns stay for the actors' lives."""
         with self.lock:
             for lease in self.leases.values():
-                if not lease.inflight:
+                if not lease.inflight and lease.actor is None:
                     lease.returning = True
             self._dispatch()
 

@@ -10,13 +10,18 @@ Who sends what:
                                          Goodbye
     node -> client                       Welcome, LeaseGranted, LeaseRejected, ReclaimLeases,
                                          WorkerDied, NodeInfo
-    client -> leased worker              PushTasks, CancelTasks
-    worker -> client                     TaskResults
+    client -> leased worker              PushTasks, CancelTasks, ActorInfoRequest
+    worker -> client                     TaskResults, Reply
+    caller -> actor owner                SubscribeActor, KillActor
+    actor owner -> caller                ActorState
     borrower -> owner                    Subscribe, AddBorrower, RemoveBorrower
     owner -> borrower                    ObjectStates, Ack
     node -> head                         RegisterNode, Heartbeat, NodeLeaving
     head -> node                         NodeRegistered, Shutdown
-    anyone -> head                       ClusterInfoRequest -> ClusterInfo; Shutdown
+    node -> head                         ClientGone
+    actor owner -> head                  RegisterActor -> Reply, ActorUpdate
+    anyone -> head                       ClusterInfoRequest -> ClusterInfo; LookupActor,
+                                         ListActors -> Reply; Shutdown
 """
 from __future__ import annotations
 
@@ -45,6 +50,18 @@ class Value(NamedTuple):
     contained: tuple = ()
 
 
+# What a TaskSpec asks the worker to do (its ``kind``).
+TASK = 0            # call the function ``fn_id``
+ACTOR_CREATE = 1    # become actor ``actor_id``: instantiate the class ``fn_id``
+ACTOR_CALL = 2      # call the method named ``fn_id`` (a str) of actor ``actor_id``
+
+# The life of an actor (``ActorState.state``).
+PENDING = "pending"         # waiting for a worker, or its constructor runs
+ALIVE = "alive"
+RESTARTING = "restarting"   # its worker died; a new one is being made
+DEAD = "dead"
+
+
 class TaskSpec(NamedTuple):
     task_id: bytes
     fn_id: bytes
@@ -56,6 +73,8 @@ class TaskSpec(NamedTuple):
     num_returns: int
     #: ids of the objects the task returns
     return_ids: tuple
+    kind: int = TASK
+    actor_id: bytes = b""
 
 
 class TaskResult(NamedTuple):
@@ -79,6 +98,7 @@ class Welcome(NamedTuple):
     session: str
     resources: dict
     store_dir: str
+    head_address: str = ""
 
 
 class Goodbye(NamedTuple):
@@ -89,12 +109,17 @@ class Goodbye(NamedTuple):
 class RequestLease(NamedTuple):
     request_id: int
     resources: dict
+    #: an actor's lease: kept for the actor's life, its worker retired when it ends, and
+    #: holding ``hold`` (not ``resources``, which must be free to place it) meanwhile
+    actor: bool = False
+    hold: dict | None = None
 
 
 class LeaseGranted(NamedTuple):
     request_id: int
     worker_id: bytes
     address: str
+    pid: int = 0
 
 
 class LeaseRejected(NamedTuple):
@@ -104,6 +129,8 @@ class LeaseRejected(NamedTuple):
 
 class ReturnLease(NamedTuple):
     worker_id: bytes
+    #: retire the worker instead of pooling it again (it hosted an actor)
+    kill: bool = False
 
 
 class ReclaimLeases(NamedTuple):
@@ -121,6 +148,8 @@ class WorkerUnblocked(NamedTuple):
 class WorkerDied(NamedTuple):
     worker_id: bytes
     reason: str
+    #: an actor's worker, retired because the actor's owner died: it will not come back
+    owner_died: bool = False
 
 
 class Poke(NamedTuple):
@@ -155,6 +184,69 @@ class CancelTasks(NamedTuple):
 
 class TaskResults(NamedTuple):
     results: list
+
+
+# ---- actors ----------------------------------------------------------------------------------
+class SubscribeActor(NamedTuple):
+    """A caller holds a handle: tell it where the actor is, now and whenever that changes."""
+    actor_id: bytes
+
+
+class ActorState(NamedTuple):
+    actor_id: bytes
+    #: how many times it was (re)created; calls in flight on an older incarnation are lost
+    incarnation: int
+    state: str
+    address: str = ""           # its worker's, once it has one
+    #: DEAD: the Value every call fails with (an __init__ error, or an ActorDiedError)
+    error: Any = None
+    worker_pid: int = 0
+    node_id: bytes = b""
+    worker_id: bytes = b""
+
+
+class KillActor(NamedTuple):
+    actor_id: bytes
+    no_restart: bool = True
+
+
+class ActorInfoRequest(NamedTuple):
+    request_id: int
+    actor_id: bytes
+
+
+class RegisterActor(NamedTuple):
+    """Owner -> head: a named actor; the Reply's error says if the name is taken."""
+    request_id: int
+    entry: dict
+
+
+class ActorUpdate(NamedTuple):
+    """Owner -> head: an actor's table row changed (no reply)."""
+    actor_id: bytes
+    fields: dict
+
+
+class LookupActor(NamedTuple):
+    request_id: int
+    name: str
+    namespace: str = ""
+
+
+class ListActors(NamedTuple):
+    request_id: int
+
+
+class ClientGone(NamedTuple):
+    """Node -> head: a client (driver or worker) of the node has died or left."""
+    address: str
+
+
+class Reply(NamedTuple):
+    """The answer to a request that carried ``request_id``: ``value``, or ``error`` text."""
+    request_id: int
+    value: Any = None
+    error: str = ""
 
 
 # ---- borrower <-> owner ----------------------------------------------------------------------

@@ -48,6 +48,24 @@ class HeadServer:
     def _on_node_leaving(self, peer, msg: P.NodeLeaving) -> None:
         self.tables.remove_node(msg.node_id)
 
+    # ---- actors --------------------------------------------------------------------------
+    def _on_register_actor(self, peer, msg: P.RegisterActor) -> None:
+        error = self.tables.register_actor(msg.entry)
+        self.ep.reply(peer, P.Reply(msg.request_id, None, error))
+
+    def _on_actor_update(self, peer, msg: P.ActorUpdate) -> None:
+        self.tables.update_actor(msg.actor_id, msg.fields)
+
+    def _on_lookup_actor(self, peer, msg: P.LookupActor) -> None:
+        self.ep.reply(peer, P.Reply(msg.request_id,
+                                    self.tables.lookup_actor(msg.name, msg.namespace)))
+
+    def _on_list_actors(self, peer, msg: P.ListActors) -> None:
+        self.ep.reply(peer, P.Reply(msg.request_id, self.tables.actor_list()))
+
+    def _on_client_gone(self, peer, msg: P.ClientGone) -> None:
+        self.tables.owner_gone(msg.address)
+
     def _on_heartbeat(self, peer, msg: P.Heartbeat) -> None:
         self.tables.heartbeat(msg.node_id, msg.stats)
 
@@ -67,6 +85,11 @@ class HeadServer:
     _HANDLERS = {
         P.RegisterNode: _on_register_node,
         P.NodeLeaving: _on_node_leaving,
+        P.RegisterActor: _on_register_actor,
+        P.ActorUpdate: _on_actor_update,
+        P.LookupActor: _on_lookup_actor,
+        P.ListActors: _on_list_actors,
+        P.ClientGone: _on_client_gone,
         P.Heartbeat: _on_heartbeat,
         P.ClusterInfoRequest: _on_info,
         P.Shutdown: _on_shutdown,

@@ -14,7 +14,13 @@ from dataclasses import dataclass
 class LeaseRequest:
     peer: tuple
     request_id: int
-    resources: dict
+    resources: dict             # must be free to grant it
+    actor: bool = False
+    hold: dict | None = None    # held while the lease lasts (None: ``resources``)
+
+    @property
+    def held(self) -> dict:
+        return self.resources if self.hold is None else self.hold
 
 
 class LocalScheduler:

@@ -137,10 +137,14 @@ class NodeServer:
                 break
             w = idle[0]
             self.sched.queue.remove(req)
-            w.state, w.lessee, w.held, w.blocked = "leased", req.peer, req.resources, False
-            self.sched.acquire(req.resources)
+            w.state, w.lessee, w.held, w.blocked = "leased", req.peer, req.held, False
+            w.actor = req.actor
+            self.sched.acquire(req.held)
             self.leases_granted += 1
-            self.ep.reply(req.peer, P.LeaseGranted(req.request_id, w.worker_id, w.address))
+            self.ep.reply(req.peer, P.LeaseGranted(req.request_id, w.worker_id, w.address,
+                                                   w.pid))
+            if req.actor and len(self.pool.workers) < self.max_workers:
+                self.pool.spawn()       # the actor keeps this worker: stand another in
         if self.sched.queue:
             self._reclaim()
 
@@ -172,6 +176,9 @@ class NodeServer:
         if w.state == "leased" and not w.blocked:
             self.sched.release(w.held)
         w.state, w.lessee, w.held, w.blocked = "idle", None, {}, False
+        if w.actor:         # an actor's state must not leak into the next lessee's work
+            w.state, w.retired = "retiring", True
+            self.pool.signal(w.worker_id, signal.SIGKILL)
 
     # ---- handlers --------------------------------------------------------------------------
     def _on_hello(self, peer, msg: P.Hello) -> None:
@@ -186,18 +193,21 @@ class NodeServer:
         else:
             self.clients[msg.client_id] = ClientInfo(msg.client_id, msg.pid, msg.address)
         self.ep.reply(peer, P.Welcome(self.node_id, self.session, dict(self.sched.total),
-                                      object_store.store_dir()))
+                                      object_store.store_dir(), self.head_address))
 
     def _on_request_lease(self, peer, msg: P.RequestLease) -> None:
-        reason = self.sched.infeasible(msg.resources)
+        reason = self.sched.infeasible(msg.resources) or (
+            self.sched.infeasible(msg.hold) if msg.hold else None)
         if reason is not None:
             self.ep.reply(peer, P.LeaseRejected(msg.request_id, reason))
             return
-        self.sched.queue.append(LeaseRequest(peer, msg.request_id, msg.resources))
+        self.sched.queue.append(LeaseRequest(peer, msg.request_id, msg.resources, msg.actor,
+                                             msg.hold))
 
     def _on_return_lease(self, peer, msg: P.ReturnLease) -> None:
         w = self.pool.workers.get(msg.worker_id)
         if w is not None and w.lessee == peer:
+            w.actor = w.actor or msg.kill
             self._release(w)
 
     def _on_blocked(self, peer, msg: P.WorkerBlocked) -> None:
@@ -249,19 +259,30 @@ class NodeServer:
         code = w.proc.returncode
         reason = f"worker pid {w.pid} exited with code {code}" if code >= 0 else \
             f"worker pid {w.pid} was killed by signal {-code}"
-        if w.lessee is not None:
+        if w.owner_died:
+            # the owner cannot tell the actor's other callers: tell every client here
+            died = P.WorkerDied(w.worker_id, "the actor's owner died", owner_died=True)
+            for peer in [(True, c) for c in self.clients] + \
+                    [(True, o) for o in self.pool.workers if o != w.worker_id]:
+                self.ep.reply(peer, died)
+        elif w.lessee is not None:
             if not w.blocked:
                 self.sched.release(w.held)
             self.ep.reply(w.lessee, P.WorkerDied(w.worker_id, reason))
-        self._client_gone(w.worker_id)
+        self._client_gone(w.worker_id, w.address)
         if not self.stopping and len(self.pool.workers) < self.num_workers:
             self.pool.spawn()
 
-    def _client_gone(self, client_id: bytes) -> None:
-        """A client died: the workers it leased go back to the pool, its requests are dropped."""
-        self.clients.pop(client_id, None)
+    def _client_gone(self, client_id: bytes, address: str = "") -> None:
+        """A client died or left: the workers it leased go back to the pool (those hosting its
+        actors are retired: actors share their owner's fate), its requests are dropped."""
+        info = self.clients.pop(client_id, None)
+        address = address or (info.address if info is not None else "")
+        if address:
+            self.ep.send(self.head_address, P.ClientGone(address))
         peer = (True, client_id)
         self.sched.drop_peer(peer)
         for w in self.pool.by_state("leased"):
             if w.lessee == peer:
+                w.owner_died = w.actor
                 self._release(w)

@@ -18,6 +18,9 @@ class WorkerInfo:
     lessee: tuple | None = None         # the peer holding the lease
     held: dict = field(default_factory=dict)
     blocked: bool = False
+    actor: bool = False                 # leased to host an actor: never pooled again
+    retired: bool = False               # killed on purpose (its actor ended)
+    owner_died: bool = False            # killed because its actor's owner died
 
     @property
     def pid(self) -> int:

@@ -4,11 +4,17 @@ Results are batched: they go out when the queue runs dry, when a batch is full o
 waited a few milliseconds, so a stream of short tasks costs one message per batch each way.
 A worker that blocks in ``get`` bounces the tasks queued behind the running one back to their
 owners, who run them elsewhere: a task never waits behind one that waits for it.
+
+A worker whose lease is an actor's becomes that actor's host (``actor_host.py``) with its first
+task, the creation; from then on it runs only that actor's calls, and never bounces them, since
+they must run here and in order. Calls that arrive before the creation wait for it.
 """
 from __future__ import annotations
 
 import collections
+import os
 import pickle
+import threading
 import time
 import traceback
 
@@ -16,6 +22,8 @@ import cloudpickle
 
 from nbray.errors import TaskCancelledError
 from nbray.runtime import protocol as P, serialization
+from nbray.runtime.actor_client import TERMINATE
+from nbray.runtime.worker.actor_host import ActorHost
 
 _BATCH = 64
 _FLUSH_AFTER_S = 0.001
@@ -32,6 +40,10 @@ class Executor:
         self.outgoing: dict = {}
         self.oldest = 0.0
         self.stopping = False
+        self.host: ActorHost | None = None      # the actor this worker hosts
+        self.hosting = False                    # its creation arrived (it may not have run)
+        self.parked: list = []                  # calls that came before the creation ran
+        self._wake: threading.Condition | None = None
         client.on_push = self.on_message
         client.on_block = self.bounce_queued
 
@@ -41,9 +53,14 @@ class Executor:
             self.blobs.update(msg.functions)
             owner = msg.owner       # results go to the owner's ROUTER, after our borrow notes
             for spec in msg.tasks:
+                if spec.kind == P.ACTOR_CREATE:
+                    self.hosting = True
+                    self.client.on_block = None     # an actor's calls are not bounced
                 self.queue.append((owner, spec))
-            if self.client.blocked_depth:
+            if self.client.blocked_depth and not self.hosting:
                 self.bounce_queued()    # we wait in get: someone else should run these
+            if self._wake is not None:
+                self._wake.notify()
         elif type(msg) is P.CancelTasks:
             self.client.cancels_seen += 1
             if len(self.cancelled) > 10_000:    # cancels for tasks that had already finished
@@ -53,6 +70,11 @@ class Executor:
                     self.client.cancel_requested = True
                 else:
                     self.cancelled.add(tid)
+        elif type(msg) is P.ActorInfoRequest:
+            queued = len(self.queue) + len(self.parked)
+            info = self.host.info(queued, self.running is not None) if self.host else \
+                {"queued": queued, "running": 0}
+            self.client._send(peer, P.Reply(msg.request_id, info))
 
     def bounce_queued(self) -> None:
         while self.queue:
@@ -64,6 +86,9 @@ class Executor:
     def run_forever(self, idle_check) -> None:
         client = self.client
         while not self.stopping:
+            if self.host is not None and self.host.concurrent:
+                self._run_concurrent(idle_check)
+                return
             if self.queue:
                 owner, spec = self.queue.popleft()
                 ran = self.run(owner, spec)
@@ -80,23 +105,23 @@ class Executor:
                 client.pump(client.idle_timeout_ms())
                 if not self.queue:
                     idle_check()
+        self.flush()
 
     def run(self, owner: str, spec: P.TaskSpec) -> float:
-        """Run one task and queue its result; returns how long it ran (seconds)."""
+        """Run one task or actor call and queue its result; returns how long it ran (s)."""
         if spec.task_id in self.cancelled:
             self.cancelled.discard(spec.task_id)
-            err = serialization.serialize_error(
-                TaskCancelledError(f"task {spec.name} was cancelled"))
-            self._add_result(owner, P.TaskResult(spec.task_id, (err,) * spec.num_returns, 0.0))
+            self._add_result(owner, P.TaskResult(spec.task_id, (_cancelled(spec),) *
+                                                 spec.num_returns, 0.0))
+            return 0.0
+        if spec.kind == P.ACTOR_CALL and self._answered_without_running(owner, spec):
             return 0.0
         client = self.client
         start = time.perf_counter()
         self.running = spec.task_id
         client.cancel_requested = False
         try:
-            fn = self._function(spec.fn_id)
-            values = [client.decode(v) for v in spec.arg_values]
-            args, kwargs = serialization.unpack_args(spec.args_blob, values)
+            fn, args, kwargs = self.prepare(spec)
             client.in_user_code = True
             try:
                 if client.pokes_seen > client.cancels_seen or client.cancel_requested:
@@ -104,7 +129,7 @@ class Executor:
                 result = fn(*args, **kwargs)
             finally:
                 client.in_user_code = False
-            del args, kwargs, values
+            del args, kwargs
             encoded = self._encode(spec, result)
         except BaseException as exc:        # noqa: B902 - everything a task raises goes back
             if client.cancel_requested and isinstance(exc, (KeyboardInterrupt,
@@ -114,11 +139,28 @@ class Executor:
             else:
                 value = _error_value(exc, spec.name)
             encoded = (value,) * spec.num_returns
+            self._count(spec, failed=True)
+        else:
+            self._count(spec, failed=False)
         finally:
             self.running = None
+        if spec.kind == P.ACTOR_CREATE:
+            self._created(encoded)
         ran = time.perf_counter() - start
         self._add_result(owner, P.TaskResult(spec.task_id, encoded, ran))
         return ran
+
+    def prepare(self, spec: P.TaskSpec):
+        """What to call and with what: (callable, args, kwargs)."""
+        if spec.kind == P.TASK:
+            fn = self._function(spec.fn_id)
+        elif spec.kind == P.ACTOR_CALL:
+            fn = getattr(self.host.instance, spec.fn_id)
+        else:
+            fn = self._become_actor(spec)
+        values = [self.client.decode(v) for v in spec.arg_values]
+        args, kwargs = serialization.unpack_args(spec.args_blob, values)
+        return fn, args, kwargs
 
     def _function(self, fn_id: bytes):
         fn = self.functions.get(fn_id)
@@ -143,6 +185,92 @@ class Executor:
             out.append(encoded)
         return tuple(out)
 
+    # ---- actors --------------------------------------------------------------------------
+    def _become_actor(self, spec: P.TaskSpec):
+        cls, options = serialization.loads_function(self.blobs.pop(spec.fn_id))
+
+        def construct(*args, **kwargs):
+            self.host = ActorHost(cls(*args, **kwargs), options.get("max_concurrency"))
+            return None
+        return construct
+
+    def _created(self, encoded: tuple) -> None:
+        """The creation ran: on failure every call fails with its error; parked calls run."""
+        if self.host is None:
+            self.host = ActorHost(None, None, error=encoded[0])
+        self.queue.extendleft(reversed(self.parked))
+        self.parked.clear()
+
+    def _answered_without_running(self, owner: str, spec: P.TaskSpec) -> bool:
+        """A call that need not run: before the actor exists (parked), after its creation
+        failed (it fails the same way), or the last one (this worker then exits)."""
+        if self.host is None:
+            self.parked.append((owner, spec))
+            return True
+        if self.host.error is not None:
+            self._add_result(owner, P.TaskResult(spec.task_id, (self.host.error,) *
+                                                 spec.num_returns, 0.0))
+            return True
+        if spec.fn_id == TERMINATE:
+            self.stopping = True
+            return True
+        return False
+
+    def _count(self, spec: P.TaskSpec, failed: bool) -> None:
+        if spec.kind == P.ACTOR_CALL and self.host is not None:
+            if failed:
+                self.host.calls_failed += 1
+            else:
+                self.host.calls_done += 1
+
+    def _run_concurrent(self, idle_check) -> None:
+        """Calls of an async or threaded actor: the client turns threaded (an I/O thread owns
+        the sockets) and this thread hands each call to the actor's loop or thread pool."""
+        client, host = self.client, self.host
+        host.start(self.prepare, self.complete)
+        with client.lock:
+            self._wake = threading.Condition(client.lock)
+        self.flush()
+        client.become_threaded()
+        while not self.stopping:
+            with client.lock:
+                if not self.queue:
+                    self._wake.wait(0.5)
+                calls = list(self.queue)
+                self.queue.clear()
+            if not calls:
+                idle_check()
+            for owner, spec in calls:
+                if spec.kind != P.ACTOR_CALL:
+                    continue
+                if spec.task_id in self.cancelled:
+                    self.cancelled.discard(spec.task_id)
+                    self.complete(owner, spec, None, None, cancelled=True)
+                elif spec.fn_id == TERMINATE:
+                    self.stopping = True
+                    break
+                else:
+                    host.submit(owner, spec)
+        host.stop()
+        with client.lock:
+            self.flush()
+
+    def complete(self, owner: str, spec: P.TaskSpec, result, exc, cancelled=False) -> None:
+        """Encode a concurrent call's result (or error) and send it (any thread)."""
+        if cancelled:
+            encoded = (_cancelled(spec),) * spec.num_returns
+        elif exc is None:
+            try:
+                encoded = self._encode(spec, result)
+            except BaseException as e:      # noqa: B902 - an unpicklable result, say
+                exc = e
+        if exc is not None:
+            encoded = (_error_value(exc, spec.name),) * spec.num_returns
+        self._count(spec, failed=exc is not None)
+        with self.client.lock:
+            self._add_result(owner, P.TaskResult(spec.task_id, encoded, 0.0))
+            self.flush()
+
     # ---- results ---------------------------------------------------------------------------
     def _add_result(self, owner: str, result: P.TaskResult) -> None:
         batch = self.outgoing.get(owner)
@@ -162,10 +290,19 @@ class Executor:
             self.client.send_results(owner, P.TaskResults(results))
 
 
+def _cancelled(spec: P.TaskSpec) -> P.Value:
+    return serialization.serialize_error(TaskCancelledError(f"task {spec.name} was cancelled"))
+
+
+_RUNTIME_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
 def _error_value(exc: BaseException, name: str) -> P.Value:
     tb = exc.__traceback__
-    if tb is not None and tb.tb_next is not None:
-        tb = tb.tb_next            # drop the executor's own frame
+    # the traceback starts in the user's code: drop the runtime's own frames before it
+    while tb is not None and tb.tb_next is not None and \
+            tb.tb_frame.f_code.co_filename.startswith(_RUNTIME_DIR):
+        tb = tb.tb_next
     text = "".join(traceback.format_exception(type(exc), exc, tb))
     try:
         return P.Value(P.ERROR, pickle.dumps((exc, text, name), protocol=5))
@@ -175,5 +312,3 @@ def _error_value(exc: BaseException, name: str) -> P.Value:
         except Exception:
             stand_in = RuntimeError(f"{type(exc).__name__}: {exc}")
             return P.Value(P.ERROR, pickle.dumps((stand_in, text, name), protocol=5))
-
-

@@ -1,0 +1,204 @@
+"""``@nbray.remote`` on a class: actors, their handles and their methods.
+
+``Cls.remote(*args)`` creates the actor on a worker of its own and returns an
+:class:`ActorHandle` at once; ``handle.method.remote(*args)`` returns an ``ObjectRef``. Calls from
+one caller run in the order they were made. A handle can be passed to tasks and other actors,
+which call it too; the actor lives while a handle to it exists anywhere (or until
+``nbray.kill``), and restarts after its worker dies if ``max_restarts`` says so.
+"""
+from __future__ import annotations
+
+import hashlib
+import inspect
+
+from nbray.errors import ClusterError, SerializationError
+from nbray.object_ref import ObjectRef
+from nbray.remote_function import check_resources
+from nbray.runtime import serialization
+
+_ACTOR_OPTIONS = {"num_cpus", "num_gpus", "resources", "max_restarts", "max_task_retries",
+                  "max_concurrency", "name", "namespace", "get_if_exists", "lifetime"}
+
+
+def method(*, num_returns: int = 1):
+    """Declare how many values an actor method returns: ``@nbray.method(num_returns=2)``."""
+    if isinstance(num_returns, bool) or not isinstance(num_returns, int) or num_returns < 1:
+        raise ValueError(f"num_returns must be a positive integer, got {num_returns!r}")
+
+    def mark(fn):
+        fn.__nbray_num_returns__ = num_returns
+        return fn
+    return mark
+
+
+def _validate(options: dict) -> dict:
+    unknown = set(options) - _ACTOR_OPTIONS
+    if unknown:
+        raise ValueError(f"unknown option(s) {sorted(unknown)} for an actor; valid options "
+                         f"are {sorted(_ACTOR_OPTIONS)}")
+    check_resources(options)
+    for key, low in (("max_restarts", -1), ("max_task_retries", -1), ("max_concurrency", 1)):
+        v = options.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < low):
+            raise ValueError(f"{key} must be an integer >= {low}"
+                             f"{' (-1: without limit)' if low == -1 else ''}, got {v!r}")
+    for key in ("name", "namespace"):
+        v = options.get(key)
+        if v is not None and (not isinstance(v, str) or (key == "name" and not v)):
+            raise TypeError(f"{key} must be a non-empty string, got {v!r}")
+    if options.get("lifetime") not in (None, "non_detached"):
+        raise NotImplementedError(
+            f"lifetime={options['lifetime']!r} is not supported by nbray: an actor lives as "
+            f"long as its handles and its owner (lifetime='non_detached')")
+    if options.get("get_if_exists") and not options.get("name"):
+        raise ValueError("get_if_exists=True needs a name")
+    return options
+
+
+def _methods(cls) -> dict:
+    """The methods a handle offers: name -> num_returns."""
+    out = {}
+    for name, member in inspect.getmembers(cls):
+        if name.startswith("__") and name != "__call__":
+            continue
+        if inspect.isfunction(member) or inspect.ismethod(member):
+            out[name] = getattr(member, "__nbray_num_returns__", 1)
+    return out
+
+
+class ActorClass:
+    """A class whose instances live on the cluster. Call ``.remote(...)``, not ``(...)``."""
+
+    def __init__(self, cls, options: dict, _shared: dict | None = None):
+        self._cls = cls
+        self._options = _validate(dict(options))
+        self._shared = _shared if _shared is not None else {}
+        self._name = cls.__qualname__
+        self.__doc__ = cls.__doc__
+
+    def __call__(self, *args, **kwargs):
+        raise TypeError(f"actor class {self._name} cannot be instantiated directly; use "
+                        f"{self._name}.remote(...) to create an actor")
+
+    def _pickled(self) -> tuple[bytes, bytes]:
+        key = self._options.get("max_concurrency")
+        if key not in self._shared:
+            try:
+                blob = serialization.dumps_function((self._cls, {"max_concurrency": key}))
+            except Exception as e:
+                raise SerializationError(f"actor class {self._name} cannot be serialized: "
+                                         f"{e}") from e
+            self._shared[key] = (hashlib.blake2b(blob, digest_size=16).digest(), blob)
+        return self._shared[key]
+
+    def remote(self, *args, **kwargs) -> "ActorHandle":
+        from nbray import api
+        opts = self._options
+        name, namespace = opts.get("name") or "", opts.get("namespace") or ""
+        client = api._client()
+        if name and opts.get("get_if_exists"):
+            found = api._lookup_actor(client, name, namespace)
+            if found is not None:
+                return found
+        cls_id, blob = self._pickled()
+        resources = {"CPU": opts.get("num_cpus"), "GPU": opts.get("num_gpus", 0),
+                     **(opts.get("resources") or {})}
+        hold = {k: float(v) for k, v in resources.items() if v}
+        placement = dict(hold)
+        if opts.get("num_cpus") is None:     # as in Ray: 1 CPU to place it, none held after
+            placement["CPU"] = 1.0
+        methods = _methods(self._cls)
+        retries = opts.get("max_task_retries", 0)
+        retries = 10 ** 9 if retries == -1 else retries
+        try:
+            actor_id, ref = client.create_actor(
+                cls_id, blob, self._name, args, kwargs, placement=placement, hold=hold,
+                max_restarts=opts.get("max_restarts", 0), max_task_retries=retries,
+                name=name, namespace=namespace, meta={"methods": methods})
+        except ClusterError as e:
+            if "already exists" in str(e):
+                raise ValueError(str(e)) from None
+            raise
+        return ActorHandle(actor_id, client.address, self._name, methods, retries, ref)
+
+    def options(self, **options) -> "ActorClass":
+        """A copy with some options changed, e.g. ``Cls.options(name="learner").remote()``."""
+        return ActorClass(self._cls, {**self._options, **options}, self._shared)
+
+    def __repr__(self) -> str:
+        return f"<nbray actor class {self._name}>"
+
+
+class ActorHandle:
+    """A reference to an actor: ``handle.method.remote(...)`` calls it."""
+    __slots__ = ("_actor_id", "_owner", "_class_name", "_methods", "_retries", "_ref",
+                 "__weakref__")
+
+    def __init__(self, actor_id: bytes, owner: str, class_name: str, methods: dict,
+                 retries: int, ref: ObjectRef):
+        self._actor_id, self._owner, self._class_name = actor_id, owner, class_name
+        self._methods, self._retries, self._ref = methods, retries, ref
+
+    def __getattr__(self, name: str) -> "ActorMethod":
+        if name.startswith("__") and name != "__call__":
+            raise AttributeError(name)
+        try:
+            num_returns = self._methods[name]
+        except KeyError:
+            raise AttributeError(f"actor {self._class_name} has no method {name!r}") from None
+        return ActorMethod(self, name, num_returns)
+
+    def _actor_id_hex(self) -> str:
+        return self._actor_id.hex()
+
+    def __reduce__(self):
+        return (_rebuild, (self._actor_id, self._owner, self._class_name, self._methods,
+                           self._retries, self._ref))
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, ActorHandle) and other._actor_id == self._actor_id
+
+    def __hash__(self) -> int:
+        return hash(self._actor_id)
+
+    def __repr__(self) -> str:
+        return f"Actor({self._class_name}, {self._actor_id.hex()})"
+
+
+def _rebuild(actor_id, owner, class_name, methods, retries, ref) -> ActorHandle:
+    from nbray.runtime import core_client
+    client = core_client.current()
+    if client is not None:      # ask where the actor is now, before the first call needs it
+        client.adopt_actor(actor_id, owner, class_name, retries)
+    return ActorHandle(actor_id, owner, class_name, methods, retries, ref)
+
+
+class ActorMethod:
+    """``handle.method``: call it with ``.remote(...)``."""
+    __slots__ = ("_handle", "_name", "_num_returns")
+
+    def __init__(self, handle: ActorHandle, name: str, num_returns: int):
+        self._handle, self._name, self._num_returns = handle, name, num_returns
+
+    def __call__(self, *args, **kwargs):
+        raise TypeError(f"actor method {self._handle._class_name}.{self._name} cannot be called "
+                        f"directly; use .{self._name}.remote(...)")
+
+    def remote(self, *args, **kwargs):
+        from nbray import api
+        h = self._handle
+        refs = api._client().call_actor(h._actor_id, h._owner, h._class_name, h._retries,
+                                        self._name, args, kwargs, self._num_returns)
+        return refs[0] if self._num_returns == 1 else refs
+
+    def options(self, *, num_returns: int | None = None, **other) -> "ActorMethod":
+        if other:
+            raise ValueError(f"unknown option(s) {sorted(other)} for an actor method; the "
+                             f"only one is num_returns")
+        if num_returns is None:
+            return self
+        method(num_returns=num_returns)      # validates it
+        return ActorMethod(self._handle, self._name, num_returns)
+
+    def __repr__(self) -> str:
+        return f"<nbray actor method {self._handle._class_name}.{self._name}>"
