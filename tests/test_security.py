@@ -15,7 +15,7 @@ import pytest
 import zmq
 
 import nbray
-from nbray.runtime import protocol as P
+from nbray.runtime import protocol as P, transport
 from nbray.runtime.core_client import CoreClient
 from nbray.runtime.transport import Endpoint
 from conftest import run_root, wait_until
@@ -41,7 +41,7 @@ def double(x):
 
 
 def _signed(key: bytes, msg) -> bytes:
-    body = pickle.dumps(msg, protocol=5)
+    body = transport.dumps(msg)
     return hmac.digest(key, body, "sha256") + body
 
 
@@ -124,7 +124,7 @@ def test_wrong_key_frames_to_node_get_no_answer(cluster, zsocket, tmp_path):
     sock.send(_signed(bytes.fromhex(cluster.record.key), P.NodeInfoRequest()))
     assert sock.poll(10_000), "no answer to a correctly signed request"
     (frame,) = sock.recv_multipart()
-    assert isinstance(pickle.loads(frame[32:]), P.NodeInfo)
+    assert frame[32] == P.PROTOCOL_VERSION and isinstance(pickle.loads(frame[33:]), P.NodeInfo)
     # the real driver is unaffected
     assert nbray.get(double.remote(21), timeout=20) == 42
 
@@ -273,3 +273,34 @@ def test_shm_segments_are_private(cluster):
         assert stat.S_IMODE(os.stat(seg).st_mode) == 0o600
     del ref, out
     wait_until(lambda: not cluster.segments(), 10, "segments to be freed")
+
+
+# ---- authentic but malformed traffic -------------------------------------------------------------
+class RegisterNodeOfAnotherRelease(tuple):
+    """Pickles as a RegisterNode with a field more than this release's: what a node of
+    another nbray release sends."""
+
+    def __reduce__(self):
+        return (P.RegisterNode, tuple(self))
+
+
+# Regression (found in review): an authentic message whose class has another shape raised in the
+# head's receive loop, which stopped the head and, through it, every node
+def test_authentic_messages_of_another_shape_or_version_are_dropped(cluster):
+    key = bytes.fromhex(cluster.record.key)
+    head = cluster.record.head_address
+    with Endpoint(key, b"other-release") as ep:
+        ep.send(head, RegisterNodeOfAnotherRelease((b"n" * 8, "h", "a", {}, 1, 2, "extra")))
+        body = transport.dumps(P.ClusterInfoRequest())
+        other_version = bytes([P.PROTOCOL_VERSION + 1]) + body[1:]
+        sock = ep.connect(head)
+        sock.send(transport.sign(key, other_version) + other_version)
+        ep.send(head, P.ClusterInfoRequest())     # the head still answers
+        deadline = time.monotonic() + 10
+        info = None
+        while info is None and time.monotonic() < deadline:
+            for _, msg in ep.recv(100):
+                info = msg
+        assert isinstance(info, P.ClusterInfo)
+        assert len(info.nodes) == 1                 # the odd RegisterNode registered nothing
+    assert nbray.get(double.remote(21)) == 42

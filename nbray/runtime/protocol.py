@@ -2,7 +2,8 @@
 
 A frame on the wire is ``[signature, pickle(message)]`` (see ``transport.py``); the class of the
 unpickled object is its tag. Messages that carry many tasks or results carry lists, so one send
-moves a batch. ``PROTOCOL_VERSION`` is checked when a process joins a cluster.
+moves a batch. ``PROTOCOL_VERSION`` travels in every frame (and in the greetings of processes
+that join): a frame of another version is dropped and counted, never unpickled.
 
 Who sends what:
     client (driver or worker) -> node    Hello, RequestLease, ReturnLease, WorkerBlocked,
@@ -17,7 +18,7 @@ Who sends what:
     borrower -> owner                    Subscribe, AddBorrower, RemoveBorrower
     owner -> borrower                    ObjectStates, Ack
     node -> head                         RegisterNode, Heartbeat, NodeLeaving
-    head -> node                         NodeRegistered, Shutdown
+    head -> node                         NodeRegistered, HeartbeatAck, Shutdown
     node -> head                         ClientGone
     actor owner -> head                  RegisterActor -> Reply, ActorUpdate
     anyone -> head                       ClusterInfoRequest -> ClusterInfo; LookupActor,
@@ -27,7 +28,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 
 # How an object's value travels (first field of a ``Value``).
 INLINE = 0      # payload: pickle bytes (protocol 5, in-band)
@@ -296,6 +297,10 @@ class NodeLeaving(NamedTuple):
 class Heartbeat(NamedTuple):
     node_id: bytes
     stats: dict
+
+
+class HeartbeatAck(NamedTuple):
+    """Head -> node: the head is alive (a node whose heartbeats go unanswered stops)."""
 
 
 class ClusterInfoRequest(NamedTuple):

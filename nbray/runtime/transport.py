@@ -1,10 +1,12 @@
 """Signed messages over ZeroMQ: authenticate, then unpickle.
 
 Every process owns one :class:`Endpoint`: a ROUTER socket that peers connect to, plus a DEALER
-per peer it talks to first. A message is one frame, ``hmac_sha256(key, body) + body`` (one frame,
-not two: on a 2-core machine each extra frame costs a wake-up of ZeroMQ's I/O thread); a frame
-whose signature does not match is dropped and counted before anything is unpickled, so a peer
-without the cluster key can make us do nothing but a hash.
+per peer it talks to first. A message is one frame, ``hmac_sha256(key, body) + body`` where
+``body`` is the protocol version (one byte) and the pickled message (one frame, not two: on a
+2-core machine each extra frame costs a wake-up of ZeroMQ's I/O thread). A frame whose signature
+does not match is dropped and counted before anything is unpickled, so a peer without the
+cluster key can make us do nothing but a hash; an authentic frame of another protocol version,
+or one that does not unpickle to a message, is dropped and counted too, never raised.
 
 Sockets are not thread-safe: one thread polls and sends. Other threads hand work to it through
 their own queues and :meth:`Endpoint.wake`.
@@ -16,12 +18,16 @@ import hmac
 import itertools
 import os
 import pickle
+import sys
 import threading
 
 import zmq
 
+from nbray.runtime.protocol import PROTOCOL_VERSION
+
 _DIGEST = "sha256"
 _SIG_LEN = 32
+_VERSION = bytes([PROTOCOL_VERSION])
 _IDS = itertools.count()
 
 
@@ -44,7 +50,8 @@ class Signer:
 
 
 def dumps(msg) -> bytes:
-    return pickle.dumps(msg, protocol=5)
+    """The signed part of a frame: the protocol version, then the pickled message."""
+    return _VERSION + pickle.dumps(msg, protocol=5)
 
 
 class Endpoint:
@@ -72,6 +79,7 @@ class Endpoint:
         self.poller.register(self.router, zmq.POLLIN)
         self._by_socket = {self.router: None}
         self.rejected = 0
+        self.malformed = 0          # authentic, but another version or not a message
         self.sent = 0
         self.received = 0
         # wake-up pipe for other threads of this process
@@ -167,11 +175,32 @@ class Endpoint:
     def _verify(self, frame: bytes):
         view = memoryview(frame)
         body = view[_SIG_LEN:]
-        if len(frame) <= _SIG_LEN or not hmac.compare_digest(view[:_SIG_LEN], self.sign(body)):
+        if len(frame) <= _SIG_LEN + 1 or not hmac.compare_digest(view[:_SIG_LEN],
+                                                                 self.sign(body)):
             self.rejected += 1
             return None
+        if body[0] != PROTOCOL_VERSION:
+            self._malformed(f"protocol version {body[0]}, this process speaks "
+                            f"{PROTOCOL_VERSION} (is nbray the same version everywhere?)")
+            return None
+        try:
+            msg = pickle.loads(body[1:])
+        except Exception as e:          # a peer with the key but other message classes
+            self._malformed(f"a message that does not unpickle here: {type(e).__name__}: {e}")
+            return None
         self.received += 1
-        return pickle.loads(body)
+        return msg
+
+    def _malformed(self, what: str) -> None:
+        self.malformed += 1
+        if self.malformed == 1:         # say it once: a peer in a loop would flood the log
+            print(f"nbray: dropped {what}", file=sys.stderr, flush=True)
+
+    def __enter__(self) -> "Endpoint":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def close(self, linger_ms: int = 0) -> None:
         """Close every socket; ``linger_ms`` gives messages already sent that long to leave."""
@@ -182,6 +211,23 @@ class Endpoint:
                     os.unlink(addr[len("ipc://"):])
                 except OSError:
                     pass
+
+
+_FAILED_HANDLERS: set = set()
+
+
+def guarded(handler, server, peer, msg) -> None:
+    """Run a message handler; a handler that fails (a malformed message, or a bug) is reported
+    once per message type and the process carries on with the next message."""
+    try:
+        handler(server, peer, msg)
+    except Exception:
+        if type(msg) not in _FAILED_HANDLERS:
+            _FAILED_HANDLERS.add(type(msg))
+            import traceback
+            print(f"nbray: handling a {type(msg).__name__} failed (reported once):",
+                  file=sys.stderr, flush=True)
+            traceback.print_exc()
 
 
 class PushSender:

@@ -8,7 +8,7 @@ import psutil
 
 from nbray.runtime import protocol as P
 from nbray.runtime.head.tables import Tables
-from nbray.runtime.transport import Endpoint
+from nbray.runtime.transport import Endpoint, guarded
 
 
 class HeadServer:
@@ -25,7 +25,7 @@ class HeadServer:
                 for peer, msg in self.ep.recv(500):
                     handler = self._HANDLERS.get(type(msg))
                     if handler is not None:
-                        handler(self, peer, msg)
+                        guarded(handler, self, peer, msg)
                 if self.watch_pid is not None and not psutil.pid_exists(self.watch_pid):
                     self.stopping = True
         finally:
@@ -46,7 +46,9 @@ class HeadServer:
         self.ep.reply(peer, P.NodeRegistered(self.tables.session))
 
     def _on_node_leaving(self, peer, msg: P.NodeLeaving) -> None:
-        self.tables.remove_node(msg.node_id)
+        entry = self.tables.nodes.get(msg.node_id)
+        if entry is not None and entry.peer == peer:       # only the node itself says so
+            self.tables.remove_node(msg.node_id)
 
     # ---- actors --------------------------------------------------------------------------
     def _on_register_actor(self, peer, msg: P.RegisterActor) -> None:
@@ -68,6 +70,7 @@ class HeadServer:
 
     def _on_heartbeat(self, peer, msg: P.Heartbeat) -> None:
         self.tables.heartbeat(msg.node_id, msg.stats)
+        self.ep.reply(peer, P.HeartbeatAck())
 
     def _on_info(self, peer, msg) -> None:
         head = {"pid": os.getpid(), "started_at": self.tables.started_at,
