@@ -102,7 +102,7 @@ def init(address: str | None = None, *, num_workers: int | None = None,
 def _join_record(address: str, key: str | None) -> cluster.ClusterRecord:
     record = cluster.find(address)
     if key is not None or os.environ.get("NBRAY_KEY"):
-        record.key = key or os.environ["NBRAY_KEY"]
+        record.key = cluster.check_key(key or os.environ["NBRAY_KEY"])
     return record
 
 

@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
+import stat
 import sys
 import time
 
@@ -53,8 +55,13 @@ def _read_key(path: str) -> str:
     try:
         with open(path) as f:
             text = f.read().strip()
+            mode = os.fstat(f.fileno()).st_mode
     except OSError as e:
         raise SystemExit(_err(f"cannot read the key file: {e}", code=2))
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        print(f"nbray: warning: the key file {path} can be read by other users (mode "
+              f"{stat.S_IMODE(mode):o}); anyone who reads it can run code on the cluster: "
+              f"chmod 600 {path}", file=sys.stderr)
     if text.startswith("{"):
         try:
             text = json.loads(text)["key"]
@@ -72,7 +79,10 @@ def _join_key(args) -> str:
     if args.key_file:
         return _read_key(args.key_file)
     if os.environ.get("NBRAY_KEY"):
-        return os.environ["NBRAY_KEY"]
+        try:
+            return cluster.check_key(os.environ["NBRAY_KEY"])
+        except ClusterError as e:
+            raise SystemExit(_err(f"NBRAY_KEY: {e}", code=2))
     for r in cluster.ClusterRecord.load_all():     # the head runs on this machine
         if r.role == "head" and r.tcp_address and r.matches(args.address) and r.live_pids():
             return r.key
@@ -116,6 +126,9 @@ def cmd_start(args) -> int:
         return _err(f"could not start the cluster: {e}")
     path = record.save()
     address = record.tcp_address or record.head_address
+    # bound to every interface: other machines need a name of this one, not 0.0.0.0
+    join_at = address if args.host not in ("0.0.0.0", "::", "*") else \
+        f"{socket.getfqdn()}:{address.rpartition(':')[2]}"
     print(f"Started nbray cluster {record.session}")
     print(f"  address:   {address}")
     print(f"  session:   {record.session}")
@@ -129,7 +142,7 @@ def cmd_start(args) -> int:
     print(f'    nbray.init(address="{address}")')
     print()
     print("To add a node on another machine, copy the key file there (keeping it private) and run:")
-    print(f"    nbray start --address {address} --key-file KEYFILE")
+    print(f"    nbray start --address {join_at} --key-file KEYFILE")
     if args.host in ("127.0.0.1", "localhost"):
         print(f"  (the head listens on {args.host} only: other machines reach it once it is "
               f"started with --host set to an address of this machine they can reach)")
@@ -144,7 +157,7 @@ def _start_node(args, n: int, resources: dict, res: dict) -> int:
                                      resources=resources)
     except (ClusterError, OSError) as e:
         return _err(f"could not join the cluster at {args.address}: {e}")
-    path = record.save()
+    path = record.path
     print(f"Joined nbray cluster {record.session} at {args.address} as node {record.name}")
     print(f"  resources: {_fmt_res(res)}  ({n} worker process{'es' if n != 1 else ''})")
     print(f"  processes: node pid {procs['node'].pid}")

@@ -38,6 +38,8 @@ class Config:
     run_root: str = ""
     #: how long a node waits for the head to accept it when it starts (seconds)
     register_timeout_s: float = 10.0
+    #: a node whose head has not acknowledged a heartbeat for this long stops (seconds)
+    head_timeout_s: float = 30.0
 
     @classmethod
     def from_env(cls) -> "Config":

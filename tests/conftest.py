@@ -76,7 +76,8 @@ def segments(session: str) -> list[str]:
 
 
 def run_root() -> str:
-    return os.path.join("/tmp", f"nbray-{os.getuid()}")
+    from nbray.runtime import cluster
+    return cluster.run_root()
 
 
 def rundir_of(session: str) -> str:

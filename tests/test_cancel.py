@@ -202,6 +202,30 @@ def test_cancel_while_the_worker_prepares_the_task(cluster, tmp_path):
     assert nbray.get(quick.remote("alive"), timeout=20) == "alive"
 
 
+# Regression: after a burst of cancels (whose signals merge into fewer than the messages), the
+# worker compared a count of signals with a count of messages, concluded it had nothing to
+# wait for, and a cancel of its running task waited unread until the task ended
+def test_cancel_of_a_running_task_after_a_burst_of_cancels(no_cluster, tmp_path):
+    from conftest import shutdown_and_check, start_cluster
+    start_cluster(num_workers=1)
+    try:
+        for attempt in range(2):
+            nbray.get([quick.remote(i) for i in range(2000)])   # short tasks: they pipeline
+            refs = [quick.remote(i) for i in range(3000)]
+            wait_until(lambda: nbray.wait(refs, num_returns=1, timeout=0)[0], 10,
+                       "tasks to reach the worker")       # cancels now go there, with pokes
+            for r in refs:
+                nbray.cancel(r)
+            nbray.wait(refs, num_returns=len(refs), timeout=30)
+            marker = str(tmp_path / f"long-{attempt}")
+            ref = long_task.remote(marker)
+            wait_until(lambda: os.path.exists(marker), 20, "the long task to start")
+            nbray.cancel(ref)
+            _assert_cancelled(ref, within=5)
+    finally:
+        shutdown_and_check()
+
+
 def test_cancel_many_short_tasks(cluster):
     @nbray.remote
     def short(i):

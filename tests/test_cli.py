@@ -11,6 +11,7 @@ import glob
 import json
 import os
 import re
+import signal
 import stat
 import subprocess
 import sys
@@ -218,12 +219,50 @@ def test_stopping_the_head_stops_the_nodes_that_joined_it(cli):
     node = cli.record("node")
     node_procs = {node["pids"][0]} | _descendants_of(node["pids"][0])
     assert len(node_procs) >= 2                  # the node and its worker
-    cli("stop", "--address", head["session"])      # the head's record only
+    # only the head is told to stop (`nbray stop` would stop the joined node itself, here on
+    # the same machine): it must take the node with it, as it would on another machine
+    os.kill(head["pids"][0], signal.SIGTERM)
     wait_until(lambda: not [p for p in node_procs if pid_alive(p)], 15,
                "the joined node and its workers to exit after the head")
-    # the node removed its own record and directory on the way out
-    wait_until(lambda: cli.records() == [], 10, "the joined node's record to be removed")
-    assert os.listdir(cli.root) == []
+    # the node removed its own record and directory on the way out (the head's record stays
+    # until `nbray stop` clears it: the head was signalled, not stopped with the CLI)
+    wait_until(lambda: [r["role"] for r in cli.records()] == ["head"], 10,
+               "the joined node's record to be removed")
+    assert not os.path.exists(os.path.join(cli.root, node["name"]))
+
+
+def test_a_node_whose_head_was_killed_stops(cli):
+    cli.env["NBRAY_HEAD_TIMEOUT_S"] = "2"
+    head = cli.start_head()
+    cli("start", "--address", head["tcp_address"], "--num-workers", "1")
+    node = cli.record("node")
+    node_procs = {node["pids"][0]} | _descendants_of(node["pids"][0])
+    os.kill(head["pids"][0], signal.SIGKILL)        # no goodbye: the heartbeats go unanswered
+    wait_until(lambda: not [p for p in node_procs if pid_alive(p)], 20,
+               "the joined node to notice its head is gone and stop")
+    log_dir = os.path.join(cli.root, node["name"])
+    assert not os.path.exists(log_dir)              # a clean stop: it removed its directory
+
+
+def test_a_drivers_objects_go_when_it_leaves_a_running_cluster(cli):
+    import numpy as np
+    head = cli.start_head()
+    prefix = os.path.join(object_store.store_dir(), f"{object_store.PREFIX}{head['session']}_")
+    nbray.init(address=head["tcp_address"])
+    kept = nbray.put(np.ones(1_000_000))
+    assert nbray.get(add.remote(kept, 1))[0] == 2.0
+    assert glob.glob(prefix + "*")
+    nbray.shutdown()                                 # with the ref still held
+    wait_until(lambda: not glob.glob(prefix + "*"), 10,
+               "the departed driver's segments to be removed")
+    del kept
+
+
+def test_a_run_root_too_long_for_socket_paths_is_a_clear_error(cli, tmp_path):
+    long_root = str(tmp_path / ("r" * 90))
+    out = cli("start", "--head", "--num-workers", "1", check=False,
+              env={"NBRAY_RUN_ROOT": long_root})
+    assert out.returncode == 1 and "too long for the socket paths" in out.stderr
 
 
 def test_join_with_a_key_file_and_with_a_wrong_key(cli, tmp_path):

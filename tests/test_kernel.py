@@ -6,7 +6,8 @@ import json
 import os
 
 import pytest
-from jupyter_client import KernelManager
+
+KernelManager = pytest.importorskip("jupyter_client").KernelManager
 
 from conftest import pid_alive, rundir_of, segments, wait_until
 

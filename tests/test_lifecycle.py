@@ -340,3 +340,33 @@ def test_main_module_class_instance_as_argument(no_cluster):
                           timeout=45)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split("\n")[:2] == ["RESULT 25", "RESULT 5"], proc.stdout
+
+
+DRIVER_IN_ANOTHER_CHECKOUT = """
+import nbray
+nbray.init(num_workers=1)
+
+@nbray.remote
+def where():
+    import mylocal
+    return mylocal.VALUE, nbray.__file__
+
+print("RESULT", nbray.get(where.remote(), timeout=60))
+nbray.shutdown()
+"""
+
+
+# Regression (found trying the README): runtime processes started with `python -m` imported an
+# `nbray` folder of the working directory instead of the driver's package
+def test_runtime_uses_the_drivers_nbray_whatever_the_working_directory(no_cluster, tmp_path):
+    (tmp_path / "nbray").mkdir()
+    (tmp_path / "nbray" / "__init__.py").write_text("raise ImportError('the wrong nbray')\n")
+    (tmp_path / "mylocal.py").write_text("VALUE = 41\n")
+    script = tmp_path / "driver.py"
+    script.write_text(DRIVER_IN_ANOTHER_CHECKOUT)
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(nbray.__file__)))
+    out = subprocess.run([sys.executable, "-P", str(script)] if sys.version_info >= (3, 11)
+                         else [sys.executable, str(script)], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=90)
+    assert out.returncode == 0, out.stderr
+    assert f"RESULT (41, {nbray.__file__!r})" in out.stdout

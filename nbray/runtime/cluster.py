@@ -20,6 +20,7 @@ import secrets
 import selectors
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -30,9 +31,27 @@ from nbray.errors import ClusterError
 from nbray.runtime import object_store
 
 
+#: the longest socket path under a run root: "/<8 hex>/w-<16 hex>"
+_LONGEST_SOCKET = 1 + 8 + 3 + 16
+
+
 def run_root() -> str:
-    root = CONFIG.run_root or os.path.join("/tmp", f"nbray-{os.getuid()}")
+    """The directory of this user's clusters: private (0700, ours), and short enough that the
+    ipc socket paths inside it fit the system's limit."""
+    import zmq
+    root = os.path.abspath(CONFIG.run_root or os.path.join("/tmp", f"nbray-{os.getuid()}"))
+    if len(root) + _LONGEST_SOCKET > zmq.IPC_PATH_MAX_LEN:
+        raise ClusterError(f"the run directory {root} is too long for the socket paths in it "
+                           f"({len(root)} characters; at most "
+                           f"{zmq.IPC_PATH_MAX_LEN - _LONGEST_SOCKET}): set NBRAY_RUN_ROOT to "
+                           f"a shorter path")
     os.makedirs(root, mode=0o700, exist_ok=True)
+    st = os.lstat(root)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+        raise ClusterError(f"{root} is not a directory of this user's: it cannot hold cluster "
+                           f"keys (set NBRAY_RUN_ROOT elsewhere)")
+    if st.st_mode & 0o077:
+        os.chmod(root, 0o700)
     return root
 
 
@@ -64,7 +83,7 @@ class ClusterRecord:
 
     def save(self) -> str:
         path = self.path
-        fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW, 0o600)
         with os.fdopen(fd, "w") as f:
             json.dump(asdict(self), f)
         return path
@@ -112,6 +131,39 @@ class ClusterRecord:
         return out
 
 
+#: starts a runtime process with the driver's own nbray package, whatever the working directory
+#: holds (``python -m`` would import an ``nbray`` folder there first); the rest of sys.path is
+#: left as ``-m`` makes it, so tasks import the user's modules from the working directory
+_BOOT = """\
+import importlib.util, runpy, sys
+package, module = sys.argv.pop(1), sys.argv.pop(1)
+spec = importlib.util.spec_from_file_location(
+    "nbray", package + "/__init__.py", submodule_search_locations=[package])
+sys.modules["nbray"] = nbray = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(nbray)
+runpy.run_module(module, run_name="__main__", alter_sys=True)
+"""
+_PACKAGE = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def python_command(module: str) -> list[str]:
+    """The command that runs ``python -m module`` with this process's nbray."""
+    return [sys.executable, "-c", _BOOT, os.path.join(_PACKAGE, "nbray"), module]
+
+
+def check_key(text: str) -> str:
+    """A cluster key as text: 64 hex digits (32 bytes); ClusterError if it is not one."""
+    text = text.strip()
+    try:
+        ok = len(bytes.fromhex(text)) == 32
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ClusterError("a cluster key is 64 hex digits (the key file of `nbray start "
+                           "--head` holds it)")
+    return text
+
+
 def _spawn(module: str, args: list[str], key: bytes, log: str | None) -> subprocess.Popen:
     """Start a head or node. It reports ``READY <address>`` on a pipe of its own (``ready``),
     so its stdout and stderr, which its workers inherit, stay free for what tasks print: the
@@ -120,7 +172,7 @@ def _spawn(module: str, args: list[str], key: bytes, log: str | None) -> subproc
     r, w = os.pipe()
     out = os.open(log, os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o600) if log else None
     try:
-        proc = subprocess.Popen([sys.executable, "-m", module, *args, "--ready-fd", str(w)],
+        proc = subprocess.Popen([*python_command(module), *args, "--ready-fd", str(w)],
                                 env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
                                 pass_fds=(w,), start_new_session=True)
     finally:
@@ -132,9 +184,10 @@ def _spawn(module: str, args: list[str], key: bytes, log: str | None) -> subproc
     return proc
 
 
-def announce_ready(fd: int, address: str) -> None:
-    """The child's side of ``_spawn``: say where it listens, then close the pipe."""
-    os.write(fd, f"READY {address}\n".encode())
+def announce_ready(fd: int, address: str, session: str = "") -> None:
+    """The child's side of ``_spawn``: say where it listens (and, for a node, the session of
+    the cluster that accepted it), then close the pipe."""
+    os.write(fd, f"READY {address} {session}".rstrip().encode() + b"\n")
     os.close(fd)
 
 
@@ -219,6 +272,7 @@ def join(address: str, key: bytes, *, num_workers: int, resources: dict | None =
     """Start a node on this machine that joins the cluster whose head listens at ``address``
     (``host:port``), detached. Returns (ClusterRecord, {"node": Popen}); raises ClusterError,
     with the node's own words, if the head does not accept it."""
+    address = address.removeprefix("tcp://")
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit():
         raise ClusterError(f"the address of a head is host:port, got {address!r}")
@@ -234,18 +288,18 @@ def join(address: str, key: bytes, *, num_workers: int, resources: dict | None =
                    "--num-workers", str(num_workers), "--resources", json.dumps(resources or {}),
                    "--cleanup", rundir, "--cleanup", record.path], key, log)
     try:
-        _await_ready({"node": proc}, timeout=CONFIG.register_timeout_s + 30)
+        found = _await_ready({"node": proc}, timeout=CONFIG.register_timeout_s + 30)
     except BaseException:
         _kill_group(proc)
         shutil.rmtree(rundir, ignore_errors=True)
         raise
     record.pids = [proc.pid]
-    from nbray.runtime import protocol as P
-    info = ask(record, record.head_address, P.ClusterInfoRequest(), timeout=5.0)
-    if info is None:        # it accepted the node a moment ago: only a dying head gets here
+    try:                    # from here a record must exist, or nothing can stop the node
+        record.session = found["node"].split()[1]
+        record.save()
+    except BaseException:
         stop(record, {"node": proc})
-        raise ClusterError(f"the head at {address} stopped answering")
-    record.session = info.session
+        raise
     return record, {"node": proc}
 
 

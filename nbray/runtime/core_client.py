@@ -42,7 +42,7 @@ from nbray.errors import (ClusterError, GetTimeoutError, ObjectLostError, Remote
 from nbray.object_ref import ObjectRef
 from nbray.runtime import object_store, protocol as P, serialization
 from nbray.runtime.actor_client import Actor, ActorCalls, cancelled_value
-from nbray.runtime.transport import Endpoint
+from nbray.runtime.transport import Endpoint, guarded
 
 _CURRENT = None
 
@@ -161,7 +161,9 @@ class CoreClient:
         self.stats = collections.Counter()
 
     # ---- lifecycle -------------------------------------------------------------------------
-    def connect(self, timeout: float = 30.0) -> None:
+    def connect(self, timeout: float = 30.0, alive=None) -> None:
+        """Say hello to our node and wait for its welcome. ``alive()`` (a worker's check that
+        its node still exists) returning False gives up at once."""
         hello = P.Hello(self.client_id, os.getpid(), self.address, self.worker_id)
         if self.threaded:
             self._io_thread = threading.Thread(target=self._io_loop, name="nbray-io", daemon=True)
@@ -173,7 +175,7 @@ class CoreClient:
             self.ep.send(self.node_address, hello)
             deadline = time.monotonic() + timeout
             while not self._welcomed.is_set():
-                if time.monotonic() > deadline:
+                if time.monotonic() > deadline or (alive is not None and not alive()):
                     raise TimeoutError(f"node at {self.node_address} did not answer")
                 self.pump(100)
 
@@ -194,9 +196,14 @@ class CoreClient:
                 self.cv.notify_all()
             self.ep.wake()
             self._io_thread.join(timeout=5)
-        # the node gives back our leases now, not when this process exits (a notebook that
-        # shuts down and joins again lives on)
-        if self._welcomed.is_set():
+        # the node takes back our leases now, not when this process exits (a notebook that
+        # shuts down and joins again lives on): idle ones go back to its pool, and it retires
+        # the workers still running our tasks, whose results nobody will read
+        io_done = self._io_thread is None or not self._io_thread.is_alive()
+        if self._welcomed.is_set() and io_done:
+            for lease in list(self.leases.values()):
+                if not lease.inflight and lease.actor is None:
+                    self.ep.send(self.node_address, P.ReturnLease(lease.worker_id))
             self.ep.send(self.node_address, P.Goodbye(self.client_id))
         self.ep.close(linger_ms=200)
 
@@ -437,7 +444,7 @@ class CoreClient:
         if handler is None:
             self.stats["unknown_message"] += 1
             return
-        handler(self, peer, msg)
+        guarded(handler, self, peer, msg)
 
     def _on_task_results(self, peer, msg: P.TaskResults) -> None:
         now = time.monotonic()
@@ -1092,29 +1099,36 @@ def _as_error(exc) -> BaseException:
 
 def install_poke_handler(client: CoreClient) -> None:
     """Worker: SIGUSR1 means "a cancel is on its way to your socket". The signal can overtake
-    the message (they travel different paths), so the handler waits for it briefly. A poke
-    that lands while our own code runs (between receiving a task and starting it, say) is
-    counted, and the task looks at it as it starts (``take_poke``): otherwise the cancel would
-    wait in the socket until the task ended."""
+    the message (they travel different paths), so the handler reads the socket and waits for a
+    new cancel briefly. A poke that lands while our own code runs (between receiving a task and
+    starting it, say) stays pending, and the task looks at it as it starts (``take_poke``):
+    otherwise the cancel would wait in the socket until the task ended. Signals that arrive
+    close together merge into one, so nothing here counts them: a poke is pending or not."""
     def take_poke():
         client.in_user_code = False
         try:
-            deadline = time.monotonic() + 0.2
-            while client.cancels_seen < client.pokes_seen and not client.cancel_requested \
-                    and time.monotonic() < deadline:
-                client.pump(10)
+            while client.poke_pending and not client.cancel_requested:
+                client.poke_pending = False
+                seen = client.poke_seen_cancels
+                deadline = time.monotonic() + 0.2
+                client.pump(0)
+                while client.cancels_seen == seen and not client.cancel_requested \
+                        and time.monotonic() < deadline:
+                    client.pump(10)
         finally:
             client.in_user_code = True
-            client.pokes_seen = client.cancels_seen = 0
         if client.cancel_requested:
             raise TaskCancelledError("task was cancelled while running")
 
     def on_poke(signum, frame):
-        client.pokes_seen += 1
+        if not client.poke_pending:
+            client.poke_pending = True
+            client.poke_seen_cancels = client.cancels_seen
         if client.in_user_code:
             take_poke()
 
     client.cancel_requested = False
-    client.cancels_seen = client.pokes_seen = 0
+    client.poke_pending = False
+    client.cancels_seen = client.poke_seen_cancels = 0
     client.take_poke = take_poke
     signal.signal(signal.SIGUSR1, on_poke)

@@ -95,6 +95,15 @@ def unlink(path: str) -> None:
         pass
 
 
+def remove_owner(session: str, owner_id: bytes) -> int:
+    """Unlink the segments of the objects one client owned (the first bytes of an object id
+    are its owner's client id)."""
+    paths = glob.glob(os.path.join(store_dir(), f"{PREFIX}{session}_{owner_id.hex()}*"))
+    for p in paths:
+        unlink(p)
+    return len(paths)
+
+
 def remove_session(session: str) -> int:
     """Unlink every segment of a session (a node's last act, or cleanup after a crash)."""
     paths = glob.glob(os.path.join(store_dir(), f"{PREFIX}{session}_*"))

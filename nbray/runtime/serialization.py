@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import io
 import linecache
+import os
 import pickle
 import threading
 import types
@@ -66,8 +67,10 @@ def _cloudpickle_dumps(value, protocol=5, buffer_callback=None, filenames=None) 
 
 
 def _names_by_value_module(data: bytes) -> bool:
-    modules = getattr(cloudpickle.cloudpickle, "_PICKLE_BY_VALUE_MODULES", ())
-    return any(name.encode() in data for name in modules)
+    """Whether a plain pickle may name something of a module registered to go by value (a
+    false positive only costs a second pickling, by cloudpickle)."""
+    modules = cloudpickle.list_registry_pickle_by_value()
+    return bool(modules) and any(name.encode() in data for name in modules)
 
 
 def _dumps(value, buffer_callback=None) -> bytes:
@@ -101,8 +104,8 @@ def dumps_collecting(value, buffer_callback=None) -> tuple[bytes, tuple]:
     return data, tuple(refs)
 
 
-#: source files larger than this are not shipped with a function
-MAX_SOURCE_BYTES = 1 << 20
+#: at most this much source (characters, all files together) travels with a function
+MAX_SOURCE_CHARS = 256 * 1024
 
 
 def dumps_function(fn) -> bytes:
@@ -111,11 +114,13 @@ def dumps_function(fn) -> bytes:
     script on another machine)."""
     filenames: set = set()
     body = _cloudpickle_dumps(fn, filenames=filenames)
-    sources = {}
-    for name in filenames:
+    sources, budget = {}, MAX_SOURCE_CHARS
+    for name in sorted(filenames):
         lines = linecache.getlines(name)
-        if lines and sum(map(len, lines)) <= MAX_SOURCE_BYTES:
+        size = sum(map(len, lines))
+        if lines and size <= budget:
             sources[name] = lines
+            budget -= size
     return pickle.dumps((body, sources), protocol=5)
 
 
@@ -123,8 +128,9 @@ def loads_function(blob: bytes):
     """The other side of ``dumps_function``: register the shipped source lines, load the function."""
     body, sources = pickle.loads(blob)
     for name, lines in sources.items():
-        # no mtime: linecache.checkcache keeps entries it cannot check against a file
-        linecache.cache[name] = (sum(map(len, lines)), None, lines, name)
+        if not os.path.exists(name):    # a notebook cell, or a file of another machine
+            # no mtime: linecache.checkcache keeps entries it cannot check against a file
+            linecache.cache[name] = (sum(map(len, lines)), None, lines, name)
     return pickle.loads(body)
 
 

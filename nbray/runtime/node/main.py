@@ -39,7 +39,8 @@ def main(argv=None) -> None:
                         resources=resources, num_workers=args.num_workers,
                         worker_bind=lambda wid: args.worker_bind.format(id=wid.hex()),
                         watch_pid=args.watch_pid)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))    # unwind, so cleanup runs
+    # a flag, not an exception: raised inside Popen it would leave a worker nobody stops
+    signal.signal(signal.SIGTERM, lambda *_: setattr(server, "stopping", True))
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         server.register(CONFIG.register_timeout_s)
@@ -48,13 +49,17 @@ def main(argv=None) -> None:
         server.ep.close()
         sys.exit(1)
     if args.ready_fd is not None:
-        cluster.announce_ready(args.ready_fd, server.address)
+        cluster.announce_ready(args.ready_fd, server.address, server.cluster_session)
+    clean = False
     try:
         server.serve()
+        clean = True
     finally:
         if args.rundir and args.watch_pid and not psutil.pid_exists(args.watch_pid):
             shutil.rmtree(args.rundir, ignore_errors=True)
-        for path in args.cleanup:
+        # after an error the directory stays, with the log that says what happened (and
+        # `nbray status` shows a stale record until `nbray stop` removes it)
+        for path in args.cleanup if clean else ():
             if os.path.isdir(path):
                 shutil.rmtree(path, ignore_errors=True)
             elif os.path.exists(path):

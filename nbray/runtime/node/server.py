@@ -19,7 +19,7 @@ from nbray.errors import ClusterError
 from nbray.runtime import object_store, protocol as P
 from nbray.runtime.node.local_scheduler import LeaseRequest, LocalScheduler
 from nbray.runtime.node.worker_pool import WorkerPool
-from nbray.runtime.transport import Endpoint
+from nbray.runtime.transport import Endpoint, guarded
 
 
 @dataclass(eq=False)
@@ -51,6 +51,7 @@ class NodeServer:
         self._last_reclaim = 0.0
         self._last_beat = 0.0
         self._last_check = 0.0
+        self._head_seen = time.monotonic()
         self.leases_granted = 0
 
     # ---- main loop -------------------------------------------------------------------------
@@ -60,16 +61,20 @@ class NodeServer:
         self.ep.send(self.head_address, P.RegisterNode(
             self.node_id, socket.gethostname(), self.address, self.sched.total, os.getpid()))
         deadline = time.monotonic() + timeout
-        while (left := deadline - time.monotonic()) > 0:
-            for peer, msg in self.ep.recv(left * 1000):
+        while (left := deadline - time.monotonic()) > 0 and not self.stopping:
+            for peer, msg in self.ep.recv(min(left, 0.1) * 1000):
                 if type(msg) is P.NodeRegistered:
                     self.cluster_session = msg.session
+                    self._head_seen = time.monotonic()
                     return msg.session
                 if type(msg) is P.Error:
                     raise ClusterError(f"the head at {self.head_address} refused this node: "
                                        f"{msg.text}")
+        if self.stopping:
+            raise ClusterError("stopped before the head answered")
         raise ClusterError(f"the head at {self.head_address} did not answer within {timeout:g}s "
-                           f"(is the address right, and is the key the cluster's?)")
+                           f"(is the address right, is the key the cluster's, and is nbray "
+                           f"the same version there?)")
 
     def serve(self) -> None:
         for _ in range(self.num_workers):
@@ -80,7 +85,7 @@ class NodeServer:
                 for peer, msg in self.ep.recv(10 if self.sched.queue else 100):
                     handler = self._HANDLERS.get(type(msg))
                     if handler is not None:
-                        handler(self, peer, msg)
+                        guarded(handler, self, peer, msg)
                 self._periodic()
                 self._grant()
         finally:
@@ -93,6 +98,10 @@ class NodeServer:
         if now - self._last_beat >= CONFIG.heartbeat_s:
             self._last_beat = now
             self.ep.send(self.head_address, P.Heartbeat(self.node_id, self.stats()))
+            if now - self._head_seen > CONFIG.head_timeout_s:
+                print(f"nbray node: the head at {self.head_address} has not answered for "
+                      f"{now - self._head_seen:.0f}s; stopping", file=sys.stderr, flush=True)
+                self.stopping = True
         if now - self._last_check >= 0.5:
             self._last_check = now
             if self.watch_pid is not None and not psutil.pid_exists(self.watch_pid):
@@ -172,11 +181,11 @@ class NodeServer:
         for peer in {w.lessee for w in self.pool.by_state("leased")} - waiting:
             self.ep.reply(peer, P.ReclaimLeases())
 
-    def _release(self, w) -> None:
+    def _release(self, w, retire: bool = False) -> None:
         if w.state == "leased" and not w.blocked:
             self.sched.release(w.held)
         w.state, w.lessee, w.held, w.blocked = "idle", None, {}, False
-        if w.actor:         # an actor's state must not leak into the next lessee's work
+        if w.actor or retire:   # an actor's state must not leak into the next lessee's work
             w.state, w.retired = "retiring", True
             self.pool.signal(w.worker_id, signal.SIGKILL)
 
@@ -241,6 +250,9 @@ class NodeServer:
     def _on_shutdown(self, peer, msg) -> None:
         self.stopping = True
 
+    def _on_heartbeat_ack(self, peer, msg) -> None:
+        self._head_seen = time.monotonic()
+
     _HANDLERS = {
         P.Hello: _on_hello,
         P.RequestLease: _on_request_lease,
@@ -252,6 +264,7 @@ class NodeServer:
         P.NodeInfoRequest: _on_info,
         P.Goodbye: _on_goodbye,
         P.Shutdown: _on_shutdown,
+        P.HeartbeatAck: _on_heartbeat_ack,
     }
 
     # ---- deaths ----------------------------------------------------------------------------
@@ -283,6 +296,11 @@ class NodeServer:
         peer = (True, client_id)
         self.sched.drop_peer(peer)
         for w in self.pool.by_state("leased"):
-            if w.lessee == peer:
+            if w.lessee == peer:        # running the gone client's tasks, for nobody
                 w.owner_died = w.actor
-                self._release(w)
+                self._release(w, retire=True)
+        if info is not None:
+            # a driver: what it owned is gone with it (its ids begin with its client id). A
+            # dead worker's objects stay until the node stops: a driver may still read them,
+            # and losing them must be a clear ObjectLostError first
+            object_store.remove_owner(self.session, client_id)

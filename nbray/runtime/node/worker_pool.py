@@ -4,9 +4,10 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
+
+from nbray.runtime.cluster import python_command
 
 
 @dataclass(eq=False)
@@ -38,7 +39,7 @@ class WorkerPool:
     def spawn(self) -> WorkerInfo:
         worker_id = os.urandom(8)
         env = dict(os.environ, NBRAY_KEY=self.key.hex())
-        cmd = [sys.executable, "-m", "nbray.runtime.worker.main", "--node", self.node_address,
+        cmd = [*python_command("nbray.runtime.worker.main"), "--node", self.node_address,
                "--session", self.session, "--worker-id", worker_id.hex(),
                "--bind", self.bind_for(worker_id)]
         proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL)

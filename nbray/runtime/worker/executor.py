@@ -50,7 +50,9 @@ class Executor:
     # ---- messages from clients -------------------------------------------------------------
     def on_message(self, peer, msg) -> None:
         if type(msg) is P.PushTasks:
-            self.blobs.update(msg.functions)
+            for fn_id, blob in msg.functions.items():   # each new lessee sends them again
+                if fn_id not in self.functions:
+                    self.blobs[fn_id] = blob
             owner = msg.owner       # results go to the owner's ROUTER, after our borrow notes
             for spec in msg.tasks:
                 if spec.kind == P.ACTOR_CREATE:
@@ -124,7 +126,7 @@ class Executor:
             fn, args, kwargs = self.prepare(spec)
             client.in_user_code = True
             try:
-                if client.pokes_seen > client.cancels_seen or client.cancel_requested:
+                if client.poke_pending or client.cancel_requested:
                     client.take_poke()      # a cancel was announced while we got ready
                 result = fn(*args, **kwargs)
             finally:

@@ -29,7 +29,11 @@ def main(argv=None) -> None:
     executor = Executor(client)
     core_client.install_poke_handler(client)
     client.on_shutdown = lambda: setattr(executor, "stopping", True)
-    client.connect()
+    try:
+        client.connect(alive=lambda: os.getppid() == node_pid)
+    except TimeoutError:            # our node is gone (it was stopping as it started us)
+        client.close()
+        sys.exit(1)
 
     def idle_check():
         if os.getppid() != node_pid:        # our node is gone: nobody will ever lease us again
