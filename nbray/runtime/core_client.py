@@ -349,7 +349,8 @@ class CoreClient:
     def _ready(self, task: Task) -> None:
         values = [self.objects[i].value for i in task.arg_ids]
         if task.actor is not None:
-            task.spec = task.spec._replace(arg_values=tuple(values))
+            if values:
+                task.spec = task.spec._replace(arg_values=tuple(values))
             if task.spec.kind == P.ACTOR_CREATE:
                 self.actors.creation_ready(task)
             else:
@@ -359,7 +360,8 @@ class CoreClient:
             if v.kind in (P.ERROR, P.LOST):
                 self._finish(task, [v] * task.spec.num_returns)
                 return
-        task.spec = task.spec._replace(arg_values=tuple(values))
+        if values:
+            task.spec = task.spec._replace(arg_values=tuple(values))
         shape = self.shapes.get(task.key)
         if shape is None:
             shape = self.shapes[task.key] = Shape(dict(task.key))

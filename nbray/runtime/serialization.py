@@ -228,6 +228,8 @@ def _name_bad_argument(fn_name, args, kwargs, err) -> SerializationError:
 
 def unpack_args(blob, values: list) -> tuple[tuple, dict]:
     """``blob`` is the pickled arguments, or a Value in shared memory when they were large."""
+    if blob is EMPTY_ARGS or blob == EMPTY_ARGS:
+        return (), {}
     args, kwargs = deserialize(blob) if type(blob) is Value else pickle.loads(blob)
     if values:
         args = tuple(values[a.index] if type(a) is ArgSlot else a for a in args)
