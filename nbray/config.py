@@ -40,6 +40,8 @@ class Config:
     register_timeout_s: float = 10.0
     #: a node whose head has not acknowledged a heartbeat for this long stops (seconds)
     head_timeout_s: float = 30.0
+    #: the head declares a node dead when it has not heard from it for this long (seconds)
+    node_timeout_s: float = 5.0
 
     @classmethod
     def from_env(cls) -> "Config":

@@ -41,6 +41,15 @@ def actors(filters=None, *, detail: bool = True) -> list[dict]:
     return _filtered(out, filters)
 
 
+def nodes(filters=None) -> list[dict]:
+    """Every node the head knows, alive or declared dead: id, host, pid, state, resources
+    (total and available), workers, lease queue, seconds since its last heartbeat."""
+    from nbray import api
+    client = api._client()
+    rows = client.request(client.head_address, lambda r: P.ListNodes(r))
+    return _filtered(rows, filters)
+
+
 def _row(r: dict) -> dict:
     return {
         "actor_id": r["actor_id"].hex(),

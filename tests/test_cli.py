@@ -244,6 +244,26 @@ def test_a_node_whose_head_was_killed_stops(cli):
     assert not os.path.exists(log_dir)              # a clean stop: it removed its directory
 
 
+def test_the_head_declares_a_silent_node_dead(cli):
+    cli.env["NBRAY_NODE_TIMEOUT_S"] = "1"
+    head = cli.start_head()
+    cli("start", "--address", head["tcp_address"], "--num-workers", "1",
+        "--resources", '{"sim": 1}')
+    node = cli.record("node")
+    node_procs = {node["pids"][0]} | _descendants_of(node["pids"][0])
+    nbray.init(address=head["tcp_address"])
+    wait_until(lambda: len(nbray.state.nodes({"state": "alive"})) == 2, 10, "two live nodes")
+    for pid in node_procs:                    # the machine of the node "goes away"
+        os.kill(pid, signal.SIGKILL)
+    dead = wait_until(lambda: nbray.state.nodes({"state": "dead"}), 10,
+                      "the head to declare the node dead")
+    assert [n["pid"] for n in dead] == [node["pids"][0]] and dead[0]["alive"] is False
+    assert dead[0]["resources"].get("sim") == 1.0 and dead[0]["died_at"]
+    assert "DEAD" in cli("status").stdout
+    assert len(nbray.state.nodes({"state": "alive"})) == 1
+    nbray.shutdown()
+
+
 def test_a_drivers_objects_go_when_it_leaves_a_running_cluster(cli):
     import numpy as np
     head = cli.start_head()

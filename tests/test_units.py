@@ -156,3 +156,19 @@ def test_actor_table_names_history_and_owner_death():
     assert t.lookup_actor("learner") is None
     assert t.register_actor(dict(row, actor_id=b"a4")) == ""
     assert {r["actor_id"] for r in t.actor_list()} == {b"a1", b"a3", b"a4"}
+
+
+def test_nodes_silent_past_the_timeout_are_declared_dead_and_must_register_again():
+    from nbray.runtime.head.tables import Tables
+    t = Tables("s")
+    t.register_node(b"n1", "h", "ipc://n1", {"CPU": 1}, 1)
+    t.register_node(b"n2", "h", "ipc://n2", {"CPU": 1}, 2)
+    t.nodes[b"n1"].last_seen -= 10                 # silent for 10 s
+    assert [n.node_id for n in t.check_nodes(5.0)] == [b"n1"]
+    assert t.check_nodes(5.0) == []                # declared once
+    assert t.heartbeat(b"n2", {}) is True
+    assert t.heartbeat(b"n1", {}) is False         # dead: it must register again
+    assert t.heartbeat(b"n3", {}) is False         # unknown (the head restarted)
+    assert {n["node_id"]: n["state"] for n in t.node_list()} == {"6e31": "dead", "6e32": "alive"}
+    t.register_node(b"n1", "h", "ipc://n1", {"CPU": 1}, 3)
+    assert t.heartbeat(b"n1", {}) is True

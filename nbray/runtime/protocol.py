@@ -18,11 +18,11 @@ Who sends what:
     borrower -> owner                    Subscribe, AddBorrower, RemoveBorrower
     owner -> borrower                    ObjectStates, Ack
     node -> head                         RegisterNode, Heartbeat, NodeLeaving
-    head -> node                         NodeRegistered, HeartbeatAck, Shutdown
+    head -> node                         NodeRegistered, HeartbeatAck, NodeUnknown, Shutdown
     node -> head                         ClientGone
     actor owner -> head                  RegisterActor -> Reply, ActorUpdate
     anyone -> head                       ClusterInfoRequest -> ClusterInfo; LookupActor,
-                                         ListActors -> Reply; Shutdown
+                                         ListActors, ListNodes -> Reply; Shutdown
 """
 from __future__ import annotations
 
@@ -301,6 +301,15 @@ class Heartbeat(NamedTuple):
 
 class HeartbeatAck(NamedTuple):
     """Head -> node: the head is alive (a node whose heartbeats go unanswered stops)."""
+
+
+class NodeUnknown(NamedTuple):
+    """Head -> node: a heartbeat from a node the head does not know (the head restarted, or
+    declared the node dead): register again."""
+
+
+class ListNodes(NamedTuple):
+    request_id: int
 
 
 class ClusterInfoRequest(NamedTuple):

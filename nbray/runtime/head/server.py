@@ -6,6 +6,8 @@ import sys
 
 import psutil
 
+from nbray.config import CONFIG
+
 from nbray.runtime import protocol as P
 from nbray.runtime.head.tables import Tables
 from nbray.runtime.transport import Endpoint, guarded
@@ -22,10 +24,11 @@ class HeadServer:
     def serve(self) -> None:
         try:
             while not self.stopping:
-                for peer, msg in self.ep.recv(500):
+                for peer, msg in self.ep.recv(250):
                     handler = self._HANDLERS.get(type(msg))
                     if handler is not None:
                         guarded(handler, self, peer, msg)
+                self._check_nodes()
                 if self.watch_pid is not None and not psutil.pid_exists(self.watch_pid):
                     self.stopping = True
         finally:
@@ -69,8 +72,17 @@ class HeadServer:
         self.tables.owner_gone(msg.address)
 
     def _on_heartbeat(self, peer, msg: P.Heartbeat) -> None:
-        self.tables.heartbeat(msg.node_id, msg.stats)
-        self.ep.reply(peer, P.HeartbeatAck())
+        known = self.tables.heartbeat(msg.node_id, msg.stats)
+        self.ep.reply(peer, P.HeartbeatAck() if known else P.NodeUnknown())
+
+    def _check_nodes(self) -> None:
+        for node in self.tables.check_nodes(CONFIG.node_timeout_s):
+            print(f"nbray head: node {node.node_id.hex()} ({node.host}, pid {node.pid}) sent "
+                  f"no heartbeat for {CONFIG.node_timeout_s:g}s: declared dead",
+                  file=sys.stderr, flush=True)
+
+    def _on_list_nodes(self, peer, msg: P.ListNodes) -> None:
+        self.ep.reply(peer, P.Reply(msg.request_id, self.tables.node_list()))
 
     def _on_info(self, peer, msg) -> None:
         head = {"pid": os.getpid(), "started_at": self.tables.started_at,
@@ -92,6 +104,7 @@ class HeadServer:
         P.ActorUpdate: _on_actor_update,
         P.LookupActor: _on_lookup_actor,
         P.ListActors: _on_list_actors,
+        P.ListNodes: _on_list_nodes,
         P.ClientGone: _on_client_gone,
         P.Heartbeat: _on_heartbeat,
         P.ClusterInfoRequest: _on_info,

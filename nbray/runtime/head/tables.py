@@ -19,6 +19,7 @@ class NodeEntry:
     last_seen: float = field(default_factory=time.monotonic)
     stats: dict = field(default_factory=dict)
     alive: bool = True
+    died_at: float | None = None
 
 
 #: state changes kept per actor (the oldest go first)
@@ -91,16 +92,29 @@ class Tables:
     def remove_node(self, node_id: bytes) -> NodeEntry | None:
         return self.nodes.pop(node_id, None)
 
-    def heartbeat(self, node_id: bytes, stats: dict) -> None:
+    def heartbeat(self, node_id: bytes, stats: dict) -> bool:
+        """Note a node's heartbeat; False if the node is not (or no longer) known."""
         entry = self.nodes.get(node_id)
-        if entry is not None:
-            entry.last_seen = time.monotonic()
-            entry.stats = stats
-            entry.alive = True
+        if entry is None or not entry.alive:
+            return False
+        entry.last_seen = time.monotonic()
+        entry.stats = stats
+        return True
+
+    def check_nodes(self, timeout_s: float) -> list[NodeEntry]:
+        """Declare dead the nodes silent for ``timeout_s``; returns those newly dead."""
+        now = time.monotonic()
+        dead = [n for n in self.nodes.values() if n.alive and now - n.last_seen > timeout_s]
+        for n in dead:
+            n.alive = False
+            n.died_at = time.time()
+        return dead
 
     def node_list(self) -> list[dict]:
         now = time.monotonic()
-        return [{"node_id": n.node_id.hex(), "host": n.host, "address": n.address,
+        return [{**n.stats, "node_id": n.node_id.hex(), "host": n.host, "address": n.address,
                  "resources": n.resources, "pid": n.pid, "alive": n.alive,
-                 "seconds_since_heartbeat": round(now - n.last_seen, 3), **n.stats}
+                 "state": "alive" if n.alive else "dead", "registered_at": n.registered_at,
+                 "died_at": n.died_at,
+                 "seconds_since_heartbeat": round(now - n.last_seen, 3)}
                 for n in self.nodes.values()]

@@ -253,6 +253,12 @@ class NodeServer:
     def _on_heartbeat_ack(self, peer, msg) -> None:
         self._head_seen = time.monotonic()
 
+    def _on_node_unknown(self, peer, msg) -> None:
+        """The head does not know us (it restarted, or took us for dead): join it again."""
+        self._head_seen = time.monotonic()
+        self.ep.send(self.head_address, P.RegisterNode(
+            self.node_id, socket.gethostname(), self.address, self.sched.total, os.getpid()))
+
     _HANDLERS = {
         P.Hello: _on_hello,
         P.RequestLease: _on_request_lease,
@@ -265,6 +271,8 @@ class NodeServer:
         P.Goodbye: _on_goodbye,
         P.Shutdown: _on_shutdown,
         P.HeartbeatAck: _on_heartbeat_ack,
+        P.NodeUnknown: _on_node_unknown,
+        P.NodeRegistered: _on_heartbeat_ack,
     }
 
     # ---- deaths ----------------------------------------------------------------------------
