@@ -82,7 +82,8 @@ def init(address: str | None = None, *, num_workers: int | None = None,
             client = core_client.CoreClient(
                 key=bytes.fromhex(record.key), session=record.name,
                 node_address=record.node_address,
-                bind=f"ipc://{record.rundir}/d-{os.getpid()}-{os.urandom(3).hex()}",
+                bind=f"tcp://{record.host}:*" if record.host else
+                f"ipc://{record.rundir}/d-{os.getpid()}-{os.urandom(3).hex()}",
                 threaded=True)
             core_client.set_current(client)
             client.connect()

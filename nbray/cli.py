@@ -154,7 +154,7 @@ def _start_node(args, n: int, resources: dict, res: dict) -> int:
     key = _join_key(args)
     try:
         record, procs = cluster.join(args.address, bytes.fromhex(key), num_workers=n,
-                                     resources=resources)
+                                     resources=resources, host=args.host)
     except (ClusterError, OSError) as e:
         return _err(f"could not join the cluster at {args.address}: {e}")
     path = record.path
@@ -346,7 +346,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="with --address: the cluster's key file (written by `nbray start "
                          "--head`); default: NBRAY_KEY, or the record of a head on this machine")
     st.add_argument("--host", default="127.0.0.1",
-                    help="interface the head listens on for TCP (default: 127.0.0.1)")
+                    help="interface this machine's processes of the cluster listen on for "
+                         "TCP, an address the other machines reach (default: 127.0.0.1)")
     st.add_argument("--port", type=int, default=0, help="TCP port of the head (default: random)")
     st.add_argument("--num-workers", "--num-cpus", type=int, default=None, dest="num_workers",
                     help="worker processes and CPUs of the node (default: the machine's cores)")

@@ -172,3 +172,39 @@ def test_nodes_silent_past_the_timeout_are_declared_dead_and_must_register_again
     assert {n["node_id"]: n["state"] for n in t.node_list()} == {"6e31": "dead", "6e32": "alive"}
     t.register_node(b"n1", "h", "ipc://n1", {"CPU": 1}, 3)
     assert t.heartbeat(b"n1", {}) is True
+
+
+def test_global_scheduler_places_by_resources_load_and_locality():
+    from nbray.runtime.head.global_scheduler import GlobalScheduler, Pending
+    from nbray.runtime.head.tables import NodeEntry
+
+    def node(nid, total, free, queue=0):
+        n = NodeEntry(nid, "h", f"tcp://{nid.decode()}", total, 1)
+        n.stats = {"resources_available": free, "lease_queue": queue}
+        return n
+
+    a = node(b"a", {"CPU": 1}, {"CPU": 1})          # says free, but it is the one spilling
+    b = node(b"b", {"CPU": 2}, {"CPU": 1})
+    g = node(b"g", {"CPU": 1, "GPU": 1}, {"CPU": 1, "GPU": 1})
+    s = GlobalScheduler()
+
+    def req(resources, prefer=b""):
+        return Pending(1, b"a", resources, None, "its resources are busy here", prefer, 0.0)
+
+    chosen, why = s.place([a, b, g], req({"GPU": 1}))
+    assert chosen is g and "load" in why
+    chosen, _ = s.place([a, b, g], req({"CPU": 1}))
+    assert chosen is b                                  # not the spilling node
+    chosen, _ = s.place([a, b, g], req({"CPU": 1}))
+    assert chosen is g                                  # b's CPU is counted as taken now
+    chosen, why = s.place([a, b, g], req({"CPU": 1}))
+    assert chosen is a and "busy" in why                # all busy: the shortest queue
+    assert s.place([a, b, g], req({"CPU": 1}, prefer=b"b"))[0] is not None
+    b.stats = {"resources_available": {"CPU": 2}}
+    chosen, why = s.place([a, b, g], req({"CPU": 1}, prefer=b"b"))
+    assert chosen is b and "locality" in why
+    none, reason = s.place([a, b, g], req({"sim": 1}))
+    assert none is None and "no node has sim=1" in reason
+    g.alive = False
+    assert s.place([a, b, g], req({"GPU": 1}))[0] is None
+    assert len(s.decisions) == 6

@@ -103,17 +103,16 @@ class ActorCalls:
             self._request_lease(actor)
 
     def _request_lease(self, actor: Actor) -> None:
-        c = self.client
-        rid = next(c._requests)
-        c._lease_requests[rid] = actor
-        c._send(c.node_address, P.RequestLease(rid, actor.placement, True, actor.hold))
+        self.client.ask_lease(actor, lambda rid: P.RequestLease(rid, actor.placement, True,
+                                                                actor.hold))
 
-    def lease_granted(self, actor: Actor, msg: P.LeaseGranted) -> None:
+    def lease_granted(self, actor: Actor, msg: P.LeaseGranted, node: str) -> None:
         c = self.client
         if actor.state == P.DEAD:
-            c._send(c.node_address, P.ReturnLease(msg.worker_id, kill=True))
+            c._send(node, P.ReturnLease(msg.worker_id, kill=True))
             return
-        lease = c.Lease(msg.worker_id, msg.address, ("actor",), idle_since=time.monotonic())
+        lease = c.Lease(msg.worker_id, msg.address, ("actor",), idle_since=time.monotonic(),
+                        node=node)
         lease.actor = actor
         c.leases[msg.worker_id] = lease
         actor.lease = lease
@@ -174,7 +173,7 @@ class ActorCalls:
             return
         if actor.lease is not None:
             c.leases.pop(actor.lease.worker_id, None)
-            c._send(c.node_address, P.ReturnLease(actor.lease.worker_id, kill=True))
+            c._send(actor.lease.node, P.ReturnLease(actor.lease.worker_id, kill=True))
             actor.lease = None
         self._set_state(actor, actor.incarnation, P.DEAD, "", error)
         self._tell_head(actor, state=P.DEAD, address="", detail=detail)
@@ -202,7 +201,7 @@ class ActorCalls:
             self.die(actor, died(f"actor {actor.class_name} was killed with nbray.kill"),
                      "killed with nbray.kill")
         elif actor.lease is not None:       # killed as if it crashed: it may restart
-            c._send(c.node_address, P.Poke(actor.lease.worker_id, True))
+            c._send(actor.lease.node, P.Poke(actor.lease.worker_id, True))
 
     def out_of_scope(self, actor: Actor) -> None:
         """No handle is left anywhere: the actor ends after the calls already made."""

@@ -69,6 +69,9 @@ class ClusterRecord:
     #: names the run directory and the node's shared-memory segments
     name: str = ""
     role: str = "head"             # "head": a head and its node; "node": a joined node
+    #: the interface this machine's processes of the cluster bind for TCP ("": ipc only, a
+    #: cluster of one machine); drivers joining here bind it too, so remote workers reach them
+    host: str = ""
 
     def __post_init__(self):
         self.name = self.name or self.session
@@ -236,8 +239,11 @@ def start(*, num_workers: int, resources: dict | None = None, host: str | None =
     os.makedirs(rundir, mode=0o700)
     head_bind = [f"ipc://{rundir}/head"]
     node_bind = [f"ipc://{rundir}/node"]
-    if host is not None:
+    worker_bind = f"ipc://{rundir}/w-{{id}}"
+    if host is not None:            # nodes of other machines may join: everything on TCP
         head_bind.append(f"tcp://{host}:{port or '*'}")
+        node_bind.append(f"tcp://{host}:*")
+        worker_bind = f"tcp://{host}:*"
     watch = ["--watch-pid", str(watch_pid)] if watch_pid else []
     logs = {name: os.path.join(rundir, f"{name}.log") for name in ("head", "node")} \
         if detach else {}
@@ -248,7 +254,7 @@ def start(*, num_workers: int, resources: dict | None = None, host: str | None =
         "node": _spawn("nbray.runtime.node.main",
                        ["--session", session, "--head", head_bind[0],
                         *sum((["--bind", b] for b in node_bind), []),
-                        "--worker-bind", f"ipc://{rundir}/w-{{id}}",
+                        "--worker-bind", worker_bind,
                         "--num-workers", str(num_workers), "--rundir", rundir,
                         "--resources", json.dumps(resources or {}), *watch], key,
                        logs.get("node")),
@@ -264,11 +270,12 @@ def start(*, num_workers: int, resources: dict | None = None, host: str | None =
     if host is not None:
         tcp = _tcp_of(procs["head"], host, port)
     record = ClusterRecord(session, key.hex(), head_bind[0], node_bind[0], tcp,
-                           [p.pid for p in procs.values()])
+                           [p.pid for p in procs.values()], host=host or "")
     return record, procs
 
 
-def join(address: str, key: bytes, *, num_workers: int, resources: dict | None = None) -> tuple:
+def join(address: str, key: bytes, *, num_workers: int, resources: dict | None = None,
+         host: str = "127.0.0.1") -> tuple:
     """Start a node on this machine that joins the cluster whose head listens at ``address``
     (``host:port``), detached. Returns (ClusterRecord, {"node": Popen}); raises ClusterError,
     with the node's own words, if the head does not accept it."""
@@ -280,11 +287,12 @@ def join(address: str, key: bytes, *, num_workers: int, resources: dict | None =
     rundir = os.path.join(run_root(), name)
     os.makedirs(rundir, mode=0o700)
     record = ClusterRecord("", key.hex(), f"tcp://{address}", f"ipc://{rundir}/node", address,
-                           name=name, role="node")
+                           name=name, role="node", host=host)
     log = os.path.join(rundir, "node.log")
     proc = _spawn("nbray.runtime.node.main",
                   ["--session", name, "--head", record.head_address,
-                   "--bind", record.node_address, "--worker-bind", f"ipc://{rundir}/w-{{id}}",
+                   "--bind", record.node_address, "--bind", f"tcp://{host}:*",
+                   "--worker-bind", f"tcp://{host}:*",
                    "--num-workers", str(num_workers), "--resources", json.dumps(resources or {}),
                    "--cleanup", rundir, "--cleanup", record.path], key, log)
     try:

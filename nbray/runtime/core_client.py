@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import collections
 import itertools
+import logging
 import os
 import pickle
 import signal
@@ -45,6 +46,7 @@ from nbray.runtime.actor_client import Actor, ActorCalls, cancelled_value
 from nbray.runtime.transport import Endpoint, guarded
 
 _CURRENT = None
+log = logging.getLogger("nbray")
 
 
 def current():
@@ -99,6 +101,7 @@ class Lease:
     progress_at: float = 0.0        # last push to it while idle, or last result from it
     returning: bool = False
     actor: "Actor | None" = None    # the worker hosts this actor (we own it)
+    node: str = ""                  # the node that granted it (ours, or one spilled to)
 
 
 @dataclass(eq=False)
@@ -125,6 +128,7 @@ class CoreClient:
         self.worker_id = worker_id
         self.node_id = b""
         self.node_resources: dict = {}
+        self.cluster_resources: dict = {}
         self.head_address = ""
         self.lock = threading.RLock()
         self.cv = threading.Condition(self.lock)
@@ -139,6 +143,8 @@ class CoreClient:
         self._requests = itertools.count(1)
         self._acks = itertools.count(1)
         self._lease_requests: dict[int, tuple] = {}
+        self._lease_msgs: dict[int, P.RequestLease] = {}
+        self._warned: set = set()
         self._replies: dict[int, P.Reply | None] = {}
         self._pending_acks: set = set()
         self._held: list = []
@@ -201,10 +207,13 @@ class CoreClient:
         # the workers still running our tasks, whose results nobody will read
         io_done = self._io_thread is None or not self._io_thread.is_alive()
         if self._welcomed.is_set() and io_done:
+            nodes = {self.node_address}
             for lease in list(self.leases.values()):
+                nodes.add(lease.node)
                 if not lease.inflight and lease.actor is None:
-                    self.ep.send(self.node_address, P.ReturnLease(lease.worker_id))
-            self.ep.send(self.node_address, P.Goodbye(self.client_id))
+                    self.ep.send(lease.node, P.ReturnLease(lease.worker_id))
+            for node in nodes:
+                self.ep.send(node, P.Goodbye(self.client_id))
         self.ep.close(linger_ms=200)
 
     # ---- ids -------------------------------------------------------------------------------
@@ -407,7 +416,8 @@ class CoreClient:
                 break
             self._push(lease, [shape.ready.popleft() for _ in range(n)])
         if shape.ready and not any(len(w.inflight) < depth for w in usable):
-            cpus = max(1, int(self.node_resources.get("CPU", 1)))
+            # as many leases as the cluster has CPUs: what our node cannot grant, it spills
+            cpus = max(1, int(self.cluster_resources.get("CPU", 1)))
             wanted = min(len(shape.ready), cpus) - len(usable)
             for _ in range(max(1 if not usable else 0, wanted) - shape.requests):
                 self._request_lease(shape)
@@ -426,10 +436,35 @@ class CoreClient:
         self._send(lease.address, P.PushTasks(self.address, [t.spec for t in tasks], functions))
 
     def _request_lease(self, shape: Shape) -> None:
-        rid = next(self._requests)
         shape.requests += 1
-        self._lease_requests[rid] = shape
-        self._send(self.node_address, P.RequestLease(rid, shape.resources))
+        self.ask_lease(shape, lambda rid: P.RequestLease(rid, shape.resources))
+
+    def ask_lease(self, wants, make) -> None:
+        """Ask our node for a lease; ``wants`` (a Shape, or an Actor) gets it. The request
+        may be sent on to another node (``LeaseSpilled``)."""
+        rid = next(self._requests)
+        msg = make(rid)
+        self._lease_requests[rid] = wants
+        self._lease_msgs[rid] = msg
+        self._send(self.node_address, msg)
+
+    def _on_lease_spilled(self, peer, msg: P.LeaseSpilled) -> None:
+        request = self._lease_msgs.get(msg.request_id)
+        if request is None:
+            return
+        self.stats["leases_spilled"] += 1
+        self._send(msg.address, request._replace(spilled=True))
+
+    def _on_lease_pending(self, peer, msg: P.LeasePending) -> None:
+        wants = self._lease_requests.get(msg.request_id)
+        if wants is None:
+            return
+        what = f"actor {wants.class_name}" if type(wants) is Actor else \
+            f"a task that needs {_describe(wants.resources)}"
+        key = (what, msg.reason)
+        if key not in self._warned:             # once: it is asked again for every lease
+            self._warned.add(key)
+            log.warning("nbray: %s cannot be scheduled yet: %s", what, msg.reason)
 
     def _return_idle(self, shape: Shape, now: float, expired_ok: bool) -> None:
         for lease in list(shape.leases):
@@ -438,7 +473,7 @@ class CoreClient:
             if lease.returning or (expired_ok and now - lease.idle_since >= CONFIG.lease_idle_s):
                 shape.leases.remove(lease)
                 del self.leases[lease.worker_id]
-                self._send(self.node_address, P.ReturnLease(lease.worker_id))
+                self._send(lease.node, P.ReturnLease(lease.worker_id))
 
     # ---- message handling ------------------------------------------------------------------
     def _handle(self, peer, msg) -> None:
@@ -512,20 +547,23 @@ class CoreClient:
         (shape.ready.appendleft if front else shape.ready.append)(task)
 
     def _on_lease_granted(self, peer, msg: P.LeaseGranted) -> None:
+        node = peer[1] if peer[0] is False else self.node_address
         shape = self._lease_requests.pop(msg.request_id, None)
+        self._lease_msgs.pop(msg.request_id, None)
         if shape is None:
-            self._send(self.node_address, P.ReturnLease(msg.worker_id))
+            self._send(node, P.ReturnLease(msg.worker_id))
             return
         if type(shape) is Actor:
-            self.actors.lease_granted(shape, msg)
+            self.actors.lease_granted(shape, msg, node)
             return
         shape.requests -= 1
         lease = Lease(msg.worker_id, msg.address, tuple(sorted(shape.resources.items())),
-                      idle_since=time.monotonic())
+                      idle_since=time.monotonic(), node=node)
         self.leases[msg.worker_id] = lease
         shape.leases.append(lease)
 
     def _on_lease_rejected(self, peer, msg: P.LeaseRejected) -> None:
+        self._lease_msgs.pop(msg.request_id, None)
         shape = self._lease_requests.pop(msg.request_id, None)
         if shape is None:
             return
@@ -576,8 +614,12 @@ class CoreClient:
     def _on_welcome(self, peer, msg: P.Welcome) -> None:
         self.node_id = msg.node_id
         self.node_resources = msg.resources
+        self.cluster_resources = dict(msg.cluster_resources or msg.resources)
         self.head_address = msg.head_address
         self._welcomed.set()
+
+    def _on_cluster_resources(self, peer, msg: P.ClusterResources) -> None:
+        self.cluster_resources = dict(msg.total)
 
     def _on_subscribe(self, peer, msg: P.Subscribe) -> None:
         ready = []
@@ -652,6 +694,9 @@ class CoreClient:
         P.TaskResults: _on_task_results,
         P.LeaseGranted: _on_lease_granted,
         P.LeaseRejected: _on_lease_rejected,
+        P.LeaseSpilled: _on_lease_spilled,
+        P.LeasePending: _on_lease_pending,
+        P.ClusterResources: _on_cluster_resources,
         P.ReclaimLeases: _on_reclaim,
         P.WorkerDied: _on_worker_died,
         P.Welcome: _on_welcome,
@@ -985,7 +1030,7 @@ class CoreClient:
                 self._finish(task, _repeat(err))
             else:
                 self._post(lease.address, P.CancelTasks((task.spec.task_id,)))
-                self._post(self.node_address, P.Poke(lease.worker_id, force))
+                self._post(lease.node, P.Poke(lease.worker_id, force))
         self._kick()
 
     # ---- the I/O loop ----------------------------------------------------------------------
@@ -1083,6 +1128,10 @@ class CoreClient:
 
 
 _PUSHED = (P.PushTasks, P.CancelTasks)
+
+
+def _describe(resources: dict) -> str:
+    return ", ".join(f"{k}={v:g}" for k, v in sorted(resources.items()) if v) or "nothing"
 
 
 def _repeat(value):

@@ -10,7 +10,7 @@ Who sends what:
                                          WorkerUnblocked, Poke, FreeObjects, NodeInfoRequest,
                                          Goodbye
     node -> client                       Welcome, LeaseGranted, LeaseRejected, ReclaimLeases,
-                                         WorkerDied, NodeInfo
+                                         WorkerDied, NodeInfo, LeaseSpilled, LeasePending
     client -> leased worker              PushTasks, CancelTasks, ActorInfoRequest
     worker -> client                     TaskResults, Reply
     caller -> actor owner                SubscribeActor, KillActor
@@ -19,7 +19,8 @@ Who sends what:
     owner -> borrower                    ObjectStates, Ack
     node -> head                         RegisterNode, Heartbeat, NodeLeaving
     head -> node                         NodeRegistered, HeartbeatAck, NodeUnknown, Shutdown
-    node -> head                         ClientGone
+    node -> head                         ClientGone, SpillLease
+    head -> node                         SpillTo, SpillPending, ClientGone
     actor owner -> head                  RegisterActor -> Reply, ActorUpdate
     anyone -> head                       ClusterInfoRequest -> ClusterInfo; LookupActor,
                                          ListActors, ListNodes -> Reply; Shutdown
@@ -100,6 +101,7 @@ class Welcome(NamedTuple):
     resources: dict
     store_dir: str
     head_address: str = ""
+    cluster_resources: dict = {}
 
 
 class Goodbye(NamedTuple):
@@ -114,6 +116,24 @@ class RequestLease(NamedTuple):
     #: holding ``hold`` (not ``resources``, which must be free to place it) meanwhile
     actor: bool = False
     hold: dict | None = None
+    #: the global scheduler sent it here: queue it, do not spill it again
+    spilled: bool = False
+    #: the node whose data the task reads most of (bytes), for locality
+    prefer_node: bytes = b""
+
+
+class LeaseSpilled(NamedTuple):
+    """Node -> client: ask the node at ``address`` for this lease instead."""
+    request_id: int
+    address: str
+    node_id: bytes
+    why: str
+
+
+class LeasePending(NamedTuple):
+    """Node -> client: no node can grant this lease now or ever (yet); it waits."""
+    request_id: int
+    reason: str
 
 
 class LeaseGranted(NamedTuple):
@@ -239,8 +259,34 @@ class ListActors(NamedTuple):
 
 
 class ClientGone(NamedTuple):
-    """Node -> head: a client (driver or worker) of the node has died or left."""
+    """Node -> head, head -> other nodes: a client (driver or worker) has died or left; its
+    leases on any node end."""
     address: str
+    client_id: bytes = b""
+
+
+class SpillLease(NamedTuple):
+    """Node -> head: place this lease request on another node (the global scheduler)."""
+    spill_id: int
+    resources: dict
+    hold: dict | None
+    origin: bytes                   # the node that spills it
+    why: str                        # why it did not keep it
+    prefer_node: bytes = b""
+
+
+class SpillTo(NamedTuple):
+    """Head -> the spilling node: the node chosen (it may be the spilling node itself)."""
+    spill_id: int
+    node_id: bytes
+    address: str
+    why: str
+
+
+class SpillPending(NamedTuple):
+    """Head -> the spilling node: no node has the resources; it waits for one that has."""
+    spill_id: int
+    reason: str
 
 
 class Reply(NamedTuple):
@@ -279,7 +325,7 @@ class Ack(NamedTuple):
 class RegisterNode(NamedTuple):
     node_id: bytes
     host: str
-    address: str
+    address: str                    # where other nodes and remote clients reach it
     resources: dict
     pid: int
     version: int = PROTOCOL_VERSION
@@ -300,7 +346,15 @@ class Heartbeat(NamedTuple):
 
 
 class HeartbeatAck(NamedTuple):
-    """Head -> node: the head is alive (a node whose heartbeats go unanswered stops)."""
+    """Head -> node: the head is alive (a node whose heartbeats go unanswered stops); with the
+    live nodes, ``{node_id: (address, resources)}``, for transfers and the cluster's size."""
+    nodes: dict = {}
+
+
+class ClusterResources(NamedTuple):
+    """Node -> its clients: the resources of all live nodes together changed (a client asks
+    for as many leases as the cluster, not only its node, can grant)."""
+    total: dict
 
 
 class NodeUnknown(NamedTuple):
@@ -309,6 +363,11 @@ class NodeUnknown(NamedTuple):
 
 
 class ListNodes(NamedTuple):
+    request_id: int
+
+
+class ListDecisions(NamedTuple):
+    """The global scheduler's recent placements (and the requests waiting): a Reply."""
     request_id: int
 
 

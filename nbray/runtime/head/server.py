@@ -1,14 +1,16 @@
-"""The head's process: serves its tables to nodes, drivers and the CLI."""
+"""The head's process: serves its tables to nodes, drivers and the CLI, and places the lease
+requests that nodes spill (``global_scheduler.py``)."""
 from __future__ import annotations
 
 import os
 import sys
+import time
 
 import psutil
 
 from nbray.config import CONFIG
-
 from nbray.runtime import protocol as P
+from nbray.runtime.head.global_scheduler import GlobalScheduler, Pending
 from nbray.runtime.head.tables import Tables
 from nbray.runtime.transport import Endpoint, guarded
 
@@ -18,6 +20,7 @@ class HeadServer:
         self.ep = Endpoint(key, b"head", bind)
         self.address = self.ep.address
         self.tables = Tables(session)
+        self.scheduler = GlobalScheduler()
         self.watch_pid = watch_pid
         self.stopping = False
 
@@ -47,6 +50,7 @@ class HeadServer:
         self.tables.register_node(msg.node_id, msg.host, msg.address, msg.resources, msg.pid,
                                   peer)
         self.ep.reply(peer, P.NodeRegistered(self.tables.session))
+        self._place_pending()           # it may have what waiting requests need
 
     def _on_node_leaving(self, peer, msg: P.NodeLeaving) -> None:
         entry = self.tables.nodes.get(msg.node_id)
@@ -70,10 +74,44 @@ class HeadServer:
 
     def _on_client_gone(self, peer, msg: P.ClientGone) -> None:
         self.tables.owner_gone(msg.address)
+        if msg.client_id:       # it may hold leases on other nodes too
+            for node in self.tables.nodes.values():
+                if node.alive and node.peer and node.peer != peer:
+                    self.ep.reply(node.peer, msg)
 
     def _on_heartbeat(self, peer, msg: P.Heartbeat) -> None:
         known = self.tables.heartbeat(msg.node_id, msg.stats)
-        self.ep.reply(peer, P.HeartbeatAck() if known else P.NodeUnknown())
+        self.ep.reply(peer, P.HeartbeatAck(self._node_addresses()) if known
+                      else P.NodeUnknown())
+
+    def _node_addresses(self) -> dict:
+        return {n.node_id: (n.address, n.resources) for n in self.tables.nodes.values()
+                if n.alive}
+
+    # ---- the global scheduler ------------------------------------------------------------
+    def _on_spill(self, peer, msg: P.SpillLease) -> None:
+        req = Pending(msg.spill_id, msg.origin, msg.resources, msg.hold, msg.why,
+                      msg.prefer_node, time.monotonic())
+        node, why = self.scheduler.place(list(self.tables.nodes.values()), req)
+        if node is None:
+            self.scheduler.pending.append(req)
+            self.ep.reply(peer, P.SpillPending(msg.spill_id, why))
+        else:
+            self.ep.reply(peer, P.SpillTo(msg.spill_id, node.node_id, node.address, why))
+
+    def _place_pending(self) -> None:
+        nodes = list(self.tables.nodes.values())
+        for req, node, why in self.scheduler.retry_pending(nodes):
+            origin = self.tables.nodes.get(req.origin)
+            if origin is not None and origin.alive and origin.peer:
+                self.ep.reply(origin.peer, P.SpillTo(req.spill_id, node.node_id, node.address,
+                                                     why))
+
+    def _on_list_decisions(self, peer, msg: P.ListDecisions) -> None:
+        pending = [{"origin": p.origin.hex(), "resources": p.resources, "since_s":
+                    round(time.monotonic() - p.since, 3)} for p in self.scheduler.pending]
+        self.ep.reply(peer, P.Reply(msg.request_id, {
+            "decisions": list(self.scheduler.decisions), "pending": pending}))
 
     def _check_nodes(self) -> None:
         for node in self.tables.check_nodes(CONFIG.node_timeout_s):
@@ -105,6 +143,8 @@ class HeadServer:
         P.LookupActor: _on_lookup_actor,
         P.ListActors: _on_list_actors,
         P.ListNodes: _on_list_nodes,
+        P.SpillLease: _on_spill,
+        P.ListDecisions: _on_list_decisions,
         P.ClientGone: _on_client_gone,
         P.Heartbeat: _on_heartbeat,
         P.ClusterInfoRequest: _on_info,

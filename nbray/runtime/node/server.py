@@ -5,6 +5,7 @@ directly. It sees a message per lease, per blocked get and per dead worker, not 
 """
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import socket
@@ -36,8 +37,19 @@ class NodeServer:
         self.session = session          # names this node's run directory and segments
         self.cluster_session = ""
         self.ep = Endpoint(key, self.node_id, bind)
-        self.address = self.ep.address
+        self.address = self.ep.address              # for the clients of this machine
+        # bound to TCP: a node of a cluster other machines can join. Its TCP address is how
+        # other nodes and remote clients reach it, and it spills what it cannot serve
+        tcp = [a for a in self.ep.addresses if a.startswith("tcp://")]
+        self.multi_node = bool(tcp)
+        self.public_address = tcp[0] if tcp else self.address
         self.head_address = head_address
+        self.nodes: dict = {}                       # node_id -> (address, resources)
+        self.cluster_total = dict(resources)
+        self._spills: dict[int, tuple] = {}         # spill id -> (client peer, request)
+        self._spill_ids = itertools.count(1)
+        self.kept_local = 0
+        self.spilled = 0
         self.sched = LocalScheduler(resources)
         self.num_workers = num_workers
         self.max_workers = max(CONFIG.min_worker_cap,
@@ -58,8 +70,7 @@ class NodeServer:
     def register(self, timeout: float) -> str:
         """Join the head's cluster; returns its session. Raises ClusterError when the head
         refuses us or says nothing (a wrong key looks the same as no head: it gets no answer)."""
-        self.ep.send(self.head_address, P.RegisterNode(
-            self.node_id, socket.gethostname(), self.address, self.sched.total, os.getpid()))
+        self.ep.send(self.head_address, self._registration())
         deadline = time.monotonic() + timeout
         while (left := deadline - time.monotonic()) > 0 and not self.stopping:
             for peer, msg in self.ep.recv(min(left, 0.1) * 1000):
@@ -129,6 +140,8 @@ class NodeServer:
             "workers_starting": sum(w.state == "starting" for w in workers),
             "lease_queue": len(self.sched.queue),
             "leases_granted": self.leases_granted,
+            "leases_kept_local": self.kept_local,
+            "leases_spilled": self.spilled,
             "clients": len(self.clients),
             "messages_received": self.ep.received,
             "messages_rejected": self.ep.rejected,
@@ -202,16 +215,58 @@ class NodeServer:
         else:
             self.clients[msg.client_id] = ClientInfo(msg.client_id, msg.pid, msg.address)
         self.ep.reply(peer, P.Welcome(self.node_id, self.session, dict(self.sched.total),
-                                      object_store.store_dir(), self.head_address))
+                                      object_store.store_dir(), self.head_address,
+                                      dict(self.cluster_total)))
 
+    # ---- the local half of the hybrid scheduler --------------------------------------------
     def _on_request_lease(self, peer, msg: P.RequestLease) -> None:
+        """Keep a request that this node can grant now; spill the others to the head, which
+        knows the other nodes (a node of a one-machine cluster keeps what it can ever grant,
+        and refuses the rest: no node can join it)."""
         reason = self.sched.infeasible(msg.resources) or (
             self.sched.infeasible(msg.hold) if msg.hold else None)
-        if reason is not None:
+        req = LeaseRequest(peer, msg.request_id, msg.resources, msg.actor, msg.hold)
+        if self.multi_node and not msg.spilled:
+            why = f"not feasible here ({reason})" if reason is not None else \
+                self._why_not_now(req, msg.prefer_node)
+            if why:
+                self._spill(peer, msg, why)
+                return
+        elif reason is not None:
             self.ep.reply(peer, P.LeaseRejected(msg.request_id, reason))
             return
-        self.sched.queue.append(LeaseRequest(peer, msg.request_id, msg.resources, msg.actor,
-                                             msg.hold))
+        self.kept_local += 1
+        self.sched.queue.append(req)
+
+    def _why_not_now(self, req: LeaseRequest, prefer_node: bytes) -> str:
+        """Why this node should not keep the request ('' if it should)."""
+        if prefer_node and prefer_node != self.node_id and prefer_node in self.nodes:
+            return "the task's input bytes are on another node"
+        if self.sched.queue or not self.sched.fits(req.resources):
+            return "its resources are busy here"
+        return ""
+
+    def _spill(self, peer, msg: P.RequestLease, why: str) -> None:
+        sid = next(self._spill_ids)
+        self._spills[sid] = (peer, msg)
+        self.spilled += 1
+        self.ep.send(self.head_address, P.SpillLease(
+            sid, msg.resources, msg.hold, self.node_id, why, msg.prefer_node))
+
+    def _on_spill_to(self, peer, msg: P.SpillTo) -> None:
+        client, req = self._spills.pop(msg.spill_id, (None, None))
+        if client is None:
+            return
+        if msg.node_id == self.node_id:         # the head sends it back: it waits here
+            self._on_request_lease(client, req._replace(spilled=True))
+        else:
+            self.ep.reply(client, P.LeaseSpilled(req.request_id, msg.address, msg.node_id,
+                                                 msg.why))
+
+    def _on_spill_pending(self, peer, msg: P.SpillPending) -> None:
+        client, req = self._spills.get(msg.spill_id, (None, None))
+        if client is not None:          # the head keeps it, and says where when it can
+            self.ep.reply(client, P.LeasePending(req.request_id, msg.reason))
 
     def _on_return_lease(self, peer, msg: P.ReturnLease) -> None:
         w = self.pool.workers.get(msg.worker_id)
@@ -252,12 +307,29 @@ class NodeServer:
 
     def _on_heartbeat_ack(self, peer, msg) -> None:
         self._head_seen = time.monotonic()
+        nodes = getattr(msg, "nodes", None)
+        if nodes:
+            self.nodes = nodes
+            total: dict = {}
+            for _, resources in nodes.values():
+                for k, v in resources.items():
+                    total[k] = total.get(k, 0.0) + v
+            if total != self.cluster_total:     # a node came or went: clients ask for more
+                self.cluster_total = total
+                update = P.ClusterResources(total)
+                for cid in self.clients:
+                    self.ep.reply((True, cid), update)
+                for wid in self.pool.workers:
+                    self.ep.reply((True, wid), update)
 
     def _on_node_unknown(self, peer, msg) -> None:
         """The head does not know us (it restarted, or took us for dead): join it again."""
         self._head_seen = time.monotonic()
-        self.ep.send(self.head_address, P.RegisterNode(
-            self.node_id, socket.gethostname(), self.address, self.sched.total, os.getpid()))
+        self.ep.send(self.head_address, self._registration())
+
+    def _registration(self) -> P.RegisterNode:
+        return P.RegisterNode(self.node_id, socket.gethostname(), self.public_address,
+                              self.sched.total, os.getpid())
 
     _HANDLERS = {
         P.Hello: _on_hello,
@@ -272,6 +344,10 @@ class NodeServer:
         P.Shutdown: _on_shutdown,
         P.HeartbeatAck: _on_heartbeat_ack,
         P.NodeUnknown: _on_node_unknown,
+        P.SpillTo: _on_spill_to,
+        P.SpillPending: _on_spill_pending,
+        P.ClientGone: lambda self, peer, msg: self._client_gone(msg.client_id, "",
+                                                                tell_head=False),
         P.NodeRegistered: _on_heartbeat_ack,
     }
 
@@ -294,13 +370,13 @@ class NodeServer:
         if not self.stopping and len(self.pool.workers) < self.num_workers:
             self.pool.spawn()
 
-    def _client_gone(self, client_id: bytes, address: str = "") -> None:
+    def _client_gone(self, client_id: bytes, address: str = "", tell_head: bool = True) -> None:
         """A client died or left: the workers it leased go back to the pool (those hosting its
         actors are retired: actors share their owner's fate), its requests are dropped."""
         info = self.clients.pop(client_id, None)
         address = address or (info.address if info is not None else "")
-        if address:
-            self.ep.send(self.head_address, P.ClientGone(address))
+        if address and tell_head:
+            self.ep.send(self.head_address, P.ClientGone(address, client_id))
         peer = (True, client_id)
         self.sched.drop_peer(peer)
         for w in self.pool.by_state("leased"):

@@ -1,0 +1,204 @@
+"""Several nodes on one machine, each its own process with its own resources and TCP ports,
+forming one cluster: where the hybrid scheduler puts tasks and actors, what waits for a node
+that does not exist yet, and what the head sees per task.
+
+The fixture starts a head and its node (``nbray start --head`` in Python), joins more nodes
+(``nbray start --address``), and at teardown stops them all and checks that no process, record,
+directory or shared-memory segment of them is left.
+"""
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import time
+
+import pytest
+
+import nbray
+from nbray.runtime import cluster, object_store, protocol as P
+from conftest import pid_alive, wait_until
+
+pytestmark = pytest.mark.timeout(120)
+
+
+class MultiNode:
+    def __init__(self, root: str):
+        self.root = root
+        self.head = None            # (record, procs)
+        self.nodes: list = []       # (record, procs) of joined nodes
+
+    def start(self, num_workers: int = 1, resources: dict | None = None) -> None:
+        record, procs = cluster.start(num_workers=num_workers, resources=resources,
+                                      host="127.0.0.1", detach=True)
+        record.save()
+        self.head = (record, procs)
+
+    @property
+    def address(self) -> str:
+        return self.head[0].tcp_address
+
+    def add_node(self, num_workers: int = 1, resources: dict | None = None) -> int:
+        """Join a node; returns its pid."""
+        record, procs = cluster.join(self.address, bytes.fromhex(self.head[0].key),
+                                     num_workers=num_workers, resources=resources)
+        self.nodes.append((record, procs))
+        return procs["node"].pid
+
+    def node_pid(self, i: int = -1) -> int:
+        return self.nodes[i][1]["node"].pid
+
+    @property
+    def head_node_pid(self) -> int:
+        return self.head[1]["node"].pid
+
+    def all_pids(self) -> set:
+        pids = set()
+        for record, procs in [self.head, *self.nodes] if self.head else self.nodes:
+            for p in procs.values():
+                pids.add(p.pid)
+                try:
+                    import psutil
+                    pids |= {c.pid for c in psutil.Process(p.pid).children(recursive=True)}
+                except Exception:
+                    pass
+        return pids
+
+    def stop(self) -> None:
+        if nbray.is_initialized():
+            nbray.shutdown()
+        pids = self.all_pids()
+        names = [r.name for r, _ in ([self.head] if self.head else []) + self.nodes]
+        for record, procs in reversed(self.nodes):
+            cluster.stop(record, procs)
+        if self.head:
+            cluster.stop(*self.head)
+        wait_until(lambda: not [p for p in pids if pid_alive(p)], 15,
+                   "the cluster's processes to exit")
+        for name in names:
+            wait_until(lambda: not glob.glob(os.path.join(
+                object_store.store_dir(), f"{object_store.PREFIX}{name}_*")), 10,
+                f"the segments of {name} to go")
+        wait_until(lambda: not os.listdir(self.root), 10,
+                   f"the run root to be empty: {os.listdir(self.root)}")
+
+
+@pytest.fixture
+def multi(tmp_path, monkeypatch, no_cluster):
+    from nbray.config import CONFIG
+    root = str(tmp_path / "run")
+    monkeypatch.setattr(CONFIG, "run_root", root)
+    m = MultiNode(root)
+    try:
+        yield m
+    finally:
+        m.stop()
+
+
+@nbray.remote
+def node_of_task(seconds: float = 0.0):
+    time.sleep(seconds)
+    return os.getppid()
+
+
+@nbray.remote
+class Where:
+    def node(self):
+        return os.getppid()
+
+
+def _wait_nodes(n: int) -> None:
+    wait_until(lambda: len(nbray.state.nodes({"state": "alive"})) == n, 10, f"{n} live nodes")
+
+
+# ---- placement -----------------------------------------------------------------------------------
+def test_a_gpu_task_lands_on_the_gpu_node(multi):
+    multi.start(num_workers=1)
+    multi.add_node(num_workers=1)
+    gpu_node = multi.add_node(num_workers=1, resources={"GPU": 1})
+    nbray.init(address=multi.address)
+    _wait_nodes(3)
+    assert nbray.get(node_of_task.remote()) == multi.head_node_pid      # local first
+    on = nbray.get([node_of_task.options(num_gpus=1).remote() for _ in range(4)], timeout=60)
+    assert set(on) == {gpu_node}
+    actor = Where.options(num_gpus=1).remote()
+    assert nbray.get(actor.node.remote(), timeout=60) == gpu_node
+    decisions = nbray.runtime.core_client.current().request(
+        nbray.runtime.core_client.current().head_address, lambda r: P.ListDecisions(r))
+    assert any("GPU" in str(d["resources"]) for d in decisions["decisions"])
+
+
+def test_tasks_spill_to_other_nodes_when_the_local_one_is_full(multi):
+    multi.start(num_workers=1)
+    other = multi.add_node(num_workers=2)
+    nbray.init(address=multi.address)
+    _wait_nodes(2)
+    wait_until(lambda: nbray.runtime.core_client.current().cluster_resources.get("CPU") == 3,
+               10, "the driver to learn the cluster has 3 CPUs")
+    t0 = time.monotonic()
+    on = nbray.get([node_of_task.remote(1.0) for _ in range(3)], timeout=60)
+    elapsed = time.monotonic() - t0
+    assert sorted(on) == sorted([multi.head_node_pid, other, other])
+    assert elapsed < 2.5, f"3 one-second tasks on 3 CPUs took {elapsed:.1f}s"
+    rows = {n["pid"]: n for n in nbray.state.nodes()}
+    assert rows[multi.head_node_pid]["leases_spilled"] >= 1
+
+
+def test_a_request_no_node_can_serve_waits_warns_and_runs_when_a_node_joins(multi, caplog):
+    multi.start(num_workers=1)
+    nbray.init(address=multi.address)
+    ref = node_of_task.options(resources={"sim": 1}).remote()
+    with caplog.at_level(logging.WARNING, logger="nbray"):
+        with pytest.raises(nbray.GetTimeoutError):
+            nbray.get(ref, timeout=1.0)
+    assert any("sim=1" in r.getMessage() and "cannot be scheduled yet" in r.getMessage()
+               for r in caplog.records), [r.getMessage() for r in caplog.records]
+    sim_node = multi.add_node(num_workers=1, resources={"sim": 2})
+    assert nbray.get(ref, timeout=30) == sim_node
+    actor = Where.options(resources={"sim": 1}).remote()
+    assert nbray.get(actor.node.remote(), timeout=30) == sim_node
+
+
+def test_the_head_is_not_on_the_path_of_local_tasks(multi):
+    multi.start(num_workers=2)
+    multi.add_node(num_workers=1)
+    nbray.init(address=multi.address)
+    _wait_nodes(2)
+    nbray.get([node_of_task.remote() for _ in range(200)])        # leases are held
+    client = nbray.runtime.core_client.current()
+    record = multi.head[0]
+    before = cluster.ask(record, record.head_address, P.ClusterInfoRequest()).head
+    t0 = time.monotonic()
+    n = 5000
+    on = nbray.get([node_of_task.remote() for _ in range(n)])
+    elapsed = time.monotonic() - t0
+    after = cluster.ask(record, record.head_address, P.ClusterInfoRequest()).head
+    head_msgs = after["messages_received"] - before["messages_received"]
+    heartbeats = 2 * (elapsed / 0.5 + 2)          # two nodes beat twice a second
+    # a burst uses the other node's CPU too: a spilled lease costs the head a message, but a
+    # lease serves many tasks, and tasks go straight to the leased workers
+    spills = client.stats["leases_spilled"]
+    assert head_msgs <= heartbeats + 2 * spills + 10, f"{head_msgs} head messages for {n} tasks"
+    assert head_msgs < n / 50
+    assert len(on) == n
+
+
+def test_a_drivers_remote_leases_end_when_it_leaves(multi):
+    multi.start(num_workers=1)
+    other = multi.add_node(num_workers=1)
+    nbray.init(address=multi.address)
+    _wait_nodes(2)
+    wait_until(lambda: nbray.runtime.core_client.current().cluster_resources.get("CPU") == 2,
+               10, "the driver to learn the cluster's CPUs")
+    assert other in nbray.get([node_of_task.remote(0.5) for _ in range(2)], timeout=60)
+    nbray.shutdown()
+
+    def other_free():
+        rows = [n for n in _nodes(multi) if n["pid"] == other]
+        return rows and rows[0]["resources_available"].get("CPU") == 1.0
+    wait_until(other_free, 10, "the other node to get its CPU back")
+
+
+def _nodes(multi) -> list:
+    record = multi.head[0]
+    return cluster.ask(record, record.head_address, P.ClusterInfoRequest()).nodes
