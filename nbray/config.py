@@ -42,6 +42,10 @@ class Config:
     head_timeout_s: float = 30.0
     #: the head declares a node dead when it has not heard from it for this long (seconds)
     node_timeout_s: float = 5.0
+    #: how long a reader waits for its node to pull an object from another node (seconds)
+    fetch_timeout_s: float = 600.0
+    #: a transfer from another node that makes no progress for this long fails (seconds)
+    transfer_stall_s: float = 10.0
 
     @classmethod
     def from_env(cls) -> "Config":

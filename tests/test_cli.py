@@ -186,12 +186,14 @@ def test_node_joins_over_tcp_and_runs_its_drivers_tasks(cli):
     assert f"node {node['name']} (joined)" in status
     assert "CPU 2/2, GPU 1/1, sim 4/4" in status and "CPU 1/1" in status
 
-    # a driver on the joined node runs its tasks on that node's workers
+    # a driver on the joined node runs its tasks on that node's workers first (a burst may
+    # spill to the head's node too: the cluster has 3 CPUs)
     node_pid = node["pids"][0]
     ctx = nbray.init(address=node["name"])
     assert ctx.session == head["session"] and ctx.resources["GPU"] == 1.0
+    assert nbray.get(parent_pid.remote()) == node_pid
     parents = set(nbray.get([parent_pid.remote() for _ in range(20)]))
-    assert parents == {node_pid}
+    assert node_pid in parents and parents <= {node_pid, head["pids"][1]}
     assert nbray.get(add.options(num_gpus=1, resources={"sim": 2}).remote(20, 22)) == 42
     import numpy as np
     big = nbray.put(np.arange(1_000_000, dtype=np.int64))

@@ -202,3 +202,64 @@ def test_a_drivers_remote_leases_end_when_it_leaves(multi):
 def _nodes(multi) -> list:
     record = multi.head[0]
     return cluster.ask(record, record.head_address, P.ClusterInfoRequest()).nodes
+
+
+# ---- objects across nodes ------------------------------------------------------------------------
+@nbray.remote
+def array_sum(a):
+    return float(a.sum()), os.getppid(), bool(a.flags.writeable)
+
+
+@nbray.remote
+def make_array(n):
+    import numpy as np
+    return np.arange(n, dtype=np.float64)
+
+
+def test_a_large_array_crosses_nodes_in_chunks_once_per_node(multi):
+    import numpy as np
+    multi.start(num_workers=1)
+    other = multi.add_node(num_workers=2, resources={"far": 2})
+    nbray.init(address=multi.address)
+    _wait_nodes(2)
+    a = np.random.default_rng(1).random(100 * 1024 * 1024 // 8)       # 100 MB
+    ref = nbray.put(a)
+    record = multi.head[0]
+    head_before = cluster.ask(record, record.head_address, P.ClusterInfoRequest()).head
+    out = nbray.get([array_sum.options(resources={"far": 1}).remote(ref) for _ in range(4)],
+                    timeout=120)
+    assert {o[1] for o in out} == {other}
+    assert all(o[0] == float(a.sum()) and o[2] is False for o in out)
+    row = [n for n in nbray.state.nodes() if n["pid"] == other][0]
+    wait_until(lambda: [n for n in nbray.state.nodes() if n["pid"] == other][0]
+               ["bytes_pulled"] >= a.nbytes, 5, "the pull to show in the node's stats")
+    row = [n for n in nbray.state.nodes() if n["pid"] == other][0]
+    assert a.nbytes <= row["bytes_pulled"] < 1.1 * a.nbytes       # fetched once for 4 tasks
+    head_after = cluster.ask(record, record.head_address, P.ClusterInfoRequest()).head
+    assert head_after["messages_received"] - head_before["messages_received"] < 100
+    # the other way: a result written on the far node, read by the driver here
+    back = make_array.options(resources={"far": 1}).remote(20 * 1024 * 1024 // 8)
+    got = nbray.get(back, timeout=60)
+    assert got[-1] == 20 * 1024 * 1024 // 8 - 1 and not got.flags.writeable
+    copies = glob.glob(os.path.join(object_store.store_dir(),
+                                    f"{object_store.PREFIX}{multi.nodes[0][0].name}_c*"))
+    assert copies                                   # the far node's copy of the 100 MB array
+    del ref, out
+    wait_until(lambda: not [p for p in copies if os.path.exists(p)], 10,
+               "the copy to go once the original is freed")
+
+
+def test_an_object_on_a_dead_node_is_a_clear_error(multi):
+    import numpy as np
+    multi.start(num_workers=1)
+    far = multi.add_node(num_workers=1, resources={"far": 1})
+    nbray.init(address=multi.address)
+    _wait_nodes(2)
+    ref = make_array.options(resources={"far": 1}).remote(1_000_000)
+    nbray.wait([ref], timeout=60)
+    import psutil
+    for p in [far, *[c.pid for c in psutil.Process(far).children()]]:
+        os.kill(p, 9)
+    wait_until(lambda: nbray.state.nodes({"state": "dead"}), 15, "the node to be declared dead")
+    with pytest.raises(nbray.ObjectLostError, match="could not be fetched"):
+        nbray.get(ref, timeout=30)

@@ -778,8 +778,8 @@ class CoreClient:
     def _free_segment(self, loc: P.ShmLocation) -> None:
         if loc.node_id == self.node_id:
             object_store.unlink(loc.path)
-        else:
-            self._send(self.node_address, P.FreeObjects((loc.path,)))
+        else:                       # our node sends it on to the node that holds it
+            self._send(self.node_address, P.FreeObjects((loc.path,), loc.node_id))
 
     def _send_release(self, address: str, msg) -> None:
         if self._pending_acks:
@@ -838,13 +838,14 @@ class CoreClient:
         return encoded
 
     def get_values(self, refs: list, timeout: float | None) -> list:
+        deadline = None if timeout is None else time.monotonic() + timeout
         values = self._wait_values(refs, len({r._id for r in refs}), timeout, need_all=True)
         out = []
         for ref in refs:
-            out.append(self.decode(values[ref._id]))
+            out.append(self.decode(values[ref._id], deadline))
         return out
 
-    def decode(self, value: P.Value):
+    def decode(self, value: P.Value, deadline: float | None = None):
         kind = value.kind
         if kind == P.INLINE:
             return pickle.loads(value.payload)
@@ -852,7 +853,27 @@ class CoreClient:
             raise _as_error(serialization.deserialize(value))
         if kind == P.LOST:
             raise ObjectLostError(value.payload)
-        return serialization.deserialize(value)
+        return serialization.deserialize(self.localize(value, deadline))
+
+    def localize(self, value: P.Value, deadline: float | None = None) -> P.Value:
+        """A shared-memory value as one of this node's segments: a value another node wrote
+        is pulled by our node first (once for all its readers)."""
+        loc = value.payload
+        if value.kind != P.SHM or not loc.node_id or loc.node_id == self.node_id:
+            return value
+        timeout = CONFIG.fetch_timeout_s if deadline is None else \
+            max(0.0, deadline - time.monotonic())
+        try:
+            path = self.request(self.node_address, lambda r: P.FetchObject(r, loc),
+                                timeout=timeout)
+        except ClusterError as e:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise GetTimeoutError(f"get timed out after the object arrived, while its "
+                                      f"{loc.size:,} bytes were being fetched from node "
+                                      f"{loc.node_id.hex()}") from None
+            raise ObjectLostError(f"an object of {loc.size:,} bytes on node "
+                                  f"{loc.node_id.hex()} could not be fetched: {e}") from None
+        return value._replace(payload=loc._replace(node_id=self.node_id, path=path))
 
     def wait(self, refs: list, num_returns: int, timeout: float | None) -> tuple[list, list]:
         values = self._wait_values(refs, num_returns, timeout, need_all=False)

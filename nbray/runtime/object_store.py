@@ -52,9 +52,9 @@ def write_segment(path: str, data: bytes, buffers: list) -> int:
     fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
     try:
         os.ftruncate(fd, size)
-        _pwrite_all(fd, head + data, 0)
+        pwrite_all(fd, head + data, 0)
         for (off, _), v in zip(table, views):
-            _pwrite_all(fd, v, off)
+            pwrite_all(fd, v, off)
     except BaseException:
         os.close(fd)
         unlink(path)
@@ -63,7 +63,14 @@ def write_segment(path: str, data: bytes, buffers: list) -> int:
     return size
 
 
-def _pwrite_all(fd: int, buf, offset: int) -> None:
+def owned_by(session: str, path: str) -> bool:
+    """Whether ``path`` is a segment of the store ``session`` (and nothing else)."""
+    prefix = os.path.join(store_dir(), f"{PREFIX}{session}_")
+    return path.startswith(prefix) and "/" not in path[len(prefix):] and \
+        ".." not in path[len(prefix):]
+
+
+def pwrite_all(fd: int, buf, offset: int) -> None:
     view = memoryview(buf).cast("B")
     while view.nbytes:
         n = os.pwrite(fd, view, offset)

@@ -8,7 +8,8 @@ that join): a frame of another version is dropped and counted, never unpickled.
 Who sends what:
     client (driver or worker) -> node    Hello, RequestLease, ReturnLease, WorkerBlocked,
                                          WorkerUnblocked, Poke, FreeObjects, NodeInfoRequest,
-                                         Goodbye
+                                         Goodbye, FetchObject -> Reply
+    node -> node                         PullChunk -> Chunk, FreeCopies, FreeObjects
     node -> client                       Welcome, LeaseGranted, LeaseRejected, ReclaimLeases,
                                          WorkerDied, NodeInfo, LeaseSpilled, LeasePending
     client -> leased worker              PushTasks, CancelTasks, ActorInfoRequest
@@ -180,6 +181,34 @@ class Poke(NamedTuple):
 
 
 class FreeObjects(NamedTuple):
+    paths: tuple
+    #: the node whose store holds them (empty: the receiving node); another node's are sent on
+    node_id: bytes = b""
+
+
+class FetchObject(NamedTuple):
+    """Client -> its node: make this object's segment local; the Reply's value is its path."""
+    request_id: int
+    location: "ShmLocation"
+
+
+# ---- node <-> node (object transfer) -------------------------------------------------------------
+class PullChunk(NamedTuple):
+    transfer_id: int
+    path: str
+    offset: int
+    length: int
+
+
+class Chunk(NamedTuple):
+    transfer_id: int
+    offset: int
+    data: bytes
+    error: str = ""
+
+
+class FreeCopies(NamedTuple):
+    """The node that served these segments freed them: drop the copies made of them."""
     paths: tuple
 
 

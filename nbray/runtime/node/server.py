@@ -19,6 +19,7 @@ from nbray.config import CONFIG
 from nbray.errors import ClusterError
 from nbray.runtime import object_store, protocol as P
 from nbray.runtime.node.local_scheduler import LeaseRequest, LocalScheduler
+from nbray.runtime.node.transfer import Transfers
 from nbray.runtime.node.worker_pool import WorkerPool
 from nbray.runtime.transport import Endpoint, guarded
 
@@ -50,6 +51,7 @@ class NodeServer:
         self._spill_ids = itertools.count(1)
         self.kept_local = 0
         self.spilled = 0
+        self.transfers = Transfers(self)
         self.sched = LocalScheduler(resources)
         self.num_workers = num_workers
         self.max_workers = max(CONFIG.min_worker_cap,
@@ -115,6 +117,10 @@ class NodeServer:
                 self.stopping = True
         if now - self._last_check >= 0.5:
             self._last_check = now
+            if self.transfers.served:
+                self.transfers.check_served()
+            if self.transfers.fetching:
+                self.transfers.check_fetching()
             if self.watch_pid is not None and not psutil.pid_exists(self.watch_pid):
                 self.stopping = True
             for cid, c in list(self.clients.items()):
@@ -142,6 +148,9 @@ class NodeServer:
             "leases_granted": self.leases_granted,
             "leases_kept_local": self.kept_local,
             "leases_spilled": self.spilled,
+            "bytes_pulled": self.transfers.bytes_in,
+            "bytes_served": self.transfers.bytes_out,
+            "object_copies": len(self.transfers.copies),
             "clients": len(self.clients),
             "messages_received": self.ep.received,
             "messages_rejected": self.ep.rejected,
@@ -290,9 +299,13 @@ class NodeServer:
         self.pool.signal(msg.worker_id, signal.SIGKILL if msg.force else signal.SIGUSR1)
 
     def _on_free(self, peer, msg: P.FreeObjects) -> None:
-        prefix = os.path.join(object_store.store_dir(), f"{object_store.PREFIX}{self.session}_")
+        if msg.node_id and msg.node_id != self.node_id:     # another node's: send it on
+            target = self.nodes.get(msg.node_id)
+            if target is not None:
+                self.ep.send(target[0], P.FreeObjects(msg.paths))
+            return
         for path in msg.paths:
-            if path.startswith(prefix) and "/" not in path[len(prefix):]:
+            if object_store.owned_by(self.session, path):
                 object_store.unlink(path)
 
     def _on_info(self, peer, msg) -> None:
@@ -345,6 +358,10 @@ class NodeServer:
         P.HeartbeatAck: _on_heartbeat_ack,
         P.NodeUnknown: _on_node_unknown,
         P.SpillTo: _on_spill_to,
+        P.FetchObject: lambda self, peer, msg: self.transfers.fetch(peer, msg),
+        P.PullChunk: lambda self, peer, msg: self.transfers.pull(peer, msg),
+        P.Chunk: lambda self, peer, msg: self.transfers.chunk(peer, msg),
+        P.FreeCopies: lambda self, peer, msg: self.transfers.free_copies(peer, msg),
         P.SpillPending: _on_spill_pending,
         P.ClientGone: lambda self, peer, msg: self._client_gone(msg.client_id, "",
                                                                 tell_head=False),

@@ -161,7 +161,10 @@ class Executor:
         else:
             fn = self._become_actor(spec)
         values = [self.client.decode(v) for v in spec.arg_values]
-        args, kwargs = serialization.unpack_args(spec.args_blob, values)
+        blob = spec.args_blob
+        if type(blob) is P.Value:       # large arguments: in shared memory, maybe elsewhere
+            blob = self.client.localize(blob)
+        args, kwargs = serialization.unpack_args(blob, values)
         return fn, args, kwargs
 
     def _function(self, fn_id: bytes):

@@ -1,0 +1,161 @@
+"""Moving objects between nodes: a node pulls, in chunks, the segments its clients need from the
+node that wrote them, and keeps the copy for every later reader on this node.
+
+::
+
+    client ── FetchObject ──► its node ── PullChunk x window ──► source node (reads its segment)
+       ▲                          │  ◄──────── Chunk ──────────────┘
+       └────── Reply(path) ───────┘  (copy written into this node's store, once per object)
+
+Chunks travel node to node over the signed channel: the head never touches the bytes. A copy is
+dropped when the source frees the segment it came from (the source tells the nodes it served,
+``FreeCopies``); a node that stops removes its copies with the rest of its store.
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import os
+import time
+from dataclasses import dataclass, field
+
+from nbray.config import CONFIG
+from nbray.runtime import object_store, protocol as P
+
+CHUNK = 4 * 1024 * 1024
+WINDOW = 4          # chunks in flight per transfer
+
+
+@dataclass(eq=False)
+class Fetch:
+    key: str                        # the source's path (it names the source's store)
+    source: str                     # the source node's address
+    path: str                       # the copy, in this node's store
+    fd: int
+    size: int
+    source_id: bytes = b""
+    next_offset: int = 0
+    inflight: set = field(default_factory=set)
+    waiters: list = field(default_factory=list)     # (client peer, request id)
+    progress_at: float = field(default_factory=time.monotonic)
+
+
+class Transfers:
+    def __init__(self, node):
+        self.node = node
+        self.copies: dict[str, str] = {}            # source path -> the local copy
+        self.fetching: dict[str, Fetch] = {}
+        self.by_id: dict[int, Fetch] = {}
+        self.served: dict[str, set] = {}            # our path -> node ids that copied it
+        self._ids = itertools.count(1)
+        self.bytes_in = 0
+        self.bytes_out = 0
+
+    # ---- the reading side ------------------------------------------------------------------
+    def fetch(self, peer, msg: P.FetchObject) -> None:
+        node, loc = self.node, msg.location
+        if loc.node_id == node.node_id:
+            node.ep.reply(peer, P.Reply(msg.request_id, loc.path))
+            return
+        key = loc.path
+        copy = self.copies.get(key)
+        if copy is not None and os.path.exists(copy):
+            node.ep.reply(peer, P.Reply(msg.request_id, copy))
+            return
+        if key in self.fetching:        # one transfer for every reader on this node
+            self.fetching[key].waiters.append((peer, msg.request_id))
+            return
+        source = node.nodes.get(loc.node_id)
+        if source is None:
+            node.ep.reply(peer, P.Reply(msg.request_id, None, (
+                f"the node {loc.node_id.hex()} that holds the object is not alive")))
+            return
+        path = copy_path(node.session, loc)
+        object_store.unlink(path)
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+        os.ftruncate(fd, loc.size)
+        f = Fetch(key, source[0], path, fd, loc.size, loc.node_id,
+                  waiters=[(peer, msg.request_id)])
+        tid = next(self._ids)
+        f.tid = tid
+        self.fetching[key], self.by_id[tid] = f, f
+        self._pull_more(f)
+
+    def _pull_more(self, f: Fetch) -> None:
+        while len(f.inflight) < WINDOW and f.next_offset < f.size:
+            n = min(CHUNK, f.size - f.next_offset)
+            f.inflight.add(f.next_offset)
+            self.node.ep.send(f.source, P.PullChunk(f.tid, f.key, f.next_offset, n))
+            f.next_offset += n
+
+    def chunk(self, peer, msg: P.Chunk) -> None:
+        f = self.by_id.get(msg.transfer_id)
+        if f is None or msg.offset not in f.inflight:
+            return
+        if msg.error:
+            self._end(f, error=msg.error)
+            return
+        object_store.pwrite_all(f.fd, msg.data, msg.offset)
+        self.bytes_in += len(msg.data)
+        f.progress_at = time.monotonic()
+        f.inflight.discard(msg.offset)
+        self._pull_more(f)
+        if not f.inflight and f.next_offset >= f.size:
+            self._end(f)
+
+    def _end(self, f: Fetch, error: str = "") -> None:
+        os.close(f.fd)
+        del self.fetching[f.key], self.by_id[f.tid]
+        if error:
+            object_store.unlink(f.path)
+        else:
+            self.copies[f.key] = f.path
+        for peer, rid in f.waiters:
+            self.node.ep.reply(peer, P.Reply(rid, None if error else f.path, error))
+
+    def check_fetching(self) -> None:
+        """Fail the transfers whose source died, or that made no progress for a while."""
+        now = time.monotonic()
+        for f in list(self.fetching.values()):
+            if f.source_id not in self.node.nodes:
+                self._end(f, error=f"the node {f.source_id.hex()} that holds it died")
+            elif now - f.progress_at > CONFIG.transfer_stall_s:
+                self._end(f, error=f"its node sent nothing for {CONFIG.transfer_stall_s:g}s")
+
+    def free_copies(self, peer, msg: P.FreeCopies) -> None:
+        for path in msg.paths:
+            copy = self.copies.pop(path, None)
+            if copy is not None:
+                object_store.unlink(copy)
+
+    # ---- the serving side ------------------------------------------------------------------
+    def pull(self, peer, msg: P.PullChunk) -> None:
+        node = self.node
+        if not object_store.owned_by(node.session, msg.path):     # only our own segments
+            node.ep.reply(peer, P.Chunk(msg.transfer_id, msg.offset, b"",
+                                        "not a segment of this node"))
+            return
+        try:
+            with open(msg.path, "rb", buffering=0) as f:
+                data = os.pread(f.fileno(), msg.length, msg.offset)
+        except OSError as e:
+            node.ep.reply(peer, P.Chunk(msg.transfer_id, msg.offset, b"",
+                                        f"the object's segment is gone ({e.strerror})"))
+            return
+        if peer[0]:
+            self.served.setdefault(msg.path, set()).add(peer[1])
+        self.bytes_out += len(data)
+        node.ep.reply(peer, P.Chunk(msg.transfer_id, msg.offset, data))
+
+    def check_served(self) -> None:
+        """Tell the nodes that copied a segment we have freed since (periodic, cheap: a stat
+        per served segment)."""
+        for path in [p for p in self.served if not os.path.exists(p)]:
+            for node_id in self.served.pop(path):
+                self.node.ep.reply((True, node_id), P.FreeCopies((path,)))
+
+
+def copy_path(session: str, loc: P.ShmLocation) -> str:
+    """Where this node keeps its copy of another node's segment (in its own store)."""
+    digest = hashlib.blake2b(loc.node_id + loc.path.encode(), digest_size=16).hexdigest()
+    return os.path.join(object_store.store_dir(), f"{object_store.PREFIX}{session}_c{digest}")
