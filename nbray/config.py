@@ -46,6 +46,8 @@ class Config:
     fetch_timeout_s: float = 600.0
     #: a transfer from another node that makes no progress for this long fails (seconds)
     transfer_stall_s: float = 10.0
+    #: a task whose inputs on another node total this many bytes is placed there (locality)
+    locality_min_bytes: int = 1024 * 1024
 
     @classmethod
     def from_env(cls) -> "Config":

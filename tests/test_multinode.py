@@ -263,3 +263,49 @@ def test_an_object_on_a_dead_node_is_a_clear_error(multi):
     wait_until(lambda: nbray.state.nodes({"state": "dead"}), 15, "the node to be declared dead")
     with pytest.raises(nbray.ObjectLostError, match="could not be fetched"):
         nbray.get(ref, timeout=30)
+
+
+def test_a_task_runs_where_its_large_input_is(multi):
+    multi.start(num_workers=1)
+    far = multi.add_node(num_workers=1, resources={"far": 1})
+    nbray.init(address=multi.address)
+    _wait_nodes(2)
+    wait_until(lambda: nbray.runtime.core_client.current().cluster_resources.get("far") == 1,
+               10, "the driver to learn of the far node")
+    data = make_array.options(resources={"far": 1}).remote(20 * 1024 * 1024 // 8)  # 20 MB
+    nbray.wait([data], timeout=60)
+    # no resource asks for the far node: the 20 MB there do
+    out = nbray.get([array_sum.remote(data) for _ in range(3)], timeout=60)
+    assert {o[1] for o in out} == {far}
+    pulled = {n["pid"]: n["bytes_pulled"] for n in nbray.state.nodes()}
+    assert pulled[multi.head_node_pid] == 0            # nothing moved to the head's node
+    client = nbray.runtime.core_client.current()
+    decisions = client.request(client.head_address, lambda r: P.ListDecisions(r))
+    assert any("locality" in d["why"] for d in decisions["decisions"])
+    # a small input does not move a task
+    assert nbray.get(array_sum.remote(nbray.put(__import__("numpy").ones(10))))[1] == \
+        multi.head_node_pid
+
+
+def test_nodes_rejoin_a_restarted_head(multi):
+    import signal
+    multi.start(num_workers=1)
+    multi.add_node(num_workers=1)
+    record, procs = multi.head
+    wait_until(lambda: len(_nodes(multi)) == 2, 10, "two nodes")
+    old = procs["head"]
+    os.kill(old.pid, signal.SIGKILL)                 # no goodbye to its nodes
+    old.wait()
+    # the same head again: same session, addresses and key (what a supervisor would restart)
+    new = cluster._spawn("nbray.runtime.head.main",
+                         ["--session", record.session, "--bind", record.head_address,
+                          "--bind", f"tcp://{record.tcp_address}"],
+                         bytes.fromhex(record.key), None)
+    cluster._await_ready({"head": new}, timeout=30)
+    procs["head"] = new
+    record.pids[0] = new.pid
+    nodes = wait_until(lambda: (lambda n: n if len(n) == 2 else None)(_nodes(multi)), 15,
+                       "both nodes to register with the new head")
+    assert all(n["alive"] for n in nodes)
+    nbray.init(address=multi.address)
+    assert nbray.get(node_of_task.remote(), timeout=30) in {n["pid"] for n in nodes}

@@ -106,8 +106,10 @@ class Lease:
 
 @dataclass(eq=False)
 class Shape:
-    """Per scheduling key: tasks ready to run, leases held and asked for, their speed."""
+    """Per scheduling key (resources, and the node holding most of the inputs' bytes when
+    that is another node): tasks ready to run, leases held and asked for, their speed."""
     resources: dict
+    prefer_node: bytes = b""
     ready: collections.deque = field(default_factory=collections.deque)
     leases: list = field(default_factory=list)
     requests: int = 0
@@ -371,10 +373,34 @@ class CoreClient:
                 return
         if values:
             task.spec = task.spec._replace(arg_values=tuple(values))
+            prefer = self._where_inputs_are(task)
+            if prefer:      # leases for it are asked for on that node (locality)
+                task.key = task.key + ((_LOCALITY, prefer),)
         shape = self.shapes.get(task.key)
         if shape is None:
-            shape = self.shapes[task.key] = Shape(dict(task.key))
+            resources = {k: v for k, v in task.key if k != _LOCALITY}
+            shape = self.shapes[task.key] = Shape(resources, dict(task.key).get(_LOCALITY, b""))
         shape.ready.append(task)
+
+    def _where_inputs_are(self, task: Task) -> bytes:
+        """The other node holding most of a task's input bytes, if they are worth moving the
+        task for (at least ``locality_min_bytes``); b"" otherwise."""
+        if len(self.cluster_resources) == 0 or self.cluster_resources == self.node_resources:
+            return b""              # one node: nowhere else to go
+        by_node: dict = {}
+        values = list(task.spec.arg_values)
+        if type(task.spec.args_blob) is P.Value:
+            values.append(task.spec.args_blob)
+        for v in values:
+            if v.kind == P.SHM and v.payload.node_id:
+                by_node[v.payload.node_id] = by_node.get(v.payload.node_id, 0) + v.payload.size
+        if not by_node:
+            return b""
+        node, size = max(by_node.items(), key=lambda kv: kv[1])
+        if node == self.node_id or size < CONFIG.locality_min_bytes or \
+                size <= by_node.get(self.node_id, 0):
+            return b""
+        return node
 
     # ---- dispatch (I/O thread, or the worker's one thread) ---------------------------------
     def _dispatch(self, eager: bool = True) -> None:
@@ -437,7 +463,8 @@ class CoreClient:
 
     def _request_lease(self, shape: Shape) -> None:
         shape.requests += 1
-        self.ask_lease(shape, lambda rid: P.RequestLease(rid, shape.resources))
+        self.ask_lease(shape, lambda rid: P.RequestLease(rid, shape.resources,
+                                                         prefer_node=shape.prefer_node))
 
     def ask_lease(self, wants, make) -> None:
         """Ask our node for a lease; ``wants`` (a Shape, or an Actor) gets it. The request
@@ -557,8 +584,8 @@ class CoreClient:
             self.actors.lease_granted(shape, msg, node)
             return
         shape.requests -= 1
-        lease = Lease(msg.worker_id, msg.address, tuple(sorted(shape.resources.items())),
-                      idle_since=time.monotonic(), node=node)
+        key = next(k for k, s in self.shapes.items() if s is shape)
+        lease = Lease(msg.worker_id, msg.address, key, idle_since=time.monotonic(), node=node)
         self.leases[msg.worker_id] = lease
         shape.leases.append(lease)
 
@@ -1149,6 +1176,7 @@ class CoreClient:
 
 
 _PUSHED = (P.PushTasks, P.CancelTasks)
+_LOCALITY = "@node"      # a scheduling key's entry for the node its tasks' inputs are on
 
 
 def _describe(resources: dict) -> str:

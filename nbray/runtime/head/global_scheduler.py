@@ -6,8 +6,8 @@ made from the nodes' last heartbeats:
 
 1. only live nodes with the resources at all are candidates (none: the request waits, and the
    reason names what no node has);
-2. the node holding most of the task's input bytes, if it has the resources free now
-   (locality);
+2. the node holding most of the task's input bytes, if it has the resources free now or
+   only a short lease queue (locality: moving the bytes costs more than a short wait);
 3. else another node with the resources free now, the one with the most free CPU first (load;
    the spilling node said it has none free, which is newer than its last heartbeat);
 4. else every candidate is busy: the one with the shortest lease queue, the spilling node
@@ -50,12 +50,14 @@ class GlobalScheduler:
         feasible = [n for n in live if _has(n.resources, need)]
         if not feasible:
             return None, _missing(live, need)
-        # the spilling node just said it cannot grant this now: its last heartbeat, which may
+        # a node that spilled because it is busy just said so: its last heartbeat, which may
         # say otherwise, is older than that
-        free = [n for n in feasible if _has(_available(n), need) and n.node_id != request.origin]
+        busy_origin = request.origin if "busy" in request.why else None
+        free = [n for n in feasible if _has(_available(n), need) and n.node_id != busy_origin]
         by_id = {n.node_id: n for n in feasible}
         prefer = by_id.get(request.prefer_node)
-        if prefer is not None and prefer in free:
+        if prefer is not None and (prefer in free or
+                                   _queue(prefer) < max(1, prefer.resources.get("CPU", 1))):
             chosen, why = prefer, "locality: it holds most of the task's input bytes"
         elif free:
             chosen = max(free, key=lambda n: (_available(n).get("CPU", 0.0),
