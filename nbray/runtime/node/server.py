@@ -117,7 +117,7 @@ class NodeServer:
                 self.stopping = True
         if now - self._last_check >= 0.5:
             self._last_check = now
-            if self.transfers.served:
+            if self.transfers.served or self.transfers._maps:
                 self.transfers.check_served()
             if self.transfers.fetching:
                 self.transfers.check_fetching()

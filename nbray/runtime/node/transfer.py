@@ -15,14 +15,16 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import mmap
 import os
+import pickle
 import time
 from dataclasses import dataclass, field
 
 from nbray.config import CONFIG
 from nbray.runtime import object_store, protocol as P
 
-CHUNK = 4 * 1024 * 1024
+CHUNK = 8 * 1024 * 1024
 WINDOW = 4          # chunks in flight per transfer
 
 
@@ -48,6 +50,7 @@ class Transfers:
         self.by_id: dict[int, Fetch] = {}
         self.served: dict[str, set] = {}            # our path -> node ids that copied it
         self._ids = itertools.count(1)
+        self._maps: dict[str, list] = {}            # served path -> [mapped view, last use]
         self.bytes_in = 0
         self.bytes_out = 0
 
@@ -136,20 +139,39 @@ class Transfers:
                                         "not a segment of this node"))
             return
         try:
-            with open(msg.path, "rb", buffering=0) as f:
-                data = os.pread(f.fileno(), msg.length, msg.offset)
-        except OSError as e:
+            segment = self._mapped(msg.path)
+        except (OSError, ValueError) as e:
             node.ep.reply(peer, P.Chunk(msg.transfer_id, msg.offset, b"",
-                                        f"the object's segment is gone ({e.strerror})"))
+                                        f"the object's segment is gone ({e})"))
             return
         if peer[0]:
             self.served.setdefault(msg.path, set()).add(peer[1])
+        data = segment[msg.offset:msg.offset + msg.length]
         self.bytes_out += len(data)
-        node.ep.reply(peer, P.Chunk(msg.transfer_id, msg.offset, data))
+        # the chunk leaves from the mapped segment itself: no copy on this side
+        node.ep.send_bulk(peer, P.Chunk(msg.transfer_id, msg.offset, pickle.PickleBuffer(data)))
+
+    def _mapped(self, path: str) -> memoryview:
+        """A served segment, mapped once per transfer. Our reference goes after a few idle
+        seconds; zmq keeps what it still sends from (unlinking it does not free the pages)."""
+        entry = self._maps.get(path)
+        if entry is None:
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                size = os.fstat(fd).st_size
+                entry = [memoryview(mmap.mmap(fd, size, prot=mmap.PROT_READ)), 0.0]
+            finally:
+                os.close(fd)
+            self._maps[path] = entry
+        entry[1] = time.monotonic()
+        return entry[0]
 
     def check_served(self) -> None:
         """Tell the nodes that copied a segment we have freed since (periodic, cheap: a stat
-        per served segment)."""
+        per served segment); forget mappings idle for a few seconds."""
+        now = time.monotonic()
+        for path in [p for p, (_, used) in self._maps.items() if now - used > 5.0]:
+            del self._maps[path]
         for path in [p for p in self.served if not os.path.exists(p)]:
             for node_id in self.served.pop(path):
                 self.node.ep.reply((True, node_id), P.FreeCopies((path,)))
