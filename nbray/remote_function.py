@@ -9,7 +9,8 @@ from nbray.config import CONFIG
 from nbray.errors import SerializationError
 from nbray.runtime import serialization
 
-_TASK_OPTIONS = {"num_cpus", "num_gpus", "resources", "num_returns", "max_retries", "name"}
+_TASK_OPTIONS = {"num_cpus", "num_gpus", "resources", "num_returns", "max_retries", "name",
+                 "retry_exceptions"}
 
 
 def check_resources(options: dict) -> None:
@@ -41,6 +42,12 @@ def _validate(options: dict) -> dict:
     r = options.get("max_retries")
     if r is not None and (isinstance(r, bool) or not isinstance(r, int) or r < -1):
         raise ValueError(f"max_retries must be an integer >= -1 (-1: retry forever), got {r!r}")
+    e = options.get("retry_exceptions")
+    if e is not None and not isinstance(e, bool) and not (
+            isinstance(e, (list, tuple)) and e and
+            all(isinstance(t, type) and issubclass(t, BaseException) for t in e)):
+        raise TypeError(f"retry_exceptions must be True, False or a list of exception types, "
+                        f"got {e!r}")
     return options
 
 
@@ -60,6 +67,8 @@ class RemoteFunction:
         retries = opts.get("max_retries", CONFIG.default_max_retries)
         self._max_retries = 10 ** 9 if retries == -1 else retries
         self._name = opts.get("name") or getattr(fn, "__qualname__", repr(fn))
+        on = opts.get("retry_exceptions")
+        self._retry_on = None if not on else (True if on is True else tuple(on))
 
     def __call__(self, *args, **kwargs):
         raise TypeError(f"remote function {self._name} cannot be called directly; use "
@@ -81,7 +90,7 @@ class RemoteFunction:
         from nbray import api
         fn_id, blob = self._pickled()
         refs = api._client().submit(fn_id, blob, self._name, args, kwargs, self._num_returns,
-                                    self._resources, self._max_retries)
+                                    self._resources, self._max_retries, self._retry_on)
         return refs[0] if self._num_returns == 1 else refs
 
     def options(self, **options) -> "RemoteFunction":

@@ -194,3 +194,68 @@ def test_task_output_reaches_driver_and_does_not_block():
     assert "RESULT 2000" in proc.stdout
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("nbray-chatty-line")]
     assert len(lines) == 2000
+
+
+def _read(path) -> str:
+    with open(path) as f:
+        return f.read()
+
+
+def _count(path) -> int:
+    return int(_read(path))
+
+
+# ---- retries on application errors ---------------------------------------------------------------
+@nbray.remote(retry_exceptions=True, max_retries=3)
+def flaky(counter_path, fail_times):
+    """Raise until it has been called ``fail_times`` times (counted in a file)."""
+    n = _count(counter_path) if os.path.exists(counter_path) else 0
+    with open(counter_path, "w") as f:
+        f.write(str(n + 1))
+    if n < fail_times:
+        raise ConnectionError(f"flaky failure {n + 1}")
+    return n + 1
+
+
+@nbray.remote(retry_exceptions=[KeyError], max_retries=3)
+def fails_with(kind, counter_path):
+    n = _count(counter_path) if os.path.exists(counter_path) else 0
+    with open(counter_path, "w") as f:
+        f.write(str(n + 1))
+    raise {"key": KeyError, "value": ValueError}[kind](kind)
+
+
+def test_retry_exceptions_reruns_a_failing_task(cluster, tmp_path):
+    assert nbray.get(flaky.remote(str(tmp_path / "a"), 2), timeout=30) == 3
+    with pytest.raises(ConnectionError, match="flaky failure 4"):      # 1 run + 3 retries
+        nbray.get(flaky.remote(str(tmp_path / "b"), 10), timeout=30)
+    assert _read(tmp_path / "b") == "4"
+
+
+def test_retry_exceptions_with_a_list_retries_only_those(cluster, tmp_path):
+    with pytest.raises(KeyError):
+        nbray.get(fails_with.remote("key", str(tmp_path / "k")), timeout=30)
+    assert _read(tmp_path / "k") == "4"
+    with pytest.raises(ValueError):
+        nbray.get(fails_with.remote("value", str(tmp_path / "v")), timeout=30)
+    assert _read(tmp_path / "v") == "1"          # not in the list: no retry
+    assert nbray.get(flaky.options(retry_exceptions=False, max_retries=0).remote(
+        str(tmp_path / "n"), 0)) == 1
+    with pytest.raises(TypeError, match="retry_exceptions"):
+        flaky.options(retry_exceptions=[42])
+
+
+def test_exhausted_retries_tell_the_history(cluster, tmp_path):
+    @nbray.remote(max_retries=2)
+    def die_every_time(marker):
+        with open(marker, "a") as f:
+            f.write("x")
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    marker = str(tmp_path / "runs")
+    with pytest.raises(nbray.WorkerCrashedError) as info:
+        nbray.get(die_every_time.remote(marker), timeout=60)
+    err = info.value
+    assert _read(marker) == "xxx"
+    assert len(err.history) == 3 and "failed 3 time(s)" in str(err)
+    assert all("killed by signal 9" in h for h in err.history)

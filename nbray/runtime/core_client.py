@@ -88,6 +88,8 @@ class Task:
     attempts: int = 0
     actor: "Actor | None" = None    # an actor's creation or one of its calls
     ready: bool = False             # an actor call whose inputs exist
+    retry_on: object = None         # retry_exceptions: True, or a tuple of exception types
+    history: list = field(default_factory=list)     # why earlier attempts failed
 
 
 @dataclass(eq=False)
@@ -250,13 +252,14 @@ class CoreClient:
             task.pinned.append(args_id)
 
     def submit(self, fn_id: bytes, fn_blob: bytes, name: str, args: tuple, kwargs: dict,
-               num_returns: int, resources: dict, max_retries: int) -> list[ObjectRef]:
+               num_returns: int, resources: dict, max_retries: int,
+               retry_on=None) -> list[ObjectRef]:
         task_id, blob, top, arg_ids, pinned, args_id = self._pack(name, args, kwargs)
         key = tuple(sorted(resources.items()))
         with self.lock:
             rids = tuple(self.return_id(task_id, i) for i in range(num_returns))
             spec = P.TaskSpec(task_id, fn_id, name, blob, (), num_returns, rids)
-            task = Task(spec, fn_blob, key, arg_ids, pinned, max_retries)
+            task = Task(spec, fn_blob, key, arg_ids, pinned, max_retries, retry_on=retry_on)
             for rid in rids:
                 self.objects[rid] = Obj(self.address, True, refs=1, producing=True)
             self._keep_args(task, args_id)
@@ -535,7 +538,25 @@ class CoreClient:
             shape = self.shapes[task.key]
             shape.avg_run_s = res.run_s if shape.avg_run_s <= 0 else \
                 0.8 * shape.avg_run_s + 0.2 * res.run_s
+            if task.retry_on is not None and task.retries_left > 0 and \
+                    self._retry_error(task, res.values):
+                continue
             self._finish(task, res.values)
+
+    def _retry_error(self, task: Task, values) -> bool:
+        """retry_exceptions: an attempt that raised one of those is run again."""
+        error = next((v for v in values if v.kind == P.ERROR), None)
+        if error is None:
+            return False
+        exc = serialization.deserialize(error)
+        exc = exc[0] if isinstance(exc, tuple) else exc
+        if task.retry_on is not True and not isinstance(exc, task.retry_on):
+            return False
+        task.retries_left -= 1
+        task.history.append(f"attempt {task.attempts}: raised {type(exc).__name__}: {exc}")
+        self.stats["retries"] += 1
+        self._requeue(task)
+        return True
 
     def _finish(self, task: Task, values) -> None:
         """The task is over: store its return values, wake who waits, unpin its arguments."""
@@ -629,14 +650,18 @@ class CoreClient:
             if task.cancelled:
                 self._finish(task, _repeat(serialization.serialize_error(
                     TaskCancelledError(f"task {task.spec.name} was cancelled"))))
-            elif task.retries_left > 0:
-                task.retries_left -= 1
-                self.stats["retries"] += 1
-                self._requeue(task, front=True)
             else:
-                self._finish(task, _repeat(serialization.serialize_error(WorkerCrashedError(
-                    f"the worker running {task.spec.name} died ({msg.reason}) after "
-                    f"{task.attempts} attempt(s)"))))
+                task.history.append(f"attempt {task.attempts}: its worker died ({msg.reason})")
+                if task.retries_left > 0:
+                    task.retries_left -= 1
+                    self.stats["retries"] += 1
+                    self._requeue(task, front=True)
+                else:
+                    err = WorkerCrashedError(
+                        f"task {task.spec.name} failed {task.attempts} time(s), its retries "
+                        f"used up: " + "; ".join(task.history))
+                    err.history = list(task.history)
+                    self._finish(task, _repeat(serialization.serialize_error(err)))
 
     def _on_welcome(self, peer, msg: P.Welcome) -> None:
         self.node_id = msg.node_id
