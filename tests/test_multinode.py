@@ -245,8 +245,14 @@ def test_a_large_array_crosses_nodes_in_chunks_once_per_node(multi):
                                     f"{object_store.PREFIX}{multi.nodes[0][0].name}_c*"))
     assert copies                                   # the far node's copy of the 100 MB array
     del ref, out
-    wait_until(lambda: not [p for p in copies if os.path.exists(p)], 10,
-               "the copy to go once the original is freed")
+    try:
+        wait_until(lambda: not [p for p in copies if os.path.exists(p)], 10,
+                   "the copy to go once the original is freed")
+    except AssertionError as e:       # say what the nodes hold, should it ever time out
+        rows = [{k: n.get(k) for k in ("pid", "object_copies", "bytes_served", "bytes_pulled")}
+                for n in nbray.state.nodes()]
+        raise AssertionError(f"{e}; still there: {[p for p in copies if os.path.exists(p)]}; "
+                             f"nodes: {rows}") from None
 
 
 def test_an_object_on_a_dead_node_is_a_clear_error(multi):
@@ -310,3 +316,92 @@ def test_nodes_rejoin_a_restarted_head(multi):
     assert all(n["alive"] for n in nodes)
     nbray.init(address=multi.address)
     assert nbray.get(node_of_task.remote(), timeout=30) in {n["pid"] for n in nodes}
+
+
+# ---- nodes that die or leave (regressions found in review) ---------------------------------------
+def _kill_node(pid: int) -> None:
+    import psutil
+    for p in [pid, *[c.pid for c in psutil.Process(pid).children(recursive=True)]]:
+        try:
+            os.kill(p, 9)
+        except ProcessLookupError:
+            pass
+
+
+def test_a_node_joins_with_its_own_host(multi):
+    multi.start(num_workers=1)
+    record, _ = cluster.join(multi.address, bytes.fromhex(multi.head[0].key), num_workers=1,
+                             host="127.0.0.2")
+    multi.nodes.append((record, _))
+    assert record.host == "127.0.0.2"
+    wait_until(lambda: len(_nodes(multi)) == 2, 10, "two nodes")
+    joined = [n for n in _nodes(multi) if n["pid"] == multi.node_pid()][0]
+    assert joined["address"].startswith("tcp://127.0.0.2:")
+
+
+def test_tasks_on_a_node_that_dies_are_retried_elsewhere(multi, monkeypatch):
+    multi.start(num_workers=1)
+    other = multi.add_node(num_workers=1)
+    nbray.init(address=multi.address)
+    client = nbray.runtime.core_client.current()
+    wait_until(lambda: client.cluster_resources.get("CPU") == 2, 10, "the cluster's CPUs")
+    refs = [node_of_task.remote(3.0) for _ in range(2)]
+    wait_until(lambda: any(lease.node.startswith("tcp://") and lease.inflight
+                           for lease in client.leases.values()), 20,
+               "a task to run on the other node")
+    _kill_node(other)
+    t0 = time.monotonic()
+    assert nbray.get(refs, timeout=60) == [multi.head_node_pid] * 2     # retried here
+    assert time.monotonic() - t0 < 30
+    assert client.stats["retries"] >= 1
+
+
+def test_a_dead_nodes_driver_leases_elsewhere_are_released(multi, tmp_path):
+    import subprocess
+    import sys
+    multi.start(num_workers=1, resources={"headonly": 1})
+    far = multi.add_node(num_workers=1)
+    script = tmp_path / "driver.py"
+    script.write_text(
+        "import nbray, os, sys, time\n"
+        "nbray.init(address=sys.argv[1])\n"
+        "@nbray.remote(resources={'headonly': 1})\n"
+        "def hold():\n    time.sleep(100)\n"
+        "ref = hold.remote()\nprint('submitted', flush=True)\ntime.sleep(100)\n")
+    driver = subprocess.Popen([sys.executable, str(script), multi.nodes[0][0].name],
+                              stdout=subprocess.PIPE, text=True,
+                              env=dict(os.environ, NBRAY_RUN_ROOT=multi.root))
+    try:
+        assert driver.stdout.readline().strip() == "submitted"
+        head_node = lambda: [n for n in _nodes(multi) if n["pid"] == multi.head_node_pid][0]
+        wait_until(lambda: head_node().get("workers_leased") == 1, 20, "the remote lease")
+        _kill_node(far)
+        driver.kill()
+        wait_until(lambda: head_node().get("resources_available", {}).get("headonly") == 1.0, 20,
+                   "the lease of the dead node's driver to be released")
+    finally:
+        driver.kill()
+        driver.wait()
+        driver.stdout.close()
+    nbray.init(address=multi.address)
+    assert nbray.get(node_of_task.options(resources={"headonly": 1}).remote(), timeout=30) == \
+        multi.head_node_pid
+
+
+def test_a_spill_answered_after_its_client_left_leases_nothing(multi, tmp_path):
+    import subprocess
+    import sys
+    multi.start(num_workers=1)
+    nbray.init(address=multi.address)
+    busy = node_of_task.remote(2.0)
+    wait_until(lambda: _nodes(multi)[0].get("workers_leased") == 1, 20, "the node to be busy")
+    script = tmp_path / "leaver.py"
+    script.write_text("import nbray, sys\nnbray.init(address=sys.argv[1])\n"
+                      "@nbray.remote\ndef f():\n    return 1\n"
+                      "r = f.remote()\nnbray.shutdown()\n")
+    subprocess.run([sys.executable, str(script), multi.address], check=True, timeout=60,
+                   env=dict(os.environ, NBRAY_RUN_ROOT=multi.root))
+    assert nbray.get(busy, timeout=30) == multi.head_node_pid
+    assert nbray.get(node_of_task.remote(), timeout=10) == multi.head_node_pid
+    wait_until(lambda: _nodes(multi)[0].get("workers_leased", 9) <= 1 and
+               _nodes(multi)[0].get("clients") == 1, 10, "no lease held for the leaver")

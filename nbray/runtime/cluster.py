@@ -280,9 +280,12 @@ def join(address: str, key: bytes, *, num_workers: int, resources: dict | None =
     (``host:port``), detached. Returns (ClusterRecord, {"node": Popen}); raises ClusterError,
     with the node's own words, if the head does not accept it."""
     address = address.removeprefix("tcp://")
-    host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
+    head_host, _, head_port = address.rpartition(":")
+    if not head_host or not head_port.isdigit():
         raise ClusterError(f"the address of a head is host:port, got {address!r}")
+    if host.startswith("127.") and not head_host.startswith("127.") and head_host != "localhost":
+        raise ClusterError(f"this node would listen on {host}, which the head at {address} "
+                           f"cannot reach: give --host an address of this machine that it can")
     name = secrets.token_hex(4)
     rundir = os.path.join(run_root(), name)
     os.makedirs(rundir, mode=0o700)

@@ -148,6 +148,7 @@ class CoreClient:
         self._acks = itertools.count(1)
         self._lease_requests: dict[int, tuple] = {}
         self._lease_msgs: dict[int, P.RequestLease] = {}
+        self._lease_targets: dict[int, str] = {}    # request id -> the node it was spilled to
         self._warned: set = set()
         self._replies: dict[int, P.Reply | None] = {}
         self._pending_acks: set = set()
@@ -473,7 +474,7 @@ class CoreClient:
         """Ask our node for a lease; ``wants`` (a Shape, or an Actor) gets it. The request
         may be sent on to another node (``LeaseSpilled``)."""
         rid = next(self._requests)
-        msg = make(rid)
+        msg = make(rid)._replace(client_node=self.node_id)
         self._lease_requests[rid] = wants
         self._lease_msgs[rid] = msg
         self._send(self.node_address, msg)
@@ -483,7 +484,19 @@ class CoreClient:
         if request is None:
             return
         self.stats["leases_spilled"] += 1
+        self._lease_targets[msg.request_id] = msg.address
         self._send(msg.address, request._replace(spilled=True))
+
+    def _on_node_died(self, peer, msg: P.NodeDied) -> None:
+        """A node died: our leases there are dead workers (their tasks are retried, our actors
+        there restart), and lease requests we sent it are asked of our node again."""
+        for lease in [lease for lease in self.leases.values() if lease.node == msg.address]:
+            self._on_worker_died(peer, P.WorkerDied(lease.worker_id,
+                                                    f"its node died: {msg.reason}"))
+        for rid, target in list(self._lease_targets.items()):
+            if target == msg.address and rid in self._lease_msgs:
+                del self._lease_targets[rid]
+                self._send(self.node_address, self._lease_msgs[rid])
 
     def _on_lease_pending(self, peer, msg: P.LeasePending) -> None:
         wants = self._lease_requests.get(msg.request_id)
@@ -598,6 +611,7 @@ class CoreClient:
         node = peer[1] if peer[0] is False else self.node_address
         shape = self._lease_requests.pop(msg.request_id, None)
         self._lease_msgs.pop(msg.request_id, None)
+        self._lease_targets.pop(msg.request_id, None)
         if shape is None:
             self._send(node, P.ReturnLease(msg.worker_id))
             return
@@ -612,6 +626,7 @@ class CoreClient:
 
     def _on_lease_rejected(self, peer, msg: P.LeaseRejected) -> None:
         self._lease_msgs.pop(msg.request_id, None)
+        self._lease_targets.pop(msg.request_id, None)
         shape = self._lease_requests.pop(msg.request_id, None)
         if shape is None:
             return
@@ -628,7 +643,9 @@ class CoreClient:
         """Another client waits for a worker. Give back the idle ones; if none is idle, stop
         feeding ours and give each back when drained (queued tasks then ask again, behind the
         other client's request)."""
-        ours = [lease for lease in self.leases.values() if lease.actor is None]
+        node = peer[1] if peer[0] is False else self.node_address
+        ours = [lease for lease in self.leases.values()
+                if lease.actor is None and lease.node == node]      # that node's leases only
         idle = [lease for lease in ours if not lease.inflight]
         for lease in idle or ours:
             lease.returning = True
@@ -749,6 +766,7 @@ class CoreClient:
         P.LeaseSpilled: _on_lease_spilled,
         P.LeasePending: _on_lease_pending,
         P.ClusterResources: _on_cluster_resources,
+        P.NodeDied: _on_node_died,
         P.ReclaimLeases: _on_reclaim,
         P.WorkerDied: _on_worker_died,
         P.Welcome: _on_welcome,

@@ -21,7 +21,8 @@ Who sends what:
     node -> head                         RegisterNode, Heartbeat, NodeLeaving
     head -> node                         NodeRegistered, HeartbeatAck, NodeUnknown, Shutdown
     node -> head                         ClientGone, SpillLease
-    head -> node                         SpillTo, SpillPending, ClientGone
+    head -> node                         SpillTo, SpillPending, ClientGone, NodeDied
+    node -> client                       NodeDied
     actor owner -> head                  RegisterActor -> Reply, ActorUpdate
     anyone -> head                       ClusterInfoRequest -> ClusterInfo; LookupActor,
                                          ListActors, ListNodes -> Reply; Shutdown
@@ -121,6 +122,8 @@ class RequestLease(NamedTuple):
     spilled: bool = False
     #: the node whose data the task reads most of (bytes), for locality
     prefer_node: bytes = b""
+    #: the node of the client asking: its leases end if that node dies
+    client_node: bytes = b""
 
 
 class LeaseSpilled(NamedTuple):
@@ -292,6 +295,16 @@ class ClientGone(NamedTuple):
     leases on any node end."""
     address: str
     client_id: bytes = b""
+    #: a driver: what it owned goes with it, on every node
+    driver: bool = False
+
+
+class NodeDied(NamedTuple):
+    """Head -> nodes -> their clients: a node was declared dead or left. Its workers, their
+    leases and the objects only it held are gone; its clients' leases elsewhere end."""
+    node_id: bytes
+    address: str
+    reason: str
 
 
 class SpillLease(NamedTuple):

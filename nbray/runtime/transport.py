@@ -18,6 +18,7 @@ import hmac
 import itertools
 import os
 import pickle
+import struct
 import sys
 import threading
 
@@ -35,6 +36,25 @@ _NOBLOCK, _RCVMORE, _EVENTS, _POLLIN = (int(c) for c in (zmq.NOBLOCK, zmq.RCVMOR
                                                           zmq.POLLIN))
 #: the most out-of-band buffers one message may carry (more: not a message of ours)
 _MAX_BUFFERS = 16
+
+
+def _advertised(endpoint: str) -> str:
+    """What peers should connect to: a socket bound to every interface is reached at this
+    machine's address on the network, not at 0.0.0.0."""
+    for wildcard in ("0.0.0.0", "[::]"):
+        if f"://{wildcard}:" in endpoint:
+            return endpoint.replace(wildcard, _routable_ip(), 1)
+    return endpoint
+
+
+def _routable_ip() -> str:
+    import socket
+    try:        # the interface of the default route (a UDP socket sends nothing to connect)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect(("192.0.2.1", 9))
+            return s.getsockname()[0]
+    except OSError:
+        return socket.gethostbyname(socket.gethostname())
 
 
 def sign(key: bytes, body) -> bytes:
@@ -55,11 +75,15 @@ class Signer:
         return h.digest()
 
     def parts(self, body, buffers) -> bytes:
-        """The signature of a message sent as several frames: its body, then its buffers."""
+        """The signature of a message sent as several frames: the number and lengths of its
+        frames (so no byte can move between them unnoticed), its body, then its buffers."""
         h = self._keyed.copy()
+        views = [memoryview(b).cast("B") for b in buffers]
+        h.update(struct.pack(f"<{len(views) + 2}Q", len(views), memoryview(body).nbytes,
+                             *(v.nbytes for v in views)))
         h.update(body)
-        for b in buffers:
-            h.update(b)
+        for v in views:
+            h.update(v)
         return h.digest()
 
 
@@ -87,7 +111,7 @@ class Endpoint:
         self.addresses: list[str] = []
         for addr in bind:
             self.router.bind(addr)
-            self.addresses.append(self.router.getsockopt(zmq.LAST_ENDPOINT).decode())
+            self.addresses.append(_advertised(self.router.getsockopt(zmq.LAST_ENDPOINT).decode()))
         self.dealers: dict[str, zmq.Socket] = {}
         self.poller = zmq.Poller()
         self.poller.register(self.router, zmq.POLLIN)

@@ -56,6 +56,7 @@ class HeadServer:
         entry = self.tables.nodes.get(msg.node_id)
         if entry is not None and entry.peer == peer:       # only the node itself says so
             self.tables.remove_node(msg.node_id)
+            self._node_died(entry, "it stopped")
 
     # ---- actors --------------------------------------------------------------------------
     def _on_register_actor(self, peer, msg: P.RegisterActor) -> None:
@@ -115,9 +116,16 @@ class HeadServer:
 
     def _check_nodes(self) -> None:
         for node in self.tables.check_nodes(CONFIG.node_timeout_s):
-            print(f"nbray head: node {node.node_id.hex()} ({node.host}, pid {node.pid}) sent "
-                  f"no heartbeat for {CONFIG.node_timeout_s:g}s: declared dead",
-                  file=sys.stderr, flush=True)
+            why = f"it sent no heartbeat for {CONFIG.node_timeout_s:g}s"
+            print(f"nbray head: node {node.node_id.hex()} ({node.host}, pid {node.pid}) "
+                  f"declared dead: {why}", file=sys.stderr, flush=True)
+            self._node_died(node, why)
+
+    def _node_died(self, node, why: str) -> None:
+        died = P.NodeDied(node.node_id, node.address, why)
+        for other in self.tables.nodes.values():
+            if other.alive and other.peer and other is not node:
+                self.ep.reply(other.peer, died)
 
     def _on_list_nodes(self, peer, msg: P.ListNodes) -> None:
         self.ep.reply(peer, P.Reply(msg.request_id, self.tables.node_list()))

@@ -17,6 +17,7 @@ class LeaseRequest:
     resources: dict             # must be free to grant it
     actor: bool = False
     hold: dict | None = None    # held while the lease lasts (None: ``resources``)
+    client_node: bytes = b""    # the node of the client that asks
 
     @property
     def held(self) -> dict:
@@ -42,6 +43,14 @@ class LocalScheduler:
 
     def fits(self, resources: dict) -> bool:
         return all(self.available.get(k, 0.0) >= v for k, v in resources.items())
+
+    def fits_behind_queue(self, resources: dict) -> bool:
+        """Whether it would fit once the requests already queued are granted."""
+        avail = dict(self.available)
+        for req in self.queue:
+            for k, v in req.resources.items():
+                avail[k] = avail.get(k, 0.0) - v
+        return all(avail.get(k, 0.0) >= v for k, v in resources.items())
 
     def acquire(self, resources: dict) -> None:
         for k, v in resources.items():

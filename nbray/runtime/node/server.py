@@ -5,6 +5,7 @@ directly. It sees a message per lease, per blocked get and per dead worker, not 
 """
 from __future__ import annotations
 
+import collections
 import itertools
 import os
 import signal
@@ -48,6 +49,10 @@ class NodeServer:
         self.nodes: dict = {}                       # node_id -> (address, resources)
         self.cluster_total = dict(resources)
         self._spills: dict[int, tuple] = {}         # spill id -> (client peer, request)
+        self.known_nodes: dict = {}                 # node_id -> address, alive or not
+        # clients that left: a request of theirs that arrives late (from another node,
+        # behind the news) is refused, or it would hold a worker for nobody
+        self._gone: collections.OrderedDict = collections.OrderedDict()
         self._spill_ids = itertools.count(1)
         self.kept_local = 0
         self.spilled = 0
@@ -169,7 +174,7 @@ class NodeServer:
             w = idle[0]
             self.sched.queue.remove(req)
             w.state, w.lessee, w.held, w.blocked = "leased", req.peer, req.held, False
-            w.actor = req.actor
+            w.actor, w.lessee_node = req.actor, req.client_node
             self.sched.acquire(req.held)
             self.leases_granted += 1
             self.ep.reply(req.peer, P.LeaseGranted(req.request_id, w.worker_id, w.address,
@@ -232,9 +237,12 @@ class NodeServer:
         """Keep a request that this node can grant now; spill the others to the head, which
         knows the other nodes (a node of a one-machine cluster keeps what it can ever grant,
         and refuses the rest: no node can join it)."""
+        if peer[0] and peer[1] in self._gone:
+            return                      # a client that left: nobody would use the lease
         reason = self.sched.infeasible(msg.resources) or (
             self.sched.infeasible(msg.hold) if msg.hold else None)
-        req = LeaseRequest(peer, msg.request_id, msg.resources, msg.actor, msg.hold)
+        req = LeaseRequest(peer, msg.request_id, msg.resources, msg.actor, msg.hold,
+                           msg.client_node)
         if self.multi_node and not msg.spilled:
             why = f"not feasible here ({reason})" if reason is not None else \
                 self._why_not_now(req, msg.prefer_node)
@@ -251,7 +259,7 @@ class NodeServer:
         """Why this node should not keep the request ('' if it should)."""
         if prefer_node and prefer_node != self.node_id and prefer_node in self.nodes:
             return "the task's input bytes are on another node"
-        if self.sched.queue or not self.sched.fits(req.resources):
+        if not self.sched.fits_behind_queue(req.resources):
             return "its resources are busy here"
         return ""
 
@@ -264,7 +272,7 @@ class NodeServer:
 
     def _on_spill_to(self, peer, msg: P.SpillTo) -> None:
         client, req = self._spills.pop(msg.spill_id, (None, None))
-        if client is None:
+        if client is None or (client[0] and client[1] in self._gone):
             return
         if msg.node_id == self.node_id:         # the head sends it back: it waits here
             self._on_request_lease(client, req._replace(spilled=True))
@@ -300,9 +308,9 @@ class NodeServer:
 
     def _on_free(self, peer, msg: P.FreeObjects) -> None:
         if msg.node_id and msg.node_id != self.node_id:     # another node's: send it on
-            target = self.nodes.get(msg.node_id)
+            target = self.known_nodes.get(msg.node_id)      # even one taken for dead
             if target is not None:
-                self.ep.send(target[0], P.FreeObjects(msg.paths))
+                self.ep.send(target, P.FreeObjects(msg.paths))
             return
         for path in msg.paths:
             if object_store.owned_by(self.session, path):
@@ -318,11 +326,18 @@ class NodeServer:
     def _on_shutdown(self, peer, msg) -> None:
         self.stopping = True
 
+    def _on_client_gone_elsewhere(self, peer, msg: P.ClientGone) -> None:
+        """The head says a client of another node died or left."""
+        self._client_gone(msg.client_id, "", tell_head=False)
+        if msg.driver:          # its results written here are gone with it
+            object_store.remove_owner(self.session, msg.client_id)
+
     def _on_heartbeat_ack(self, peer, msg) -> None:
         self._head_seen = time.monotonic()
         nodes = getattr(msg, "nodes", None)
         if nodes:
             self.nodes = nodes
+            self.known_nodes.update({nid: a for nid, (a, _) in nodes.items()})
             total: dict = {}
             for _, resources in nodes.values():
                 for k, v in resources.items():
@@ -336,9 +351,29 @@ class NodeServer:
                     self.ep.reply((True, wid), update)
 
     def _on_node_unknown(self, peer, msg) -> None:
-        """The head does not know us (it restarted, or took us for dead): join it again."""
+        """The head does not know us (it restarted, or took us for dead): join it again, and
+        ask again for the placements it owed us."""
         self._head_seen = time.monotonic()
         self.ep.send(self.head_address, self._registration())
+        for sid, (_, req) in self._spills.items():
+            self.ep.send(self.head_address, P.SpillLease(
+                sid, req.resources, req.hold, self.node_id, "asked again: the head restarted",
+                req.prefer_node))
+
+    def _on_node_died(self, peer, msg: P.NodeDied) -> None:
+        """Another node died or left: its clients' leases here end, its requests are dropped,
+        copies of its objects go, and our clients hear of it (their leases there are lost)."""
+        for w in self.pool.by_state("leased"):
+            if w.lessee_node == msg.node_id:
+                w.owner_died = w.actor
+                self._release(w, retire=True)
+        self.sched.queue = collections.deque(r for r in self.sched.queue
+                                             if r.client_node != msg.node_id)
+        self.transfers.source_died(msg.node_id)
+        for cid in self.clients:
+            self.ep.reply((True, cid), msg)
+        for wid in self.pool.workers:
+            self.ep.reply((True, wid), msg)
 
     def _registration(self) -> P.RegisterNode:
         return P.RegisterNode(self.node_id, socket.gethostname(), self.public_address,
@@ -363,8 +398,8 @@ class NodeServer:
         P.Chunk: lambda self, peer, msg: self.transfers.chunk(peer, msg),
         P.FreeCopies: lambda self, peer, msg: self.transfers.free_copies(peer, msg),
         P.SpillPending: _on_spill_pending,
-        P.ClientGone: lambda self, peer, msg: self._client_gone(msg.client_id, "",
-                                                                tell_head=False),
+        P.ClientGone: _on_client_gone_elsewhere,
+        P.NodeDied: _on_node_died,
         P.NodeRegistered: _on_heartbeat_ack,
     }
 
@@ -393,7 +428,12 @@ class NodeServer:
         info = self.clients.pop(client_id, None)
         address = address or (info.address if info is not None else "")
         if address and tell_head:
-            self.ep.send(self.head_address, P.ClientGone(address, client_id))
+            self.ep.send(self.head_address, P.ClientGone(address, client_id,
+                                                         driver=info is not None))
+        self._gone[client_id] = None
+        while len(self._gone) > 10_000:
+            self._gone.popitem(last=False)
+        self._spills = {sid: v for sid, v in self._spills.items() if v[0] != (True, client_id)}
         peer = (True, client_id)
         self.sched.drop_peer(peer)
         for w in self.pool.by_state("leased"):

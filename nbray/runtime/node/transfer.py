@@ -18,6 +18,7 @@ import itertools
 import mmap
 import os
 import pickle
+import stat
 import time
 from dataclasses import dataclass, field
 
@@ -37,7 +38,7 @@ class Fetch:
     size: int
     source_id: bytes = b""
     next_offset: int = 0
-    inflight: set = field(default_factory=set)
+    inflight: dict = field(default_factory=dict)    # offset -> length asked for
     waiters: list = field(default_factory=list)     # (client peer, request id)
     progress_at: float = field(default_factory=time.monotonic)
 
@@ -46,6 +47,7 @@ class Transfers:
     def __init__(self, node):
         self.node = node
         self.copies: dict[str, str] = {}            # source path -> the local copy
+        self.copy_source: dict[str, bytes] = {}     # source path -> the node it came from
         self.fetching: dict[str, Fetch] = {}
         self.by_id: dict[int, Fetch] = {}
         self.served: dict[str, set] = {}            # our path -> node ids that copied it
@@ -75,8 +77,18 @@ class Transfers:
             return
         path = copy_path(node.session, loc)
         object_store.unlink(path)
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
-        os.ftruncate(fd, loc.size)
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR | os.O_NOFOLLOW, 0o600)
+        except OSError as e:
+            node.ep.reply(peer, P.Reply(msg.request_id, None, f"no room for a copy: {e}"))
+            return
+        try:
+            os.ftruncate(fd, loc.size)
+        except OSError as e:
+            os.close(fd)
+            object_store.unlink(path)
+            node.ep.reply(peer, P.Reply(msg.request_id, None, f"no room for a copy: {e}"))
+            return
         f = Fetch(key, source[0], path, fd, loc.size, loc.node_id,
                   waiters=[(peer, msg.request_id)])
         tid = next(self._ids)
@@ -87,7 +99,7 @@ class Transfers:
     def _pull_more(self, f: Fetch) -> None:
         while len(f.inflight) < WINDOW and f.next_offset < f.size:
             n = min(CHUNK, f.size - f.next_offset)
-            f.inflight.add(f.next_offset)
+            f.inflight[f.next_offset] = n
             self.node.ep.send(f.source, P.PullChunk(f.tid, f.key, f.next_offset, n))
             f.next_offset += n
 
@@ -95,13 +107,13 @@ class Transfers:
         f = self.by_id.get(msg.transfer_id)
         if f is None or msg.offset not in f.inflight:
             return
-        if msg.error:
-            self._end(f, error=msg.error)
+        if msg.error or len(msg.data) != f.inflight[msg.offset]:
+            self._end(f, error=msg.error or "a chunk arrived short")
             return
         object_store.pwrite_all(f.fd, msg.data, msg.offset)
         self.bytes_in += len(msg.data)
         f.progress_at = time.monotonic()
-        f.inflight.discard(msg.offset)
+        del f.inflight[msg.offset]
         self._pull_more(f)
         if not f.inflight and f.next_offset >= f.size:
             self._end(f)
@@ -113,6 +125,7 @@ class Transfers:
             object_store.unlink(f.path)
         else:
             self.copies[f.key] = f.path
+            self.copy_source[f.key] = f.source_id
         for peer, rid in f.waiters:
             self.node.ep.reply(peer, P.Reply(rid, None if error else f.path, error))
 
@@ -127,16 +140,28 @@ class Transfers:
 
     def free_copies(self, peer, msg: P.FreeCopies) -> None:
         for path in msg.paths:
-            copy = self.copies.pop(path, None)
-            if copy is not None:
-                object_store.unlink(copy)
+            self._drop_copy(path)
+
+    def source_died(self, node_id: bytes) -> None:
+        """A node died: the copies made of its objects go (their owners cannot free them
+        through it any more), and so do transfers from it."""
+        for path in [p for p, src in self.copy_source.items() if src == node_id]:
+            self._drop_copy(path)
+        for f in [f for f in self.fetching.values() if f.source_id == node_id]:
+            self._end(f, error=f"the node {node_id.hex()} that holds it died")
+
+    def _drop_copy(self, path: str) -> None:
+        copy = self.copies.pop(path, None)
+        self.copy_source.pop(path, None)
+        if copy is not None:
+            object_store.unlink(copy)
 
     # ---- the serving side ------------------------------------------------------------------
     def pull(self, peer, msg: P.PullChunk) -> None:
         node = self.node
-        if not object_store.owned_by(node.session, msg.path):     # only our own segments
+        if not object_store.owned_by(node.session, msg.path) or not 0 < msg.length <= CHUNK:
             node.ep.reply(peer, P.Chunk(msg.transfer_id, msg.offset, b"",
-                                        "not a segment of this node"))
+                                        "not a segment of this node, or not a chunk"))
             return
         try:
             segment = self._mapped(msg.path)
@@ -156,9 +181,12 @@ class Transfers:
         seconds; zmq keeps what it still sends from (unlinking it does not free the pages)."""
         entry = self._maps.get(path)
         if entry is None:
-            fd = os.open(path, os.O_RDONLY)
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)     # /dev/shm is everyone's
             try:
-                size = os.fstat(fd).st_size
+                st = os.fstat(fd)
+                if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid():
+                    raise ValueError("not a segment file of this user")
+                size = st.st_size
                 entry = [memoryview(mmap.mmap(fd, size, prot=mmap.PROT_READ)), 0.0]
             finally:
                 os.close(fd)

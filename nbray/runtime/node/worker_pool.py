@@ -17,6 +17,7 @@ class WorkerInfo:
     address: str = ""
     state: str = "starting"             # starting | idle | leased | dead
     lessee: tuple | None = None         # the peer holding the lease
+    lessee_node: bytes = b""            # the node that peer lives on
     held: dict = field(default_factory=dict)
     blocked: bool = False
     actor: bool = False                 # leased to host an actor: never pooled again
