@@ -133,14 +133,19 @@ def bench_rtt(samples: int, warmup: int) -> dict:
             "noop_rtt_samples": samples}
 
 
+def burst_rate(n: int) -> float:
+    """Submit ``n`` no-op tasks, get them all: tasks per second."""
+    t = time.perf_counter()
+    refs = [noop.remote() for _ in range(n)]
+    nbray.get(refs)
+    dt = time.perf_counter() - t
+    del refs
+    return n / dt
+
+
 def bench_async(n: int, runs: int) -> dict:
     def once():
-        t = time.perf_counter()
-        refs = [noop.remote() for _ in range(n)]
-        nbray.get(refs)
-        dt = time.perf_counter() - t
-        del refs
-        return n / dt
+        return burst_rate(n)
     nbray.get([noop.remote() for _ in range(min(n, 1000))])      # warm up the leases
     before = control_plane()
     rates = best_of(runs, once)
@@ -197,6 +202,27 @@ def bench_actors(samples: int, warmup: int, calls: int, runs: int) -> dict:
             "actor_calls": calls,
             "actors_4x4_calls_per_s": round(max(many_rates)),
             "actors_4x4_calls_per_s_runs": [round(r) for r in many_rates]}
+
+
+def bench_lineage(n: int, runs: int) -> dict:
+    """20,000 async no-op tasks with lineage recording on and off, alternated in one cluster,
+    the order swapped each round (recording happens in the process that owns the results, here
+    the driver)."""
+    from nbray.config import CONFIG
+    on, off = [], []
+    saved = CONFIG.lineage
+    try:
+        for i in range(runs):      # the order alternates: neither gets the first slot
+            pairs = ((True, on), (False, off))
+            for flag, out in (pairs if i % 2 == 0 else pairs[::-1]):
+                CONFIG.lineage = flag
+                out.append(burst_rate(n))
+    finally:
+        CONFIG.lineage = saved
+    best_on, best_off = max(on), max(off)
+    return {"lineage_on_tasks_per_s": round(best_on), "lineage_off_tasks_per_s": round(best_off),
+            "lineage_overhead_pct": round(100 * (best_off - best_on) / best_off, 1),
+            "lineage_runs": {"on": [round(r) for r in on], "off": [round(r) for r in off]}}
 
 
 def control_plane() -> dict:
@@ -383,6 +409,11 @@ def main(argv=None) -> int:
         log(f"{n:,} async no-op tasks x 3")
         result.update(bench_async(n, runs=3))
         log(f"  {result['async_tasks_per_s_runs']} tasks/s")
+
+        log(f"lineage recording on and off, {n:,} async tasks x 3 each")
+        result.update(bench_lineage(n, runs=3))
+        log(f"  on {result['lineage_runs']['on']}, off {result['lineage_runs']['off']}: "
+            f"overhead {result['lineage_overhead_pct']}% (best of each)")
 
         log("chain of 1,000 dependent tasks")
         result.update(bench_chain(1000, runs=1 if q else 3))

@@ -48,6 +48,8 @@ class Config:
     transfer_stall_s: float = 10.0
     #: a task whose inputs on another node total this many bytes is placed there (locality)
     locality_min_bytes: int = 1024 * 1024
+    #: keep how each task result was made, to rebuild it if its only copy is lost
+    lineage: bool = True
 
     @classmethod
     def from_env(cls) -> "Config":
@@ -55,7 +57,12 @@ class Config:
         for f in fields(cls):
             raw = os.environ.get(f"NBRAY_{f.name.upper()}")
             if raw is not None:
-                setattr(cfg, f.name, type(getattr(cfg, f.name))(raw))
+                kind = type(getattr(cfg, f.name))
+                if kind is bool:            # bool("0") is True
+                    value = raw.strip().lower() not in ("", "0", "false", "no", "off")
+                else:
+                    value = kind(raw)
+                setattr(cfg, f.name, value)
         return cfg
 
 

@@ -241,3 +241,13 @@ def test_global_scheduler_places_by_resources_load_and_locality():
     g.alive = False
     assert s.place([a, b, g], req({"GPU": 1}))[0] is None
     assert len(s.decisions) == 6
+
+
+def test_config_from_the_environment_reads_booleans_and_numbers(monkeypatch):
+    from nbray.config import Config
+    monkeypatch.setenv("NBRAY_LINEAGE", "0")
+    monkeypatch.setenv("NBRAY_NODE_TIMEOUT_S", "2.5")
+    cfg = Config.from_env()
+    assert cfg.lineage is False and cfg.node_timeout_s == 2.5
+    monkeypatch.setenv("NBRAY_LINEAGE", "yes")
+    assert Config.from_env().lineage is True

@@ -43,6 +43,7 @@ from nbray.errors import (ClusterError, GetTimeoutError, ObjectLostError, Remote
 from nbray.object_ref import ObjectRef
 from nbray.runtime import object_store, protocol as P, serialization
 from nbray.runtime.actor_client import Actor, ActorCalls, cancelled_value
+from nbray.runtime.lineage import Lineage
 from nbray.runtime.transport import Endpoint, guarded
 
 _CURRENT = None
@@ -72,6 +73,8 @@ class Obj:
     dependents: list = field(default_factory=list)    # our tasks waiting for the value
     subscribed: bool = False        # borrowed: we asked the owner for the value
     registered: bool = False        # borrowed: the owner knows we hold it
+    lost: object = None             # owned, its only copy gone: why (rebuilt when needed)
+    by_put: bool = False            # made by put: no lineage can rebuild it
 
 
 @dataclass(eq=False)
@@ -141,6 +144,7 @@ class CoreClient:
         self.shapes: dict[tuple, Shape] = {}
         self.leases: dict[bytes, Lease] = {}
         self.actors = ActorCalls(self)
+        self.lineage = Lineage(self)
         self.released: collections.deque = collections.deque()
         self._outbox: collections.deque = collections.deque()
         self._seq = itertools.count(1)
@@ -353,11 +357,27 @@ class CoreClient:
         """Queue the task when its inputs exist; until then it waits here, not on a worker."""
         for ref in top:
             obj = self.objects[ref._id]
+            if obj.lost:
+                self.lineage.rebuild(ref._id)
             if obj.value is None:
                 task.missing += 1
                 obj.dependents.append(task)
                 if not obj.owned:
                     self._subscribe(ref._id, obj)
+        if task.missing == 0:
+            self._ready(task)
+
+    def _resolve_ids(self, task: Task) -> None:
+        """``_resolve`` for a task made again from its lineage (its inputs are ours)."""
+        for oid in task.arg_ids:
+            obj = self.objects[oid]
+            if obj.lost:
+                self.lineage.rebuild(oid)
+            if obj.value is None:
+                task.missing += 1
+                obj.dependents.append(task)
+                if not obj.owned:
+                    self._subscribe(oid, obj)
         if task.missing == 0:
             self._ready(task)
 
@@ -493,6 +513,8 @@ class CoreClient:
         for lease in [lease for lease in self.leases.values() if lease.node == msg.address]:
             self._on_worker_died(peer, P.WorkerDied(lease.worker_id,
                                                     f"its node died: {msg.reason}"))
+        if self.lineage.node_died(msg.node_id, msg.reason):
+            self._notify = True     # a get waiting on a value there must rebuild it now
         for rid, target in list(self._lease_targets.items()):
             if target == msg.address and rid in self._lease_msgs:
                 del self._lease_targets[rid]
@@ -554,7 +576,34 @@ class CoreClient:
             if task.retry_on is not None and task.retries_left > 0 and \
                     self._retry_error(task, res.values):
                 continue
+            if self.lineage.tasks and self._input_lost(task, res.values):
+                continue
             self._finish(task, res.values)
+
+    def _input_lost(self, task: Task, values) -> bool:
+        """The task could not read an input of ours whose copy is gone: rebuild the input from
+        its lineage and run the task again when it exists."""
+        error = next((v for v in values if v.kind == P.ERROR), None)
+        if error is None or task.retries_left <= 0:
+            return False
+        exc = serialization.deserialize(error)
+        exc = exc[0] if isinstance(exc, tuple) else exc
+        path = getattr(exc, "path", None)
+        if not isinstance(exc, ObjectLostError) or not path:
+            return False
+        for oid in task.arg_ids:
+            obj = self.objects.get(oid)
+            v = obj.value if obj is not None else None
+            if v is not None and v.kind == P.SHM and v.payload.path == path and \
+                    oid in self.lineage.tasks:
+                task.retries_left -= 1
+                task.history.append(f"attempt {task.attempts}: its input {oid.hex()} was lost")
+                self.lineage.lose(oid, obj, "a task could not read its copy")
+                task.missing = 0
+                task.key = tuple(kv for kv in task.key if kv[0] != _LOCALITY)
+                self._resolve_ids(task)
+                return True
+        return False
 
     def _retry_error(self, task: Task, values) -> bool:
         """retry_exceptions: an attempt that raised one of those is run again."""
@@ -574,12 +623,16 @@ class CoreClient:
     def _finish(self, task: Task, values) -> None:
         """The task is over: store its return values, wake who waits, unpin its arguments."""
         self.tasks.pop(task.spec.task_id, None)
+        ok = True
         for rid, value in zip(task.spec.return_ids, values):
+            ok = ok and value.kind in (P.INLINE, P.SHM)
             obj = self.objects.get(rid)
             if obj is None:
                 continue
             obj.producing = False
             self._set_value(rid, obj, value)
+        if ok and task.actor is None and CONFIG.lineage:
+            self.lineage.record(task)       # before its arguments are unpinned
         for oid in task.pinned:
             obj = self.objects.get(oid)
             if obj is not None:
@@ -825,6 +878,8 @@ class CoreClient:
             return
         del self.objects[oid]
         value = obj.value
+        if self.lineage.tasks:
+            self.lineage.object_freed(oid)
         if self.actors.by_creation:
             actor = self.actors.by_creation.pop(oid, None)
             if actor is not None:       # the last handle to an actor we own is gone
@@ -891,7 +946,7 @@ class CoreClient:
             oid = self.return_id(self._new_task_id(), 0)
         encoded = self.encode(oid, value)
         with self.lock:
-            self.objects[oid] = Obj(self.address, True, refs=1, value=encoded)
+            self.objects[oid] = Obj(self.address, True, refs=1, value=encoded, by_put=True)
             self._register_contained(oid, encoded.contained, ack=False)
             ref = self._make_ref(oid)
         self._kick()
@@ -909,11 +964,29 @@ class CoreClient:
 
     def get_values(self, refs: list, timeout: float | None) -> list:
         deadline = None if timeout is None else time.monotonic() + timeout
-        values = self._wait_values(refs, len({r._id for r in refs}), timeout, need_all=True)
-        out = []
-        for ref in refs:
-            out.append(self.decode(values[ref._id], deadline))
-        return out
+        while True:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            values = self._wait_values(refs, len({r._id for r in refs}), remaining,
+                                       need_all=True)
+            out = []
+            try:
+                for ref in refs:
+                    current = ref
+                    out.append(self.decode(values[ref._id], deadline))
+                return out
+            except ObjectLostError as e:        # the copy we were told of is gone
+                if not self._rebuild_on_read(current._id, str(e)):
+                    raise
+
+    def _rebuild_on_read(self, oid: bytes, why: str) -> bool:
+        """Reading an object we own failed: rebuild it from its lineage if we can."""
+        with self.lock:
+            obj = self.objects.get(oid)
+            if obj is None or not obj.owned or oid not in self.lineage.tasks or \
+                    obj.value is None or obj.value.kind != P.SHM:
+                return False
+            self.lineage.lose(oid, obj, why)
+        return True
 
     def decode(self, value: P.Value, deadline: float | None = None):
         kind = value.kind
@@ -923,7 +996,14 @@ class CoreClient:
             raise _as_error(serialization.deserialize(value))
         if kind == P.LOST:
             raise ObjectLostError(value.payload)
-        return serialization.deserialize(self.localize(value, deadline))
+        value = self.localize(value, deadline)
+        try:
+            return serialization.deserialize(value)
+        except FileNotFoundError:
+            err = ObjectLostError(f"the shared-memory segment {value.payload.path} of an "
+                                  f"object is gone")
+            err.path = value.payload.path
+            raise err from None
 
     def localize(self, value: P.Value, deadline: float | None = None) -> P.Value:
         """A shared-memory value as one of this node's segments: a value another node wrote
@@ -941,8 +1021,10 @@ class CoreClient:
                 raise GetTimeoutError(f"get timed out after the object arrived, while its "
                                       f"{loc.size:,} bytes were being fetched from node "
                                       f"{loc.node_id.hex()}") from None
-            raise ObjectLostError(f"an object of {loc.size:,} bytes on node "
-                                  f"{loc.node_id.hex()} could not be fetched: {e}") from None
+            err = ObjectLostError(f"an object of {loc.size:,} bytes on node "
+                                  f"{loc.node_id.hex()} could not be fetched: {e}")
+            err.path = loc.path
+            raise err from None
         return value._replace(payload=loc._replace(node_id=self.node_id, path=path))
 
     def wait(self, refs: list, num_returns: int, timeout: float | None) -> tuple[list, list]:
@@ -963,12 +1045,21 @@ class CoreClient:
                     obj = Obj(ref._owner, False, value=P.Value(
                         P.LOST, f"object {ref._id.hex()} is not known to this process"))
                 objs.append((ref._id, obj))
+                if obj.lost:
+                    self.lineage.rebuild(ref._id)
                 if obj.value is None and not obj.owned:
                     self._subscribe(ref._id, obj)
 
         def ready():
             done = {oid: o.value for oid, o in objs if o.value is not None}
-            return done if len(done) >= num_returns else None
+            if len(done) >= num_returns:
+                return done
+            if any(o.lost for _, o in objs):        # lost while we waited: make it again
+                with self.lock:
+                    for oid, o in objs:
+                        if o.lost:
+                            self.lineage.rebuild(oid)
+            return None
 
         done = self.wait_for(ready, deadline, lend_cpu=True)
         if done is not None:
