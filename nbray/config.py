@@ -50,6 +50,11 @@ class Config:
     locality_min_bytes: int = 1024 * 1024
     #: keep how each task result was made, to rebuild it if its only copy is lost
     lineage: bool = True
+    #: a caller of an actor that may restart keeps at most this many calls (since its last
+    #: checkpoint) to replay; beyond it the actor restarts fresh, and says so
+    actor_log_max: int = 10_000
+    #: an actor with __nbray_checkpoint__ checkpoints after this many calls
+    actor_checkpoint_every: int = 100
 
     @classmethod
     def from_env(cls) -> "Config":

@@ -104,7 +104,8 @@ def test_kill_with_restart_behaves_like_a_crash(cluster):
     pid = nbray.get(d.pid.remote())
     nbray.kill(d, no_restart=False)
     wait_until(lambda: not pid_alive(pid), 10, "the worker to die")
-    assert nbray.get(d.step.remote(), timeout=30) == 1          # a new, fresh instance
+    # a new instance, its state rebuilt by replaying the call that had run
+    assert nbray.get(d.step.remote(), timeout=30) == 2
 
 
 def test_actor_ends_when_no_handle_is_left(cluster):
@@ -200,3 +201,87 @@ def test_named_actor_is_found_from_another_driver(tmp_path, monkeypatch, no_clus
         assert nbray.get(c.value.remote()) == 12
     finally:
         _stop_cli_cluster(env)
+
+
+# ---- recovery: replay and checkpoints ------------------------------------------------------------
+class _Accumulate:
+    def __init__(self, start):
+        self.total, self.calls, self.restored = start, 0, 0
+
+    def add(self, x):
+        self.total += x
+        self.calls += 1
+        return self.total
+
+    def pid(self):
+        return os.getpid()
+
+    def value(self):
+        return self.total, self.calls
+
+
+class _CheckpointedAccumulate(_Accumulate):
+    def value(self):
+        return self.total, self.calls, self.restored
+
+    def __nbray_checkpoint__(self):
+        return {"total": self.total, "calls": self.calls}
+
+    def __nbray_restore__(self, state):
+        self.total, self.calls = state["total"], state["calls"]
+        self.restored += 1
+
+
+Accumulator = nbray.remote(max_restarts=-1, max_task_retries=-1)(_Accumulate)
+Checkpointed = nbray.remote(max_restarts=-1, max_task_retries=-1)(_CheckpointedAccumulate)
+
+
+def test_a_restarted_actor_replays_its_calls_and_keeps_its_state(cluster):
+    acc = Accumulator.remote(100)
+    assert nbray.get([acc.add.remote(i) for i in range(1, 51)])[-1] == 100 + 1275
+    for _ in range(2):
+        pid = nbray.get(acc.pid.remote(), timeout=30)
+        os.kill(pid, signal.SIGKILL)
+        wait_until(lambda: not pid_alive(pid), 10, "the actor's worker to die")
+        assert nbray.get(acc.value.remote(), timeout=30) == (1375, 50)   # replayed, exact
+    assert nbray.get(acc.add.remote(5), timeout=30) == 1380
+    assert cluster.client.stats["actor_replays"] >= 100
+
+
+def test_a_checkpointed_actor_restores_then_replays_only_what_came_after(no_cluster,
+                                                                       monkeypatch):
+    from conftest import shutdown_and_check, start_cluster
+    monkeypatch.setenv("NBRAY_ACTOR_CHECKPOINT_EVERY", "10")     # for the workers
+    cluster = start_cluster()
+    try:
+        _checkpointed(cluster)
+    finally:
+        shutdown_and_check()
+
+
+def _checkpointed(cluster):
+    acc = Checkpointed.remote(0)
+    assert nbray.get([acc.add.remote(1) for _ in range(25)])[-1] == 25
+    wait_until(lambda: cluster.client.stats["actor_checkpoints"] >= 2, 10, "two checkpoints")
+    logged = len(cluster.client.actors.actors[acc._actor_id].log)
+    assert logged < 25                          # the calls before the checkpoint are dropped
+    pid = nbray.get(acc.pid.remote(), timeout=30)
+    os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: not pid_alive(pid), 10, "the actor's worker to die")
+    total, calls, restored = nbray.get(acc.value.remote(), timeout=30)
+    assert (total, calls, restored) == (25, 25, 1)
+
+
+def test_beyond_the_log_an_actor_restarts_fresh_and_says_so(cluster, monkeypatch, caplog):
+    import logging
+    from nbray.config import CONFIG
+    monkeypatch.setattr(CONFIG, "actor_log_max", 5)
+    acc = Accumulator.remote(0)
+    nbray.get([acc.add.remote(1) for _ in range(10)])
+    pid = nbray.get(acc.pid.remote(), timeout=30)
+    with caplog.at_level(logging.WARNING, logger="nbray"):
+        os.kill(pid, signal.SIGKILL)
+        wait_until(lambda: not pid_alive(pid), 10, "the actor's worker to die")
+        assert nbray.get(acc.value.remote(), timeout=30) == (0, 0)         # fresh
+    assert any("restarted fresh" in r.getMessage() for r in caplog.records)
+

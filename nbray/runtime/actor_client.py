@@ -15,21 +15,35 @@ re-creates it when its worker dies (``max_restarts``) and retires it once no han
     caller ◄──────────────────────────── TaskResults ◄──────────────────────────────┘
 
 The head is told what happens to each actor (for names and the state API), never per call.
+
+Recovery: a caller of an actor that may restart keeps the calls it made since the actor's last
+checkpoint (their inputs pinned), and replays them, in order and with their results discarded,
+on each new incarnation before anything else it sends. An actor with ``__nbray_checkpoint__``
+and ``__nbray_restore__`` checkpoints to its owner every ``actor_checkpoint_every`` calls: the
+state comes back with the re-creation, and callers replay only their calls after it. Calls from
+several callers are replayed in each caller's order, not in their original interleaving.
+
 Everything here runs under the client's lock, from its message handlers or its submitters.
 """
 from __future__ import annotations
 
 import collections
+import logging
 import pickle
 import time
 from dataclasses import dataclass, field
 
+from nbray.config import CONFIG
 from nbray.errors import ActorDiedError, TaskCancelledError
 from nbray.runtime import protocol as P, serialization
 
 #: the call a worker hosting an actor ends with: it exits once the calls before it are done
 TERMINATE = "__nbray_terminate__"
+#: the call that gives a re-created actor the state of its last checkpoint
+RESTORE = "__nbray_restore__"
 _NONE = P.Value(P.INLINE, pickle.dumps(None, protocol=5))
+_ONE_ARG = pickle.dumps(((serialization.ArgSlot(0),), {}), protocol=5)
+log = logging.getLogger("nbray")
 
 
 @dataclass(eq=False)
@@ -61,6 +75,13 @@ class Actor:
     terminating: bool = False
     worker_pid: int = 0
     worker_id: bytes = b""
+    # recovery
+    restartable: bool = False
+    log: collections.deque = field(default_factory=collections.deque)   # (spec, pinned ids)
+    log_overflow: bool = False
+    replay_due: bool = False
+    checkpoint: object = None           # owner: the Value of the last checkpoint
+    marks: dict = field(default_factory=dict)
 
 
 def died(text: str) -> P.Value:
@@ -118,8 +139,12 @@ class ActorCalls:
         actor.lease = lease
         actor.address = msg.address
         actor.worker_pid, actor.worker_id = msg.pid, msg.worker_id
-        spec = actor.creation.spec
-        c._send(msg.address, P.PushTasks(c.address, [spec], {spec.fn_id: actor.fn_blob}))
+        specs = [actor.creation.spec]
+        if actor.checkpoint is not None:    # re-created: its state first, then the replays
+            specs.append(P.TaskSpec(c._new_task_id(), RESTORE, f"{actor.class_name}.{RESTORE}",
+                                    _ONE_ARG, (actor.checkpoint,), 0, (), P.ACTOR_CALL,
+                                    actor.actor_id))
+        c._send(msg.address, P.PushTasks(c.address, specs, {specs[0].fn_id: actor.fn_blob}))
         self._set_state(actor, actor.incarnation, P.PENDING, msg.address, None)
         self._tell_head(actor, state=P.PENDING, address=msg.address, worker_pid=msg.pid,
                         node_id=c.node_id.hex())
@@ -261,7 +286,7 @@ class ActorCalls:
                 continue
             if not actor.address or actor.state == P.RESTARTING:
                 continue
-            batch = []
+            batch = self._replays(actor) if actor.replay_due else []
             while actor.pending and actor.pending[0].ready:
                 task = actor.pending.popleft()
                 if task.cancelled:
@@ -272,6 +297,20 @@ class ActorCalls:
             if batch:
                 c._send(actor.address, P.PushTasks(c.address, batch, {}))
 
+    def _replays(self, actor: Actor) -> list:
+        """The calls to run again on a new incarnation, their results not wanted."""
+        c = self.client
+        actor.replay_due = False
+        if actor.log_overflow:
+            actor.log_overflow = False
+            log.warning("nbray: actor %s restarted fresh, without replaying its calls: more "
+                        "than %d of them since its last checkpoint (NBRAY_ACTOR_LOG_MAX)",
+                        actor.class_name, CONFIG.actor_log_max)
+            return []
+        c.stats["actor_replays"] += len(actor.log)
+        # the same task ids (checkpoint marks name them), no results: nobody waits for them
+        return [spec._replace(num_returns=0, return_ids=()) for spec, _ in actor.log]
+
     def result(self, task, values) -> None:
         """A call's result came back (``values`` None: the worker bounced it, which an actor's
         worker does not do; treat it as lost)."""
@@ -281,7 +320,38 @@ class ActorCalls:
         if values is None:
             values = [died(f"a call to actor {actor.class_name} was lost")] * \
                 task.spec.num_returns
+        elif actor.restartable and task.spec.fn_id != TERMINATE:
+            self._log(actor, task)
         self.client._finish(task, values)
+
+    def _log(self, actor: Actor, task) -> None:
+        """Keep a call that ran, to replay it if the actor restarts (its inputs stay pinned)."""
+        c = self.client
+        if actor.log_overflow:
+            return
+        for oid in task.pinned:
+            c.objects[oid].pins += 1
+        actor.log.append((task.spec, list(task.pinned)))
+        if actor.marks.get(c.address) == task.spec.task_id:
+            self._clear_log(actor)          # the checkpoint, sent ahead of this result, has it
+        elif len(actor.log) > CONFIG.actor_log_max:
+            actor.log_overflow = True
+            self._clear_log(actor)
+
+    def _clear_log(self, actor: Actor, upto: bytes | None = None) -> None:
+        """Forget the logged calls (those up to task id ``upto``, when given)."""
+        c = self.client
+        if upto is not None and not any(spec.task_id == upto for spec, _ in actor.log):
+            return
+        while actor.log:
+            spec, pinned = actor.log.popleft()
+            for oid in pinned:
+                obj = c.objects.get(oid)
+                if obj is not None:
+                    obj.pins -= 1
+                    c._maybe_free(oid, obj)
+            if spec.task_id == upto:
+                break
 
     def cancel(self, task) -> bool:
         """Cancel a call; True if it had not been pushed (it is over now)."""
@@ -313,21 +383,44 @@ class ActorCalls:
                         f"actor {actor.class_name} died while running {task.spec.name} (its "
                         f"worker died; the call is not retried: max_task_retries=0)")] *
                         task.spec.num_returns)
+        if incarnation > actor.incarnation and state != P.DEAD and actor.restartable:
+            actor.replay_due = True
         actor.incarnation, actor.state, actor.address = incarnation, state, address
         if state == P.DEAD:
             actor.error = error
             self._fail_calls(actor, error)
+            self._clear_log(actor)
         self.dirty.add(actor)
         if actor.owned and actor.subscribers:
-            msg = P.ActorState(actor.actor_id, incarnation, state, address, error,
-                               actor.worker_pid, self.client.node_id, actor.worker_id)
+            msg = self._state_msg(actor)
             for peer in actor.subscribers:
                 self.client._send(peer, msg)
+
+    def _state_msg(self, actor: Actor) -> P.ActorState:
+        return P.ActorState(actor.actor_id, actor.incarnation, actor.state, actor.address,
+                            actor.error, actor.worker_pid, self.client.node_id,
+                            actor.worker_id, actor.restartable, actor.marks)
+
+    def on_checkpoint(self, msg: P.ActorCheckpoint) -> None:
+        """Owner: the actor checkpointed; callers forget the calls it covers."""
+        actor = self.actors.get(msg.actor_id)
+        if actor is None or not actor.owned or actor.state == P.DEAD:
+            return
+        actor.checkpoint, actor.marks = msg.state, dict(msg.marks)
+        self._clear_log(actor, msg.marks.get(self.client.address))
+        self.client.stats["actor_checkpoints"] += 1
+        state = self._state_msg(actor)
+        for peer in actor.subscribers:
+            self.client._send(peer, state)
 
     def on_state(self, msg: P.ActorState) -> None:
         actor = self.actors.get(msg.actor_id)
         if actor is not None and not actor.owned:
             actor.worker_pid, actor.worker_id = msg.worker_pid, msg.worker_id
+            actor.restartable = msg.restartable
+            actor.marks = dict(msg.marks)
+            if msg.marks.get(self.client.address) is not None:
+                self._clear_log(actor, msg.marks[self.client.address])
             self._set_state(actor, msg.incarnation, msg.state, msg.address, msg.error)
 
     def on_subscribe(self, peer, msg: P.SubscribeActor) -> None:
@@ -337,9 +430,7 @@ class ActorCalls:
                 "the actor is unknown to its owner (it ended, or its owner restarted)")))
             return
         actor.subscribers.add(peer)
-        self.client._send(peer, P.ActorState(actor.actor_id, actor.incarnation, actor.state,
-                                             actor.address, actor.error, actor.worker_pid,
-                                             self.client.node_id, actor.worker_id))
+        self.client._send(peer, self._state_msg(actor))
 
     def worker_gone(self, worker_id: bytes, reason: str) -> None:
         """A worker hosting an actor was retired because the actor's owner died: the owner

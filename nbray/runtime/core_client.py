@@ -312,7 +312,7 @@ class CoreClient:
             self._keep_args(task, args_id)
             actor = Actor(task_id, self.address, True, class_name, max_task_retries,
                           name=name, fn_blob=cls_blob, placement=placement, hold=hold,
-                          max_restarts=max_restarts)
+                          max_restarts=max_restarts, restartable=max_restarts != 0)
             self.actors.create(task, actor, top)
             ref = self._make_ref(rid)
         self._kick()
@@ -337,6 +337,12 @@ class CoreClient:
             refs = [self._make_ref(rid) for rid in rids]
         self._kick()
         return refs
+
+    def kill_worker(self, node_address: str, worker_id: bytes) -> None:
+        """Fault injection: ask a node to SIGKILL one of its workers (or itself: empty id)."""
+        with self.lock:
+            self._post(node_address, P.ChaosKill(worker_id))
+        self._kick()
 
     def kill_actor(self, actor_id: bytes, owner: str, no_restart: bool) -> None:
         with self.lock:
@@ -792,6 +798,9 @@ class CoreClient:
     def _on_actor_state(self, peer, msg: P.ActorState) -> None:
         self.actors.on_state(msg)
 
+    def _on_actor_checkpoint(self, peer, msg: P.ActorCheckpoint) -> None:
+        self.actors.on_checkpoint(msg)
+
     def _on_kill_actor(self, peer, msg: P.KillActor) -> None:
         actor = self.actors.actors.get(msg.actor_id)
         if actor is not None and actor.owned:
@@ -834,6 +843,7 @@ class CoreClient:
         P.SubscribeActor: _on_subscribe_actor,
         P.ActorState: _on_actor_state,
         P.KillActor: _on_kill_actor,
+        P.ActorCheckpoint: _on_actor_checkpoint,
         P.Reply: _on_reply,
         P.Shutdown: _on_shutdown,
     }

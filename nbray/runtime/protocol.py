@@ -183,6 +183,12 @@ class Poke(NamedTuple):
     force: bool = False
 
 
+class ChaosKill(NamedTuple):
+    """Anyone -> a node (for ``nbray.chaos``): SIGKILL one of its workers (by id), or the whole
+    node with its workers (empty id)."""
+    worker_id: bytes = b""
+
+
 class FreeObjects(NamedTuple):
     paths: tuple
     #: the node whose store holds them (empty: the receiving node); another node's are sent on
@@ -256,6 +262,19 @@ class ActorState(NamedTuple):
     worker_pid: int = 0
     node_id: bytes = b""
     worker_id: bytes = b""
+    #: it is re-created when its worker dies: callers keep their calls to replay them
+    restartable: bool = False
+    #: its last checkpoint holds, per caller (address), the calls up to this task id: a
+    #: caller replays only its calls after that one
+    marks: dict = {}
+
+
+class ActorCheckpoint(NamedTuple):
+    """Actor's worker -> its owner: the value of ``__nbray_checkpoint__()``, taken after the
+    calls ``marks`` names (per caller address, the last task id run)."""
+    actor_id: bytes
+    state: Any                      # a Value
+    marks: dict
 
 
 class KillActor(NamedTuple):

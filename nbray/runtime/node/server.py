@@ -149,6 +149,8 @@ class NodeServer:
             "workers_leased": sum(w.state == "leased" for w in workers),
             "workers_blocked": sum(w.blocked for w in workers),
             "workers_starting": sum(w.state == "starting" for w in workers),
+            "worker_list": [{"worker_id": w.worker_id.hex(), "pid": w.pid, "state": w.state,
+                             "actor": w.actor} for w in workers],
             "lease_queue": len(self.sched.queue),
             "leases_granted": self.leases_granted,
             "leases_kept_local": self.kept_local,
@@ -319,6 +321,16 @@ class NodeServer:
     def _on_info(self, peer, msg) -> None:
         self.ep.reply(peer, P.NodeInfo(self.stats()))
 
+    def _on_chaos_kill(self, peer, msg: P.ChaosKill) -> None:
+        """Fault injection: a worker dies as if the machine killed it, or the node does."""
+        if msg.worker_id:
+            self.pool.signal(msg.worker_id, signal.SIGKILL)
+            return
+        print("nbray node: killed by nbray.chaos", file=sys.stderr, flush=True)
+        for w in list(self.pool.workers.values()):
+            self.pool.signal(w.worker_id, signal.SIGKILL)
+        os.kill(os.getpid(), signal.SIGKILL)
+
     def _on_goodbye(self, peer, msg: P.Goodbye) -> None:
         if peer == (True, msg.client_id) and msg.client_id in self.clients:
             self._client_gone(msg.client_id)
@@ -389,6 +401,7 @@ class NodeServer:
         P.FreeObjects: _on_free,
         P.NodeInfoRequest: _on_info,
         P.Goodbye: _on_goodbye,
+        P.ChaosKill: _on_chaos_kill,
         P.Shutdown: _on_shutdown,
         P.HeartbeatAck: _on_heartbeat_ack,
         P.NodeUnknown: _on_node_unknown,

@@ -30,6 +30,8 @@ class ActorHost:
         self.concurrent = error is None and (self.is_async or self.max_concurrency > 1)
         self.calls_done = 0
         self.calls_failed = 0
+        self.calls_since_checkpoint = 0
+        self.last_by_caller: dict = {}      # caller address -> task id of its last call run
         self.active = 0                     # calls running now (concurrent actors)
         self._lock = threading.Lock()
         self.loop = None

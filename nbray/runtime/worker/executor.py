@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections
 import os
 import pickle
+import sys
 import threading
 import time
 import traceback
@@ -22,7 +23,8 @@ import cloudpickle
 
 from nbray.errors import TaskCancelledError
 from nbray.runtime import protocol as P, serialization
-from nbray.runtime.actor_client import TERMINATE
+from nbray.config import CONFIG
+from nbray.runtime.actor_client import RESTORE, TERMINATE
 from nbray.runtime.worker.actor_host import ActorHost
 
 _BATCH = 64
@@ -43,6 +45,7 @@ class Executor:
         self.host: ActorHost | None = None      # the actor this worker hosts
         self.hosting = False                    # its creation arrived (it may not have run)
         self.parked: list = []                  # calls that came before the creation ran
+        self.owner_of_actor = ""
         self._wake: threading.Condition | None = None
         client.on_push = self.on_message
         client.on_block = self.bounce_queued
@@ -57,6 +60,7 @@ class Executor:
             for spec in msg.tasks:
                 if spec.kind == P.ACTOR_CREATE:
                     self.hosting = True
+                    self.owner_of_actor = owner     # checkpoints go to it
                     self.client.on_block = None     # an actor's calls are not bounced
                 self.queue.append((owner, spec))
             if self.client.blocked_depth and not self.hosting:
@@ -144,6 +148,8 @@ class Executor:
             self._count(spec, failed=True)
         else:
             self._count(spec, failed=False)
+            if spec.kind == P.ACTOR_CALL:
+                self._after_call(owner, spec)
         finally:
             self.running = None
         if spec.kind == P.ACTOR_CREATE:
@@ -175,6 +181,8 @@ class Executor:
 
     def _encode(self, spec: P.TaskSpec, result) -> tuple:
         client = self.client
+        if spec.num_returns == 0:           # a replayed call, or a restore: nothing to send
+            return ()
         if spec.num_returns == 1:
             results = (result,)
         else:
@@ -200,11 +208,36 @@ class Executor:
         return construct
 
     def _created(self, encoded: tuple) -> None:
-        """The creation ran: on failure every call fails with its error; parked calls run."""
+        """The creation ran: on failure every call fails with its error; parked calls run,
+        after the restore of its last checkpoint when it was re-created with one."""
         if self.host is None:
             self.host = ActorHost(None, None, error=encoded[0])
+        restore = self.queue.popleft() if self.queue and self.queue[0][1].fn_id == RESTORE \
+            else None
         self.queue.extendleft(reversed(self.parked))
         self.parked.clear()
+        if restore is not None:
+            self.queue.appendleft(restore)
+
+    def _after_call(self, caller: str, spec: P.TaskSpec) -> None:
+        """Checkpoint an actor that can be, every ``actor_checkpoint_every`` calls."""
+        host = self.host
+        if spec.fn_id in (RESTORE, TERMINATE):
+            return
+        host.last_by_caller[caller] = spec.task_id
+        host.calls_since_checkpoint += 1
+        hook = getattr(host.instance, "__nbray_checkpoint__", None)
+        if hook is None or host.calls_since_checkpoint < CONFIG.actor_checkpoint_every:
+            return
+        host.calls_since_checkpoint = 0
+        try:
+            state = serialization.serialize(hook(), 1 << 62)    # inline: it goes to the owner
+        except Exception as e:
+            print(f"nbray worker: __nbray_checkpoint__ of {spec.name.split('.')[0]} failed: "
+                  f"{type(e).__name__}: {e}", file=sys.stderr, flush=True)
+            return
+        self.client._send(self.owner_of_actor, P.ActorCheckpoint(
+            spec.actor_id, state, dict(host.last_by_caller)))
 
     def _answered_without_running(self, owner: str, spec: P.TaskSpec) -> bool:
         """A call that need not run: before the actor exists (parked), after its creation
