@@ -79,8 +79,8 @@ class MultiNode:
             wait_until(lambda: not glob.glob(os.path.join(
                 object_store.store_dir(), f"{object_store.PREFIX}{name}_*")), 10,
                 f"the segments of {name} to go")
-        wait_until(lambda: not os.listdir(self.root), 10,
-                   f"the run root to be empty: {os.listdir(self.root)}")
+        wait_until(lambda: not os.path.isdir(self.root) or not os.listdir(self.root), 10,
+                   "the run root to be empty")
 
 
 @pytest.fixture

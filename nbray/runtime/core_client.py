@@ -389,6 +389,9 @@ class CoreClient:
 
     def _ready(self, task: Task) -> None:
         values = [self.objects[i].value for i in task.arg_ids]
+        if None in values:      # an input was lost after it had arrived: wait for it again
+            self._resolve_ids(task)
+            return
         if task.actor is not None:
             if values:
                 task.spec = task.spec._replace(arg_values=tuple(values))
@@ -597,19 +600,26 @@ class CoreClient:
         path = getattr(exc, "path", None)
         if not isinstance(exc, ObjectLostError) or not path:
             return False
+        lost = []
         for oid in task.arg_ids:
             obj = self.objects.get(oid)
-            v = obj.value if obj is not None else None
-            if v is not None and v.kind == P.SHM and v.payload.path == path and \
-                    oid in self.lineage.tasks:
-                task.retries_left -= 1
-                task.history.append(f"attempt {task.attempts}: its input {oid.hex()} was lost")
+            if obj is None or oid not in self.lineage.tasks:
+                continue
+            v = obj.value
+            if obj.lost:                # known lost already (its node's death came first)
+                lost.append(oid)
+            elif v is not None and v.kind == P.SHM and v.payload.path == path:
                 self.lineage.lose(oid, obj, "a task could not read its copy")
-                task.missing = 0
-                task.key = tuple(kv for kv in task.key if kv[0] != _LOCALITY)
-                self._resolve_ids(task)
-                return True
-        return False
+                lost.append(oid)
+        if not lost:
+            return False
+        task.retries_left -= 1
+        task.history.append(f"attempt {task.attempts}: its input(s) "
+                            f"{', '.join(o.hex() for o in lost)} were lost")
+        task.missing = 0
+        task.key = tuple(kv for kv in task.key if kv[0] != _LOCALITY)
+        self._resolve_ids(task)
+        return True
 
     def _retry_error(self, task: Task, values) -> bool:
         """retry_exceptions: an attempt that raised one of those is run again."""
