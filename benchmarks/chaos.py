@@ -14,6 +14,7 @@ driver's). The two answers must be equal; the report says what was retried and r
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import sys
@@ -122,7 +123,8 @@ def run_with_faults(maps: int, every: float, seed: int) -> tuple[dict, dict]:
               "tasks_retried": after["retries"] - before.get("retries", 0),
               "objects_rebuilt": after["rebuilt"] - before.get("rebuilt", 0),
               "actor_calls_replayed": after["actor_replays"] - before.get("actor_replays", 0),
-              "actor_restarts": sum(a["restarts"] for a in nbray.state.actors(detail=False))}
+              "actor_restarts": sum(a["restarts"] for a in nbray.state.actors(detail=False)),
+              "events": dict(collections.Counter(e["kind"] for e in nbray.state.events()))}
     return answer, report
 
 

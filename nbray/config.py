@@ -55,6 +55,11 @@ class Config:
     actor_log_max: int = 10_000
     #: an actor with __nbray_checkpoint__ checkpoints after this many calls
     actor_checkpoint_every: int = 100
+    #: a client keeps the lineage of at most this many task results; the oldest are evicted
+    #: first (an object whose lineage was evicted cannot be rebuilt, and says so)
+    lineage_max: int = 100_000
+    #: the head keeps this many of the newest events (retries, rebuilds, restarts, ...)
+    event_log_max: int = 10_000
 
     @classmethod
     def from_env(cls) -> "Config":

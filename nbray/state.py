@@ -50,6 +50,27 @@ def nodes(filters=None) -> list[dict]:
     return _filtered(rows, filters)
 
 
+def events(filters=None, *, kinds=None, since_seq: int = 0, limit: int | None = None
+           ) -> list[dict]:
+    """The cluster's event log, oldest first: every retry, loss, reconstruction, actor restart
+    and replay, node death, each with its cause (the kinds and their fields are listed in
+    ``nbray.runtime.events``). The head keeps the newest ``NBRAY_EVENT_LOG_MAX`` (10,000).
+
+    ``kinds``: only these kinds (a str or a list); ``since_seq``: only events after that
+    ``seq`` (to follow the log); ``limit``: only the newest so many; ``filters`` as for
+    ``actors()``, e.g. ``events({"name": "step"})``.
+    """
+    from nbray import api
+    client = api._client()
+    with client.lock:               # what this process recorded goes first, to be included
+        client._flush_events()
+    if isinstance(kinds, str):
+        kinds = (kinds,)
+    reply = client.request(client.head_address, lambda r: P.ListEvents(
+        r, tuple(kinds or ()), since_seq, limit))
+    return _filtered(reply["events"], filters)
+
+
 def _row(r: dict) -> dict:
     return {
         "actor_id": r["actor_id"].hex(),

@@ -44,3 +44,8 @@ def test_a_dag_of_ten_thousand_tasks_survives_killed_workers_and_a_killed_node(
     assert report["tasks"] >= 10_000 and report["node_killed"]
     assert report["workers_killed"] >= 3
     assert report["objects_rebuilt"] >= 1 and report["actor_calls_replayed"] >= 1
+    events = report["events"]               # each fault is in the event log, with its cause
+    assert events["task_reconstructed"] == report["objects_rebuilt"]
+    assert events["task_retried"] >= report["tasks_retried"]
+    assert events["node_died"] == 1 and events["actor_restarted"] == report["actor_restarts"]
+    assert events["actor_replayed"] >= 1

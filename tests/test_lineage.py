@@ -123,3 +123,15 @@ def test_the_lineage_of_a_long_chain_is_freed(cluster):
     assert len(cluster.client.lineage.tasks) > 2000
     del ref
     wait_until(lambda: not cluster.client.lineage.tasks, 10, "the chain's lineage to go")
+
+
+def test_a_borrower_whose_copy_vanished_has_the_owner_rebuild_it(cluster):
+    @nbray.remote
+    def read_nested(refs):
+        return float(nbray.get(refs[0]).sum())      # a borrower of the driver's object
+
+    a = make.remote(N, 9)
+    expected = float(nbray.get(a).sum())
+    _drop_segment(cluster, a)
+    assert nbray.get(read_nested.remote([a]), timeout=30) == pytest.approx(expected)
+    assert cluster.client.stats["rebuilt"] == 1

@@ -185,6 +185,8 @@ class ActorCalls:
             self.die(actor, died(f"actor {actor.class_name} died: {why}"), why)
             return
         actor.restarts += 1
+        self._event(actor, "actor_restarted", restart=actor.restarts,
+                    cause=f"its worker died ({reason})")
         self._set_state(actor, actor.incarnation + 1, P.RESTARTING, "", None)
         self._tell_head(actor, state=P.RESTARTING, restarts=actor.restarts, address="",
                         detail=f"its worker died ({reason}); restart {actor.restarts}")
@@ -202,6 +204,7 @@ class ActorCalls:
             actor.lease = None
         self._set_state(actor, actor.incarnation, P.DEAD, "", error)
         self._tell_head(actor, state=P.DEAD, address="", detail=detail)
+        self._event(actor, "actor_died", cause=detail)
         task = actor.creation
         if task is not None and c.tasks.pop(task.spec.task_id, None) is not None:
             for oid in task.pinned:         # its arguments were kept for restarts
@@ -306,8 +309,13 @@ class ActorCalls:
             log.warning("nbray: actor %s restarted fresh, without replaying its calls: more "
                         "than %d of them since its last checkpoint (NBRAY_ACTOR_LOG_MAX)",
                         actor.class_name, CONFIG.actor_log_max)
+            self._event(actor, "actor_restarted_fresh", cause=(
+                f"more than {CONFIG.actor_log_max} calls since its last checkpoint "
+                f"(NBRAY_ACTOR_LOG_MAX)"))
             return []
         c.stats["actor_replays"] += len(actor.log)
+        self._event(actor, "actor_replayed", calls=len(actor.log),
+                    from_checkpoint=bool(actor.marks))
         # the same task ids (checkpoint marks name them), no results: nobody waits for them
         return [spec._replace(num_returns=0, return_ids=()) for spec, _ in actor.log]
 
@@ -455,6 +463,10 @@ class ActorCalls:
             task.actor.pending.remove(task)
         except ValueError:
             pass
+
+    def _event(self, actor: Actor, kind: str, **fields) -> None:
+        self.client.events.emit(kind, actor_id=actor.actor_id.hex(),
+                                class_name=actor.class_name, **fields)
 
     def _tell_head(self, actor: Actor, **fields) -> None:
         c = self.client

@@ -43,6 +43,7 @@ from nbray.errors import (ClusterError, GetTimeoutError, ObjectLostError, Remote
 from nbray.object_ref import ObjectRef
 from nbray.runtime import object_store, protocol as P, serialization
 from nbray.runtime.actor_client import Actor, ActorCalls, cancelled_value
+from nbray.runtime.events import EventBuffer
 from nbray.runtime.lineage import Lineage
 from nbray.runtime.transport import Endpoint, guarded
 
@@ -74,6 +75,7 @@ class Obj:
     subscribed: bool = False        # borrowed: we asked the owner for the value
     registered: bool = False        # borrowed: the owner knows we hold it
     lost: object = None             # owned, its only copy gone: why (rebuilt when needed)
+    rebuild_asked: bool = False     # borrowed: we asked its owner to rebuild it
     by_put: bool = False            # made by put: no lineage can rebuild it
 
 
@@ -145,6 +147,7 @@ class CoreClient:
         self.leases: dict[bytes, Lease] = {}
         self.actors = ActorCalls(self)
         self.lineage = Lineage(self)
+        self.events = EventBuffer()
         self.released: collections.deque = collections.deque()
         self._outbox: collections.deque = collections.deque()
         self._seq = itertools.count(1)
@@ -216,6 +219,8 @@ class CoreClient:
         # the workers still running our tasks, whose results nobody will read
         io_done = self._io_thread is None or not self._io_thread.is_alive()
         if self._welcomed.is_set() and io_done:
+            if self.events.pending and self.head_address:
+                self.ep.send(self.head_address, P.ReportEvents(self.events.take()))
             nodes = {self.node_address}
             for lease in list(self.leases.values()):
                 nodes.add(lease.node)
@@ -600,22 +605,29 @@ class CoreClient:
         path = getattr(exc, "path", None)
         if not isinstance(exc, ObjectLostError) or not path:
             return False
-        lost = []
+        lost, hopeless = [], None
         for oid in task.arg_ids:
             obj = self.objects.get(oid)
-            if obj is None or oid not in self.lineage.tasks:
+            if obj is None or not obj.owned:
                 continue
             v = obj.value
             if obj.lost:                # known lost already (its node's death came first)
                 lost.append(oid)
             elif v is not None and v.kind == P.SHM and v.payload.path == path:
                 self.lineage.lose(oid, obj, "a task could not read its copy")
-                lost.append(oid)
+                if obj.lost:
+                    lost.append(oid)
+                else:                   # it cannot be rebuilt: the task fails saying why
+                    hopeless = obj.value
+        if hopeless is not None:
+            self._finish(task, _repeat(hopeless))
+            return True
         if not lost:
             return False
         task.retries_left -= 1
-        task.history.append(f"attempt {task.attempts}: its input(s) "
-                            f"{', '.join(o.hex() for o in lost)} were lost")
+        cause = f"its input(s) {', '.join(o.hex() for o in lost)} were lost"
+        task.history.append(f"attempt {task.attempts}: {cause}")
+        self._event_retry(task, "task_retried", cause)
         task.missing = 0
         task.key = tuple(kv for kv in task.key if kv[0] != _LOCALITY)
         self._resolve_ids(task)
@@ -631,10 +643,16 @@ class CoreClient:
         if task.retry_on is not True and not isinstance(exc, task.retry_on):
             return False
         task.retries_left -= 1
-        task.history.append(f"attempt {task.attempts}: raised {type(exc).__name__}: {exc}")
+        cause = f"raised {type(exc).__name__}: {exc}"
+        task.history.append(f"attempt {task.attempts}: {cause}")
+        self._event_retry(task, "task_retried", cause)
         self.stats["retries"] += 1
         self._requeue(task)
         return True
+
+    def _event_retry(self, task: Task, kind: str, cause: str) -> None:
+        self.events.emit(kind, task_id=task.spec.task_id.hex(), name=task.spec.name,
+                         attempt=task.attempts, cause=cause)
 
     def _finish(self, task: Task, values) -> None:
         """The task is over: store its return values, wake who waits, unpin its arguments."""
@@ -737,7 +755,10 @@ class CoreClient:
                 self._finish(task, _repeat(serialization.serialize_error(
                     TaskCancelledError(f"task {task.spec.name} was cancelled"))))
             else:
-                task.history.append(f"attempt {task.attempts}: its worker died ({msg.reason})")
+                cause = f"its worker died ({msg.reason})"
+                task.history.append(f"attempt {task.attempts}: {cause}")
+                self._event_retry(task, "task_retried" if task.retries_left > 0 else
+                                  "task_failed", cause)
                 if task.retries_left > 0:
                     task.retries_left -= 1
                     self.stats["retries"] += 1
@@ -816,6 +837,15 @@ class CoreClient:
         if actor is not None and actor.owned:
             self.actors.on_kill(actor, msg.no_restart)
 
+    def _on_report_lost(self, peer, msg: P.ReportLost) -> None:
+        obj = self.objects.get(msg.object_id)
+        v = obj.value if obj is not None else None
+        if obj is not None and obj.owned and v is not None and v.kind == P.SHM and \
+                v.payload.path == msg.path:
+            self.lineage.lose(msg.object_id, obj, "a borrower could not read its copy")
+            if obj.lost:
+                self.lineage.rebuild(msg.object_id)     # the borrower waits for it
+
     def _on_reply(self, peer, msg: P.Reply) -> None:
         if msg.request_id in self._replies:
             self._replies[msg.request_id] = msg
@@ -854,6 +884,7 @@ class CoreClient:
         P.ActorState: _on_actor_state,
         P.KillActor: _on_kill_actor,
         P.ActorCheckpoint: _on_actor_checkpoint,
+        P.ReportLost: _on_report_lost,
         P.Reply: _on_reply,
         P.Shutdown: _on_shutdown,
     }
@@ -999,13 +1030,23 @@ class CoreClient:
                     raise
 
     def _rebuild_on_read(self, oid: bytes, why: str) -> bool:
-        """Reading an object we own failed: rebuild it from its lineage if we can."""
+        """Reading an object failed: if we own it, rebuild it from its lineage (or make its
+        value an error saying why it cannot be); if we borrow it, ask its owner to, and wait
+        for the value again."""
         with self.lock:
             obj = self.objects.get(oid)
-            if obj is None or not obj.owned or oid not in self.lineage.tasks or \
-                    obj.value is None or obj.value.kind != P.SHM:
+            if obj is None or obj.value is None or obj.value.kind != P.SHM:
                 return False
-            self.lineage.lose(oid, obj, why)
+            if not obj.owned:
+                if obj.rebuild_asked:       # asked once already: the owner could not
+                    return False
+                obj.rebuild_asked = True
+                path = obj.value.payload.path
+                obj.value, obj.subscribed = None, False
+                self._post(obj.owner, P.ReportLost(oid, path))
+                self._subscribe(oid, obj)
+                return True
+            self.lineage.lose(oid, obj, why)    # rebuilt when read again, or says why not
         return True
 
     def decode(self, value: P.Value, deadline: float | None = None):
@@ -1255,6 +1296,11 @@ class CoreClient:
 
     _post = _send
 
+    def _flush_events(self) -> None:
+        """Send the events recorded since the last turn to the head, in one message."""
+        if self.head_address and self.events.pending:
+            self._send(self.head_address, P.ReportEvents(self.events.take()))
+
     def _kick(self) -> None:
         """Dispatch now, in this thread: a task for an idle leased worker goes straight out."""
         with self.lock:
@@ -1273,6 +1319,8 @@ class CoreClient:
             for peer, msg in msgs:
                 self._handle(peer, msg)
             self._dispatch()
+            if self.events.pending:
+                self._flush_events()
             if self._notify and self._waiters:
                 self.cv.notify_all()
 

@@ -8,15 +8,18 @@ needs it), not eagerly: its task runs again, after its own lost inputs are rebui
 way, recursively. Each rebuild uses one of the task's retries.
 
 What cannot be rebuilt says why, as an ``ObjectLostError``: an object made by ``put``, a task
-whose retries are used up, an input owned by another process, a task whose lineage was dropped.
+whose retries are used up, an input owned by another process, a task whose lineage was evicted
+(at most ``lineage_max`` results keep theirs; the oldest go first).
+
+Each loss, rebuild and impossible rebuild is an event (``events.py``).
 
 Everything here runs under the client's lock.
 """
 from __future__ import annotations
 
 import collections
-import time
 
+from nbray.config import CONFIG
 from nbray.runtime import protocol as P
 
 
@@ -26,7 +29,8 @@ class Lineage:
         self.tasks: dict[bytes, object] = {}        # object id -> the task that made it
         self.needed = collections.Counter()         # object id -> recorded tasks reading it
         self.rebuilt = 0
-        self.events: collections.deque = collections.deque(maxlen=1000)
+        #: objects whose lineage was evicted (bounded too), to say so when one is lost
+        self.evicted: dict[bytes, None] = {}
 
     # ---- recording ---------------------------------------------------------------------------
     def record(self, task) -> None:
@@ -40,6 +44,18 @@ class Lineage:
                 self.tasks[rid] = task
                 for arg in task.arg_ids:
                     self.needed[arg] += 1
+        while len(self.tasks) > CONFIG.lineage_max:
+            self._evict()
+
+    def _evict(self) -> None:
+        """Forget the oldest result's lineage (a dict keeps the order results were recorded)."""
+        oid = next(iter(self.tasks))
+        task = self.tasks.pop(oid)
+        self.evicted[oid] = None
+        while len(self.evicted) > CONFIG.lineage_max:
+            del self.evicted[next(iter(self.evicted))]
+        for arg in self._release(task):
+            self.object_freed(arg)
 
     def object_freed(self, oid: bytes) -> None:
         """The object itself is gone: its lineage goes too unless another lineage needs it,
@@ -79,11 +95,15 @@ class Lineage:
 
     def lose(self, oid: bytes, obj, why: str) -> None:
         """The object's value is gone: rebuild it when asked for, or say why it cannot be."""
+        events = self.client.events
+        events.emit("object_lost", object_id=oid.hex(), cause=why)
         if oid in self.tasks:
             obj.value, obj.lost = None, why
         else:
+            why_not = self._why_not(oid)
+            events.emit("reconstruction_failed", object_id=oid.hex(), cause=why, why=why_not)
             obj.value = P.Value(P.LOST, f"object {oid.hex()} is lost ({why}), and it cannot "
-                                        f"be rebuilt: {self._why_not(oid)}")
+                                        f"be rebuilt: {why_not}")
 
     def _why_not(self, oid: bytes) -> str:
         obj = self.client.objects.get(oid)
@@ -91,6 +111,11 @@ class Lineage:
             return "it was made by put (only a task's result has lineage to replay)"
         if not self.client.owns(oid):
             return "it is owned by another process, which alone can rebuild it"
+        if not CONFIG.lineage:
+            return "lineage recording is off (NBRAY_LINEAGE=0)"
+        if oid in self.evicted:
+            return (f"its lineage was evicted (lineage is kept for the newest "
+                    f"{CONFIG.lineage_max} task results; NBRAY_LINEAGE_MAX)")
         return "no lineage of it is kept (an actor's result, or its task failed)"
 
     # ---- rebuilding --------------------------------------------------------------------------
@@ -116,7 +141,9 @@ class Lineage:
             if arg not in c.objects:
                 if not c.owns(arg) or arg not in self.tasks:
                     self._fail(old, cause, f"an input of {old.spec.name} ({arg.hex()}) is "
-                                           f"gone and was not made here")
+                                           f"gone and " + (
+                                               "its lineage was evicted (NBRAY_LINEAGE_MAX)"
+                                               if arg in self.evicted else "was not made here"))
                     return
                 c.objects[arg] = c.Obj(c.address, True, lost="freed, needed again")
         task = c.Task(old.spec._replace(arg_values=()), old.fn_blob, _base_key(old.key),
@@ -133,8 +160,8 @@ class Lineage:
             c.objects[arg].pins += 1
         self.rebuilt += 1
         c.stats["rebuilt"] += 1
-        self.events.append({"time": time.time(), "task": old.spec.name, "object": oid.hex(),
-                            "why": obj.lost if obj is not None else "needed as an input"})
+        c.events.emit("task_reconstructed", task_id=tid.hex(), name=old.spec.name,
+                      object_id=oid.hex(), cause=cause)
         c._resolve_ids(task)
 
     def _fail(self, task, cause: str, why: str) -> None:
@@ -143,6 +170,8 @@ class Lineage:
             r = c.objects.get(rid)
             if r is not None and r.value is None:
                 r.lost = None
+                c.events.emit("reconstruction_failed", object_id=rid.hex(), cause=cause,
+                              why=why)
                 c._set_value(rid, r, P.Value(P.LOST, f"object {rid.hex()} is lost ({cause}) "
                                                      f"and cannot be rebuilt: {why}"))
 

@@ -16,7 +16,7 @@ Who sends what:
     worker -> client                     TaskResults, Reply
     caller -> actor owner                SubscribeActor, KillActor
     actor owner -> caller                ActorState
-    borrower -> owner                    Subscribe, AddBorrower, RemoveBorrower
+    borrower -> owner                    Subscribe, AddBorrower, RemoveBorrower, ReportLost
     owner -> borrower                    ObjectStates, Ack
     node -> head                         RegisterNode, Heartbeat, NodeLeaving
     head -> node                         NodeRegistered, HeartbeatAck, NodeUnknown, Shutdown
@@ -24,8 +24,9 @@ Who sends what:
     head -> node                         SpillTo, SpillPending, ClientGone, NodeDied
     node -> client                       NodeDied
     actor owner -> head                  RegisterActor -> Reply, ActorUpdate
+    client -> head                       ReportEvents
     anyone -> head                       ClusterInfoRequest -> ClusterInfo; LookupActor,
-                                         ListActors, ListNodes -> Reply; Shutdown
+                                         ListActors, ListNodes, ListEvents -> Reply; Shutdown
 """
 from __future__ import annotations
 
@@ -309,6 +310,20 @@ class ListActors(NamedTuple):
     request_id: int
 
 
+class ReportEvents(NamedTuple):
+    """Client -> head: the events it recorded since its last report (see ``events.py``)."""
+    events: list
+
+
+class ListEvents(NamedTuple):
+    """The head's event log (newest last), as a Reply: ``{"events", "total", "kept",
+    "dropped"}``; only ``kinds`` if given, only after ``since_seq``, the last ``limit``."""
+    request_id: int
+    kinds: tuple = ()
+    since_seq: int = 0
+    limit: int | None = None
+
+
 class ClientGone(NamedTuple):
     """Node -> head, head -> other nodes: a client (driver or worker) has died or left; its
     leases on any node end."""
@@ -365,6 +380,12 @@ class Subscribe(NamedTuple):
 class ObjectStates(NamedTuple):
     #: (object_id, Value) pairs; kind PENDING is never sent, the owner answers when ready
     states: list
+
+
+class ReportLost(NamedTuple):
+    """Borrower -> owner: the copy you told me of cannot be read (at ``path``): rebuild it."""
+    object_id: bytes
+    path: str
 
 
 class AddBorrower(NamedTuple):

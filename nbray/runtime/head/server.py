@@ -10,6 +10,7 @@ import psutil
 
 from nbray.config import CONFIG
 from nbray.runtime import protocol as P
+from nbray.runtime.events import EventLog
 from nbray.runtime.head.global_scheduler import GlobalScheduler, Pending
 from nbray.runtime.head.tables import Tables
 from nbray.runtime.transport import Endpoint, guarded
@@ -21,6 +22,7 @@ class HeadServer:
         self.address = self.ep.address
         self.tables = Tables(session)
         self.scheduler = GlobalScheduler()
+        self.events = EventLog(CONFIG.event_log_max)
         self.watch_pid = watch_pid
         self.stopping = False
 
@@ -56,7 +58,7 @@ class HeadServer:
         entry = self.tables.nodes.get(msg.node_id)
         if entry is not None and entry.peer == peer:       # only the node itself says so
             self.tables.remove_node(msg.node_id)
-            self._node_died(entry, "it stopped")
+            self._node_died(entry, "it stopped", "node_left")
 
     # ---- actors --------------------------------------------------------------------------
     def _on_register_actor(self, peer, msg: P.RegisterActor) -> None:
@@ -72,6 +74,15 @@ class HeadServer:
 
     def _on_list_actors(self, peer, msg: P.ListActors) -> None:
         self.ep.reply(peer, P.Reply(msg.request_id, self.tables.actor_list()))
+
+    # ---- the event log -------------------------------------------------------------------
+    def _on_report_events(self, peer, msg: P.ReportEvents) -> None:
+        if isinstance(msg.events, list):
+            self.events.add(msg.events)
+
+    def _on_list_events(self, peer, msg: P.ListEvents) -> None:
+        self.ep.reply(peer, P.Reply(msg.request_id, self.events.query(
+            set(msg.kinds or ()), msg.since_seq, msg.limit)))
 
     def _on_client_gone(self, peer, msg: P.ClientGone) -> None:
         self.tables.owner_gone(msg.address)
@@ -121,7 +132,9 @@ class HeadServer:
                   f"declared dead: {why}", file=sys.stderr, flush=True)
             self._node_died(node, why)
 
-    def _node_died(self, node, why: str) -> None:
+    def _node_died(self, node, why: str, kind: str = "node_died") -> None:
+        self.events.add([{"time": time.time(), "kind": kind, "pid": os.getpid(),
+                          "node_id": node.node_id.hex(), "host": node.host, "cause": why}])
         died = P.NodeDied(node.node_id, node.address, why)
         for other in self.tables.nodes.values():
             if other.alive and other.peer and other is not node:
@@ -148,6 +161,8 @@ class HeadServer:
         P.NodeLeaving: _on_node_leaving,
         P.RegisterActor: _on_register_actor,
         P.ActorUpdate: _on_actor_update,
+        P.ReportEvents: _on_report_events,
+        P.ListEvents: _on_list_events,
         P.LookupActor: _on_lookup_actor,
         P.ListActors: _on_list_actors,
         P.ListNodes: _on_list_nodes,

@@ -1,0 +1,75 @@
+"""The event log: what happened to tasks, objects, actors and nodes, and why.
+
+An event is recorded where its cause is known: the owner of a task sees its retries and
+rebuilds, the owner of an actor its restarts, each caller its replays, the head the death of a
+node. A process keeps what it recorded and sends it to the head in one ``ReportEvents`` per
+turn of its I/O loop, never a message per event. The head keeps the newest events in a ring of
+``event_log_max`` (older ones are counted, then forgotten); ``nbray.state.events()`` reads it.
+
+Every event is a dict with ``seq`` (its place in the head's log), ``time`` (seconds since the
+epoch), ``kind``, ``pid`` (the process that recorded it), and the fields of its kind:
+
+==========================  ====================================================================
+``task_retried``            ``task_id``, ``name``, ``attempt``, ``cause``
+``task_failed``             ``task_id``, ``name``, ``attempt``, ``cause`` (retries used up)
+``object_lost``             ``object_id``, ``cause``
+``task_reconstructed``      ``task_id``, ``name``, ``object_id``, ``cause``: run again to make
+                            a lost object
+``reconstruction_failed``   ``object_id``, ``cause``, ``why`` (the step that was impossible)
+``actor_restarted``         ``actor_id``, ``class_name``, ``restart``, ``cause``
+``actor_replayed``          ``actor_id``, ``class_name``, ``calls``, ``from_checkpoint``: one
+                            caller's calls run again on a new incarnation
+``actor_restarted_fresh``   ``actor_id``, ``class_name``, ``cause``: its log was too long to replay
+``actor_died``              ``actor_id``, ``class_name``, ``cause``
+``node_died``               ``node_id``, ``host``, ``cause``
+``node_left``               ``node_id``, ``host``, ``cause``: it stopped and said so
+==========================  ====================================================================
+"""
+from __future__ import annotations
+
+import collections
+import itertools
+import os
+import time
+
+KINDS = ("task_retried", "task_failed", "object_lost", "task_reconstructed",
+         "reconstruction_failed", "actor_restarted", "actor_replayed", "actor_restarted_fresh",
+         "actor_died", "node_died", "node_left")
+
+
+class EventBuffer:
+    """A process's events not yet sent to the head (used under its client's lock)."""
+
+    def __init__(self):
+        self.pending: list[dict] = []
+        self.pid = os.getpid()
+
+    def emit(self, kind: str, **fields) -> None:
+        self.pending.append({"time": time.time(), "kind": kind, "pid": self.pid, **fields})
+
+    def take(self) -> list[dict]:
+        out, self.pending = self.pending, []
+        return out
+
+
+class EventLog:
+    """The head's ring of the newest events."""
+
+    def __init__(self, maxlen: int):
+        self.ring: collections.deque = collections.deque(maxlen=max(1, maxlen))
+        self._seq = itertools.count(1)
+        self.total = 0
+
+    def add(self, events: list) -> None:
+        for event in events:
+            if isinstance(event, dict) and event.get("kind") in KINDS:
+                event["seq"] = next(self._seq)
+                self.ring.append(event)
+                self.total += 1
+
+    def query(self, kinds=None, since_seq: int = 0, limit: int | None = None) -> dict:
+        rows = [e for e in self.ring if e["seq"] > since_seq and (not kinds or e["kind"] in kinds)]
+        if limit is not None:
+            rows = rows[-limit:] if limit > 0 else []
+        return {"events": rows, "total": self.total, "kept": len(self.ring),
+                "dropped": self.total - len(self.ring)}
