@@ -21,6 +21,18 @@ from nbray.errors import (ActorDiedError, ClusterError, GetTimeoutError, NbrayEr
 from nbray.object_ref import ObjectRef
 from nbray.remote_function import remote
 
+
+def load_ipython_extension(shell):
+    """``%load_ext nbray``: the magics, and remote output and interrupts per cell."""
+    from nbray.extension import load_ipython_extension as load
+    load(shell)
+
+
+def unload_ipython_extension(shell):
+    from nbray.extension import unload_ipython_extension as unload
+    unload(shell)
+
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -29,6 +41,7 @@ __all__ = [
     "kill", "get_actor", "method",
     "ObjectRef", "ActorHandle",
     "state", "util", "chaos",
+    "load_ipython_extension", "unload_ipython_extension",
     "NbrayError", "RemoteError", "GetTimeoutError", "TaskCancelledError", "WorkerCrashedError",
     "ActorDiedError", "ObjectLostError", "OwnerDiedError", "SerializationError", "ClusterError",
 ]

@@ -127,6 +127,7 @@ def shutdown() -> None:
             return
         core_client.set_current(None)
         client.close()
+        client.printer.finish_all()         # what was held back of a flood of output
         if procs is not None:
             cluster.stop(record, procs)
 

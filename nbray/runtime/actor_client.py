@@ -368,7 +368,10 @@ class ActorCalls:
             actor.pending.remove(task)
             return True
         if task.spec.task_id in actor.inflight and actor.address:
-            self.client._post(actor.address, P.CancelTasks((task.spec.task_id,)))
+            c = self.client
+            c._post(actor.address, P.CancelTasks((task.spec.task_id,)))
+            if actor.worker_id:         # a running call is interrupted, as a task is
+                c._post(c.node_address, P.Poke(actor.worker_id, False))
         return False
 
     # ---- state, told by the owner ---------------------------------------------------------

@@ -41,7 +41,7 @@ from nbray.config import CONFIG
 from nbray.errors import (ClusterError, GetTimeoutError, ObjectLostError, RemoteError,
                           TaskCancelledError, WorkerCrashedError)
 from nbray.object_ref import ObjectRef
-from nbray.runtime import object_store, protocol as P, serialization
+from nbray.runtime import object_store, output, protocol as P, serialization
 from nbray.runtime.actor_client import Actor, ActorCalls, cancelled_value
 from nbray.runtime.events import EventBuffer
 from nbray.runtime.lineage import Lineage
@@ -95,6 +95,7 @@ class Task:
     ready: bool = False             # an actor call whose inputs exist
     retry_on: object = None         # retry_exceptions: True, or a tuple of exception types
     history: list = field(default_factory=list)     # why earlier attempts failed
+    parent: bytes = b""             # the task (run here) that submitted it, if any
 
 
 @dataclass(eq=False)
@@ -125,6 +126,9 @@ class Shape:
 
 class CoreClient:
     Obj, Task, Lease = Obj, Task, Lease
+    #: the driver's current scope (a notebook cell: the extension sets it): its tasks, and
+    #: the tasks they start, carry it, for their output and for an interrupt of the cell
+    scope = 0
 
     def __init__(self, *, key: bytes, session: str, node_address: str, bind: str,
                  threaded: bool, worker_id: bytes | None = None, client_id: bytes | None = None):
@@ -148,6 +152,7 @@ class CoreClient:
         self.actors = ActorCalls(self)
         self.lineage = Lineage(self)
         self.events = EventBuffer()
+        self.printer = output.Printer()
         self.released: collections.deque = collections.deque()
         self._outbox: collections.deque = collections.deque()
         self._seq = itertools.count(1)
@@ -266,10 +271,13 @@ class CoreClient:
                retry_on=None) -> list[ObjectRef]:
         task_id, blob, top, arg_ids, pinned, args_id = self._pack(name, args, kwargs)
         key = tuple(sorted(resources.items()))
+        origin, parent = self._origin()
         with self.lock:
             rids = tuple(self.return_id(task_id, i) for i in range(num_returns))
-            spec = P.TaskSpec(task_id, fn_id, name, blob, (), num_returns, rids)
-            task = Task(spec, fn_blob, key, arg_ids, pinned, max_retries, retry_on=retry_on)
+            spec = P.TaskSpec(task_id, fn_id, name, blob, (), num_returns, rids, P.TASK, b"",
+                              origin)
+            task = Task(spec, fn_blob, key, arg_ids, pinned, max_retries, retry_on=retry_on,
+                        parent=parent)
             for rid in rids:
                 self.objects[rid] = Obj(self.address, True, refs=1, producing=True)
             self._keep_args(task, args_id)
@@ -280,6 +288,14 @@ class CoreClient:
             refs = [self._make_ref(rid) for rid in rids]
         self._kick()
         return refs
+
+    def _origin(self) -> tuple:
+        """(origin, parent task id) of a task submitted now: a task run here passes its own
+        origin on; a driver's tasks get its address and current scope."""
+        current = output.CURRENT.get()
+        if current is not None:
+            return current[0], current[2]
+        return (self.address, self.scope), b""
 
     def _args_blob(self, task_id: bytes, blob: bytes, buffers: list, name, args, kwargs):
         """Arguments with large buffers (or just large) go to shared memory, like a put, and
@@ -310,9 +326,10 @@ class CoreClient:
             self.request(self.head_address, lambda r: P.RegisterActor(r, entry))
         elif self.head_address:
             self._post(self.head_address, P.RegisterActor(0, entry))
+        origin, _ = self._origin()
         with self.lock:
             spec = P.TaskSpec(task_id, cls_id, task_name, blob, (), 1, (rid,),
-                              P.ACTOR_CREATE, task_id)
+                              P.ACTOR_CREATE, task_id, origin)
             task = Task(spec, cls_blob, ("actor",), arg_ids, pinned, 0)
             self._keep_args(task, args_id)
             actor = Actor(task_id, self.address, True, class_name, max_task_retries,
@@ -328,12 +345,14 @@ class CoreClient:
         """Call a method of an actor; returns the refs of its results."""
         name = f"{class_name}.{method}"
         task_id, blob, top, arg_ids, pinned, args_id = self._pack(name, args, kwargs)
+        origin, parent = self._origin()
         with self.lock:
             actor = self.actors.known(actor_id, owner, class_name, retries)
             rids = tuple(self.return_id(task_id, i) for i in range(num_returns))
             spec = P.TaskSpec(task_id, method, name, blob, (), num_returns, rids,
-                              P.ACTOR_CALL, actor_id)
-            task = Task(spec, b"", ("actor",), arg_ids, pinned, actor.max_task_retries)
+                              P.ACTOR_CALL, actor_id, origin)
+            task = Task(spec, b"", ("actor",), arg_ids, pinned, actor.max_task_retries,
+                        parent=parent)
             task.actor = actor
             for rid in rids:
                 self.objects[rid] = Obj(self.address, True, refs=1, producing=True)
@@ -851,6 +870,9 @@ class CoreClient:
             self._replies[msg.request_id] = msg
             self._notify = True
 
+    def _on_task_output(self, peer, msg: P.TaskOutput) -> None:
+        self.printer(msg)
+
     def _on_push(self, peer, msg) -> None:
         if self.on_push is not None:
             self.on_push(peer, msg)
@@ -886,6 +908,7 @@ class CoreClient:
         P.ActorCheckpoint: _on_actor_checkpoint,
         P.ReportLost: _on_report_lost,
         P.Reply: _on_reply,
+        P.TaskOutput: _on_task_output,
         P.Shutdown: _on_shutdown,
     }
 
@@ -1141,6 +1164,8 @@ class CoreClient:
                 result = check()
                 if result is not None:
                     return result
+                if self.interrupt_pending:
+                    self._interrupted()
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return None
@@ -1149,6 +1174,8 @@ class CoreClient:
                         blocked = True
                         self._set_blocked(True)
                     self.pump(None if remaining is None else remaining * 1000)
+                    if self.cancel_requested and self.in_user_code:
+                        raise TaskCancelledError("task was cancelled while it waited")
                     continue
                 if self._acquire_sockets(remaining):
                     owner = True
@@ -1252,14 +1279,40 @@ class CoreClient:
     def cancel(self, ref: ObjectRef, force: bool = False) -> None:
         with self.lock:
             task = self.tasks.get(ref._id[:16])
-            if task is None or task.cancelled:
-                return
+            if task is not None:
+                self._cancel_task(task, force)
+        self._kick()
+
+    def cancel_children(self, parent: bytes) -> int:
+        """The task ``parent`` running here was cancelled: so are the tasks and actor calls it
+        submitted (and, as each is cancelled where it runs, theirs)."""
+        with self.lock:
+            children = [t for t in self.tasks.values() if t.parent == parent]
+            for task in children:
+                self._cancel_task(task, False)
+        return len(children)
+
+    def cancel_scope(self, scope: int) -> int:
+        """Cancel every unfinished task and actor call this driver submitted in ``scope``
+        (a notebook cell), and what they submitted, recursively; returns how many."""
+        origin = (self.address, scope)
+        with self.lock:
+            mine = [t for t in self.tasks.values() if t.spec.origin == origin and
+                    not t.parent and t.spec.kind != P.ACTOR_CREATE]
+            for task in mine:
+                self._cancel_task(task, False)
+        self._kick()
+        return len(mine)
+
+    def _cancel_task(self, task: Task, force: bool) -> None:
+        if task.cancelled or task.spec.kind == P.ACTOR_CREATE:
+            return
+        with self.lock:
             task.cancelled = True
             err = cancelled_value(task.spec.name)
             if task.actor is not None:
                 if task.spec.kind == P.ACTOR_CALL and self.actors.cancel(task):
                     self._finish(task, _repeat(err))
-                self._kick()
                 return
             lease = task.worker
             if lease is None:
@@ -1274,7 +1327,6 @@ class CoreClient:
             else:
                 self._post(lease.address, P.CancelTasks((task.spec.task_id,)))
                 self._post(lease.node, P.Poke(lease.worker_id, force))
-        self._kick()
 
     # ---- the I/O loop ----------------------------------------------------------------------
     def _send(self, to, msg) -> None:
@@ -1306,6 +1358,22 @@ class CoreClient:
         with self.lock:
             self._drain_released()
             self._dispatch(eager=False)
+        if self.poke_pending and self.in_user_code and not self.lock._is_owned():
+            self.take_poke()            # a cancel announced while we were busy in here
+        if self.interrupt_pending:
+            self._interrupted()
+
+    # a worker's cancel state (see install_poke_handler)
+    cancel_requested = poke_pending = False
+    #: a driver: the user's interrupt (SIGINT) came while the runtime held its lock; it is
+    #: raised when the runtime lets go (see nbray/extension/notebook.py)
+    interrupt_pending = False
+
+    def _interrupted(self) -> None:
+        if threading.current_thread() is threading.main_thread() and \
+                not self.lock._is_owned():
+            self.interrupt_pending = False
+            raise KeyboardInterrupt
 
     def pump(self, timeout_ms: float | None) -> None:
         """Receive and handle what is ready (waiting up to ``timeout_ms``), then dispatch.
@@ -1426,7 +1494,9 @@ def install_poke_handler(client: CoreClient) -> None:
         if not client.poke_pending:
             client.poke_pending = True
             client.poke_seen_cancels = client.cancels_seen
-        if client.in_user_code:
+        # not inside the runtime's own code (it holds the lock): raising there would leave
+        # it half done; it looks at the poke when it lets go (``_kick``, ``wait_for``)
+        if client.in_user_code and not client.lock._is_owned():
             take_poke()
 
     client.cancel_requested = False

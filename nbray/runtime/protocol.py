@@ -14,6 +14,7 @@ Who sends what:
                                          WorkerDied, NodeInfo, LeaseSpilled, LeasePending
     client -> leased worker              PushTasks, CancelTasks, ActorInfoRequest
     worker -> client                     TaskResults, Reply
+    worker -> driver                     TaskOutput
     caller -> actor owner                SubscribeActor, KillActor
     actor owner -> caller                ActorState
     borrower -> owner                    Subscribe, AddBorrower, RemoveBorrower, ReportLost
@@ -80,6 +81,17 @@ class TaskSpec(NamedTuple):
     return_ids: tuple
     kind: int = TASK
     actor_id: bytes = b""
+    #: (driver address, scope) where what the task prints goes (see ``output.py``)
+    origin: tuple = ()
+
+
+class TaskOutput(NamedTuple):
+    """Worker -> driver: text a task of ``scope`` printed, from ``source`` (the task's name,
+    its worker's pid and host)."""
+    scope: int
+    stream: str         # "stdout" or "stderr"
+    text: str
+    source: str
 
 
 class TaskResult(NamedTuple):
@@ -179,9 +191,11 @@ class WorkerDied(NamedTuple):
 
 
 class Poke(NamedTuple):
-    """Make a worker look at its socket now (a cancel for its running task); ``force`` kills it."""
+    """Make a worker look at its socket now (a cancel for its running task); ``force`` kills it.
+    A node that does not have the worker sends it on to the others (``forward``), once."""
     worker_id: bytes
     force: bool = False
+    forward: bool = True
 
 
 class ChaosKill(NamedTuple):

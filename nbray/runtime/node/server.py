@@ -306,7 +306,12 @@ class NodeServer:
             self.sched.acquire(w.held)
 
     def _on_poke(self, peer, msg: P.Poke) -> None:
-        self.pool.signal(msg.worker_id, signal.SIGKILL if msg.force else signal.SIGUSR1)
+        if self.pool.signal(msg.worker_id, signal.SIGKILL if msg.force else signal.SIGUSR1):
+            return
+        if msg.forward:         # an actor's worker, on another node
+            for address in set(self.known_nodes.values()) - {self.address,
+                                                              self.public_address}:
+                self.ep.send(address, msg._replace(forward=False))
 
     def _on_free(self, peer, msg: P.FreeObjects) -> None:
         if msg.node_id and msg.node_id != self.node_id:     # another node's: send it on

@@ -15,6 +15,8 @@ import inspect
 import pickle
 import threading
 
+from nbray.runtime import output
+
 DEFAULT_ASYNC_CONCURRENCY = 1000
 
 
@@ -61,6 +63,7 @@ class ActorHost:
 
     def _run_threaded(self, owner, spec) -> None:
         self._begin()
+        token = output.CURRENT.set((spec.origin, spec.name, spec.task_id))
         try:
             try:
                 fn, args, kwargs = self.prepare(spec)
@@ -70,11 +73,13 @@ class ActorHost:
                 return
             self.complete(owner, spec, result, None)
         finally:
+            output.CURRENT.reset(token)
             self._end()
 
     async def _run_async(self, owner, spec) -> None:
         async with self._sem:
             self._begin()
+            output.CURRENT.set((spec.origin, spec.name, spec.task_id))    # this call's own
             try:
                 try:
                     fn, args, kwargs = self.prepare(spec)

@@ -22,7 +22,7 @@ import traceback
 import cloudpickle
 
 from nbray.errors import TaskCancelledError
-from nbray.runtime import protocol as P, serialization
+from nbray.runtime import output, protocol as P, serialization
 from nbray.config import CONFIG
 from nbray.runtime.actor_client import RESTORE, TERMINATE
 from nbray.runtime.worker.actor_host import ActorHost
@@ -47,6 +47,7 @@ class Executor:
         self.parked: list = []                  # calls that came before the creation ran
         self.owner_of_actor = ""
         self._wake: threading.Condition | None = None
+        self.output = output.WorkerOutput(client)
         client.on_push = self.on_message
         client.on_block = self.bounce_queued
 
@@ -74,6 +75,7 @@ class Executor:
             for tid in msg.task_ids:
                 if tid == self.running:
                     self.client.cancel_requested = True
+                    self.client.cancel_children(tid)    # what it started goes with it
                 else:
                     self.cancelled.add(tid)
         elif type(msg) is P.ActorInfoRequest:
@@ -83,6 +85,7 @@ class Executor:
             self.client._send(peer, P.Reply(msg.request_id, info))
 
     def bounce_queued(self) -> None:
+        self.output.end_task()      # what the task printed before it waits leaves now
         while self.queue:
             owner, spec = self.queue.popleft()
             self._add_result(owner, P.TaskResult(spec.task_id, None, 0.0))
@@ -105,6 +108,7 @@ class Executor:
                     self.flush()
                     client.pump(0)
             else:
+                self.output.flush()
                 self.flush()
                 if client.leases:       # leases served the tasks our task submitted: done
                     client.return_idle_leases()
@@ -126,6 +130,9 @@ class Executor:
         start = time.perf_counter()
         self.running = spec.task_id
         client.cancel_requested = False
+        current = (spec.origin, spec.name, spec.task_id) if spec.origin else None
+        token = output.CURRENT.set(current) if current else None
+        self.output.running = current
         try:
             fn, args, kwargs = self.prepare(spec)
             client.in_user_code = True
@@ -152,6 +159,10 @@ class Executor:
                 self._after_call(owner, spec)
         finally:
             self.running = None
+            if token is not None:
+                output.CURRENT.reset(token)
+                self.output.running = None
+                self.output.end_task()      # what it printed arrives before its result
         if spec.kind == P.ACTOR_CREATE:
             self._created(encoded)
         ran = time.perf_counter() - start
@@ -305,6 +316,7 @@ class Executor:
         if exc is not None:
             encoded = (_error_value(exc, spec.name),) * spec.num_returns
         self._count(spec, failed=exc is not None)
+        self.output.end_task()
         with self.client.lock:
             self._add_result(owner, P.TaskResult(spec.task_id, encoded, 0.0))
             self.flush()
@@ -333,13 +345,16 @@ def _cancelled(spec: P.TaskSpec) -> P.Value:
 
 
 _RUNTIME_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+#: the frames that run a notebook cell as a task are the runtime's too
+_CELL_RUNNER = os.path.join(os.path.dirname(_RUNTIME_DIR), "extension", "cells.py")
 
 
 def _error_value(exc: BaseException, name: str) -> P.Value:
     tb = exc.__traceback__
     # the traceback starts in the user's code: drop the runtime's own frames before it
-    while tb is not None and tb.tb_next is not None and \
-            tb.tb_frame.f_code.co_filename.startswith(_RUNTIME_DIR):
+    while tb is not None and tb.tb_next is not None and (
+            tb.tb_frame.f_code.co_filename.startswith(_RUNTIME_DIR) or
+            tb.tb_frame.f_code.co_filename == _CELL_RUNNER):
         tb = tb.tb_next
     text = "".join(traceback.format_exception(type(exc), exc, tb))
     try:

@@ -27,6 +27,7 @@ def main(argv=None) -> None:
                                     client_id=worker_id)
     core_client.set_current(client)
     executor = Executor(client)
+    executor.output.install()       # what tasks print goes to their drivers
     core_client.install_poke_handler(client)
     client.on_shutdown = lambda: setattr(executor, "stopping", True)
     try:

@@ -1,0 +1,206 @@
+"""The magics: ``%nbray`` (init, status, shutdown, refs, timeline, dashboard) and ``%%remote``.
+
+``%%remote`` runs the cell on the cluster as a task (see ``cells.py``): the names it reads come
+from the notebook's namespace (a ref is an input, and arrives as its value), ``-o a,b`` brings
+names back, ``--async`` brings refs back at once, ``--actor NAME`` runs it in a namespace that
+lives on the cluster, and resource flags place it.
+"""
+from __future__ import annotations
+
+import json
+import shlex
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+
+import nbray
+from nbray.extension import cells, views
+
+
+@magics_class
+class NbrayMagics(Magics):
+
+    # ---- %nbray --------------------------------------------------------------------------
+    @line_magic
+    def nbray(self, line: str = ""):
+        """%nbray init|status|shutdown|refs|timeline|dashboard ...  (%nbray help)"""
+        words = shlex.split(line)
+        command, rest = (words[0], words[1:]) if words else ("status", [])
+        handler = getattr(self, f"_cmd_{command}", None)
+        if handler is None:
+            raise UsageError(f"%nbray: unknown command {command!r}; commands: "
+                             f"{', '.join(_COMMANDS)}")
+        return handler(rest)
+
+    def _cmd_help(self, args):
+        print(__doc__.strip() + "\n\n" + "\n".join(f"  %nbray {c:<10} {h}"
+                                                   for c, h in _COMMANDS.items()))
+
+    def _cmd_init(self, args):
+        opts = _parse(_INIT, args)
+        kwargs = {}
+        if opts.address:
+            kwargs["address"] = opts.address
+        if opts.workers is not None:
+            kwargs["num_workers"] = opts.workers
+        if opts.num_cpus is not None:
+            kwargs["num_cpus"] = opts.num_cpus
+        if nbray.is_initialized():
+            print("nbray: already initialized (%nbray shutdown first to start another)")
+            return None
+        ctx = nbray.init(**kwargs)
+        from nbray.runtime import core_client
+        client = core_client.current()
+        if client is not None:
+            client.scope = core_client.CoreClient.scope
+        return views.ClusterView(ctx)
+
+    def _cmd_status(self, args):
+        _parse(_NOARGS, args, "status")
+        return views.status()
+
+    def _cmd_shutdown(self, args):
+        _parse(_NOARGS, args, "shutdown")
+        if not nbray.is_initialized():
+            print("nbray: not initialized")
+            return
+        nbray.shutdown()
+        print("nbray: shut down")
+
+    def _cmd_refs(self, args):
+        opts = _parse(_REFS, args, "refs")
+        return views.refs(self.shell, release_history=opts.release_history)
+
+    def _cmd_timeline(self, args):
+        raise UsageError("%nbray timeline is not available yet: it needs the per-task event "
+                         "log, which nbray does not record yet")
+
+    def _cmd_dashboard(self, args):
+        raise UsageError("%nbray dashboard is not available yet: the widgets are not built yet")
+
+    # ---- %%remote ------------------------------------------------------------------------
+    @magic_arguments()
+    @argument("-o", "--outputs", default="",
+              help="names the cell defines to bring back into the notebook: a,b")
+    @argument("--async", dest="run_async", action="store_true",
+              help="return at once; the names given with -o are bound to refs")
+    @argument("--all", action="store_true", help="run once on every worker")
+    @argument("--actor", default="",
+              help="run in the namespace kept by the named actor NAME (created if missing)")
+    @argument("--num-cpus", type=float, default=None, help="CPUs the cell needs")
+    @argument("--num-gpus", type=float, default=None, help="GPUs the cell needs")
+    @argument("--resources", default=None, help='custom resources, as JSON: \'{"sim": 1}\'')
+    @cell_magic
+    def remote(self, line: str, cell: str):
+        """Run this cell on the cluster as a task."""
+        opts = parse_argstring(self.remote, line)
+        if opts.all:
+            raise UsageError("%%remote --all is not available yet")
+        if opts.all and opts.actor:
+            raise UsageError("%%remote: --all and --actor cannot be combined")
+        outputs = [o.strip() for o in opts.outputs.split(",") if o.strip()]
+        bad = [o for o in outputs if not o.isidentifier()]
+        if bad:
+            raise UsageError(f"%%remote -o: not names: {', '.join(bad)}")
+        resources = {}
+        if opts.resources:
+            raw = opts.resources
+            if len(raw) > 1 and raw[0] == raw[-1] and raw[0] in "'\"":
+                raw = raw[1:-1]         # the quotes a shell would have taken off
+            try:
+                resources = json.loads(raw)
+            except ValueError as e:
+                raise UsageError(f"%%remote --resources: not JSON: {e}") from None
+            if not isinstance(resources, dict):
+                raise UsageError("%%remote --resources: give a JSON object, e.g. '{\"sim\": 1}'")
+        code = self.shell.transform_cell(cell)
+        try:
+            names, values = cells.inputs_from(code, self.shell.user_ns)
+        except SyntaxError as e:
+            raise UsageError(f"%%remote: the cell is not valid Python: {e}") from None
+        n = self.shell.execution_count
+        filename = f"<remote cell [{n}]>"
+        options = {"num_returns": max(1, len(outputs))}
+        if opts.num_cpus is not None:
+            options["num_cpus"] = opts.num_cpus
+        if opts.num_gpus is not None:
+            options["num_gpus"] = opts.num_gpus
+        if resources:
+            options["resources"] = resources
+        if opts.actor:
+            if opts.num_cpus is not None or opts.num_gpus is not None or resources:
+                raise UsageError("%%remote --actor: resource flags place a new actor only; "
+                                 "give them with the first cell that names it")
+            handle = _namespace_actor(opts.actor, options)
+            refs = handle.run.options(num_returns=options["num_returns"]).remote(
+                code, filename, names, outputs, *values)
+        else:
+            task = nbray.remote(name=f"cell[{n}]", max_retries=0,
+                                **options)(cells.run_cell)
+            refs = task.remote(code, filename, names, outputs, *values)
+        refs = refs if isinstance(refs, list) else [refs]
+        if opts.run_async:
+            for name, ref in zip(outputs, refs):
+                self.shell.user_ns[name] = ref
+            return refs[0] if not outputs else None
+        results = nbray.get(refs)
+        if outputs:
+            for name, value in zip(outputs, results):
+                self.shell.user_ns[name] = value
+            return None
+        return results[0]
+
+
+_COMMANDS = {
+    "init": "[--workers N] [--address A] [--num-cpus N]: start (or join) the cluster",
+    "status": "the cluster: nodes, workers, resources, tasks and objects of this notebook",
+    "shutdown": "leave the cluster (an embedded one stops)",
+    "refs": "[--release-history]: the objects this notebook holds, and what keeps each",
+    "timeline": "FILE: a Chrome trace of recent tasks",
+    "dashboard": "the live widgets",
+    "help": "this list",
+}
+
+_NAMESPACE_ACTORS: dict = {}
+
+
+def _namespace_actor(name: str, options: dict):
+    """The actor holding the remote namespace ``name``: found, or made on first use."""
+    handle = _NAMESPACE_ACTORS.get(name)
+    if handle is not None:
+        return handle
+    try:
+        handle = nbray.get_actor(name)
+    except ValueError:
+        cls = nbray.remote(cells.CellNamespace)
+        handle = cls.options(name=name).remote()
+    _NAMESPACE_ACTORS[name] = handle
+    return handle
+
+
+def _parser(prog: str, *args):
+    import argparse
+    ap = argparse.ArgumentParser(prog=f"%nbray {prog}", add_help=False)
+    for flags, kwargs in args:
+        ap.add_argument(*flags, **kwargs)
+    return ap
+
+
+_INIT = _parser("init", (("--workers",), {"type": int, "default": None}),
+                (("--address",), {"default": None}),
+                (("--num-cpus",), {"type": float, "default": None}))
+_REFS = _parser("refs", (("--release-history",), {"action": "store_true"}))
+_NOARGS = None
+
+
+def _parse(parser, args, command=""):
+    if parser is None:
+        if args:
+            raise UsageError(f"%nbray {command} takes no arguments, got {' '.join(args)}")
+        return None
+    try:
+        return parser.parse_args(args)
+    except SystemExit:
+        raise UsageError(f"{parser.prog}: bad arguments {' '.join(args)!r}; "
+                         f"usage: {parser.format_usage().strip()}") from None
