@@ -108,14 +108,17 @@ def test_an_object_whose_lineage_was_evicted_says_so(cluster, monkeypatch):
     from nbray.config import CONFIG
     monkeypatch.setattr(CONFIG, "lineage_max", 3)
     refs = [make.remote(N, i) for i in range(6)]
-    nbray.get(refs)
-    assert len(cluster.client.lineage.tasks) == 3          # the newest three keep theirs
-    _drop_segment(cluster, refs[0])
+    nbray.wait(refs, num_returns=len(refs), timeout=60)
+    kept = cluster.client.lineage.tasks
+    assert len(kept) == 3                   # the three that finished last keep theirs
+    evicted = [r for r in refs if r.binary() not in kept]
+    alive = [r for r in refs if r.binary() in kept]
+    _drop_segment(cluster, evicted[0])
     with pytest.raises(nbray.ObjectLostError, match="lineage was evicted"):
-        nbray.get(refs[0], timeout=10)
-    _drop_segment(cluster, refs[5])                        # the newest can still be rebuilt
-    assert nbray.get(total.remote(refs[5]), timeout=30) > 0
-    (event,) = _events("reconstruction_failed", object_id=refs[0].hex())
+        nbray.get(evicted[0], timeout=10)
+    _drop_segment(cluster, alive[0])        # one that kept its lineage is rebuilt
+    assert nbray.get(total.remote(alive[0]), timeout=30) > 0
+    (event,) = _events("reconstruction_failed", object_id=evicted[0].hex())
     assert "NBRAY_LINEAGE_MAX" in event["why"]
 
 

@@ -180,3 +180,39 @@ def test_an_interrupted_cell_cancels_the_remote_work_it_started(ip, tmp_path, ca
                "the task to be cancelled where it ran")
     assert "cancelled 1 remote task" in capsys.readouterr().err
     assert run(ip, "%%remote\n'still usable'") == "still usable"
+
+
+def test_all_runs_a_setup_on_every_worker_now_and_on_those_started_later(ip, capsys):
+    import signal
+    ip.user_ns["seed"] = 7
+    table = run(ip, "%%remote --all\nimport os, random\nrandom.seed(seed)\n"
+                    "GREETING = 'hi from ' + str(os.getpid())\nos.getpid()")
+    pids = {int(row[2]) for row in table.rows}
+    assert len(pids) == len(table.rows) >= 2 and all(row[1] == "ok" for row in table.rows)
+    check = "%%remote --async\nimport os, time\ntime.sleep(0.2)\n" \
+            "(os.getpid(), GREETING == 'hi from ' + str(os.getpid()))"
+    seen = nbray.get([run(ip, check) for _ in range(6)], timeout=60)
+    assert all(ok for _, ok in seen)        # (a worker the node just started too)
+    pids |= {pid for pid, _ in seen}
+    victim = min(pid for pid, _ in seen)            # a task worker (not an actor's)
+    os.kill(victim, signal.SIGKILL)                 # its replacement runs the setup first
+    from conftest import pid_alive
+    wait_until(lambda: not pid_alive(victim), 10, "the worker to die")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        seen = nbray.get([run(ip, check) for _ in range(6)], timeout=60)
+        assert all(ok for _, ok in seen)            # every worker has GREETING, as its own
+        if {pid for pid, _ in seen} - pids:
+            break
+    else:
+        raise AssertionError("no cell ran on the new worker")
+
+
+def test_a_failing_setup_says_where_and_why(ip, capsys):
+    table = run(ip, "%%remote --all\nraise ValueError('bad setup')")
+    assert table.rows and all(row[1] == "error" and "bad setup" in row[2] for row in table.rows)
+    err = capsys.readouterr().err
+    assert "the setup failed on" in err and "<remote cell [" in err
+    assert "executor.py" not in err
+    with pytest.raises(UsageError, match="cannot be combined"):
+        ip.run_cell_magic("remote", "--all -o x", "x = 1")

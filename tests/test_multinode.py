@@ -407,3 +407,20 @@ def test_a_spill_answered_after_its_client_left_leases_nothing(multi, tmp_path):
     assert nbray.get(node_of_task.remote(), timeout=10) == multi.head_node_pid
     wait_until(lambda: _nodes(multi)[0].get("workers_leased", 9) <= 1 and
                _nodes(multi)[0].get("clients") == 1, 10, "no lease held for the leaver")
+
+
+# Regression (found by CI): a node that had not yet heard of a node that just joined failed a
+# read of an object there as lost; the driver then rebuilt it, and the rebuild collided with
+# the first copy (FileExistsError)
+def test_an_object_on_a_node_that_just_joined_is_read_before_its_node_hears_of_it(
+        multi, monkeypatch):
+    monkeypatch.setenv("NBRAY_HEARTBEAT_S", "3")       # nodes hear of each other slowly
+    multi.start(num_workers=1)
+    nbray.init(address=multi.address)
+    multi.add_node(num_workers=1, resources={"far": 1})
+    _wait_nodes(2)
+    n = 20 * 1024 * 1024 // 8
+    got = nbray.get(make_array.options(resources={"far": 1}).remote(n), timeout=60)
+    assert got[-1] == n - 1
+    client = nbray.runtime.core_client.current()
+    assert client.stats["rebuilt"] == 0

@@ -9,6 +9,10 @@ would display it.
 
 ``CellNamespace`` is the actor behind ``%%remote --actor NAME``: a namespace that lives on the
 cluster, so that successive cells share state there, as in a remote kernel.
+
+``run_setup`` runs a ``%%remote --all`` cell on a worker: in a namespace the worker keeps for
+that notebook (its driver), which the notebook's later ``%%remote`` cells on that worker start
+from, so that what a setup imports or defines is there for them.
 """
 from __future__ import annotations
 
@@ -55,12 +59,31 @@ def compile_cell(code: str, filename: str):
     return compile(tree, filename, "exec"), last
 
 
+#: driver address -> the namespace its setups made on this worker
+SETUP_NS: dict[str, dict] = {}
+
+
+def _driver() -> str:
+    from nbray.runtime import output
+    current = output.CURRENT.get()
+    return current[0][0] if current and current[0] else ""
+
+
 def run_cell(code: str, filename: str, names: list, outputs: list, *values):
-    """Run a cell in a namespace of its inputs (a task's body). Returns the named outputs (a
-    tuple when there are several) or the value of its last expression."""
-    ns = {"__name__": "__main__", "__builtins__": builtins}
+    """Run a cell in a namespace of its inputs (a task's body), on top of what the
+    notebook's setups defined here. Returns the named outputs (a tuple when there are
+    several) or the value of its last expression."""
+    ns = dict(SETUP_NS.get(_driver(), ()))
+    ns.update({"__name__": "__main__", "__builtins__": builtins})
     ns.update(zip(names, values))
     return _run_in(ns, code, filename, outputs)
+
+
+def run_setup(code: str, filename: str, names: list, *values):
+    """Run a ``%%remote --all`` cell in this worker's namespace for its notebook."""
+    ns = SETUP_NS.setdefault(_driver(), {"__name__": "__main__", "__builtins__": builtins})
+    ns.update(zip(names, values))
+    return _run_in(ns, code, filename, [])
 
 
 def _run_in(ns: dict, code: str, filename: str, outputs: list):

@@ -85,7 +85,10 @@ class NbrayMagics(Magics):
               help="names the cell defines to bring back into the notebook: a,b")
     @argument("--async", dest="run_async", action="store_true",
               help="return at once; the names given with -o are bound to refs")
-    @argument("--all", action="store_true", help="run once on every worker")
+    @argument("--all", action="store_true",
+              help="run once on every worker, and on every worker started later (setup)")
+    @argument("--timeout", type=float, default=60.0,
+              help="--all: how long to wait for every worker to report (seconds)")
     @argument("--actor", default="",
               help="run in the namespace kept by the named actor NAME (created if missing)")
     @argument("--num-cpus", type=float, default=None, help="CPUs the cell needs")
@@ -95,10 +98,9 @@ class NbrayMagics(Magics):
     def remote(self, line: str, cell: str):
         """Run this cell on the cluster as a task."""
         opts = parse_argstring(self.remote, line)
-        if opts.all:
-            raise UsageError("%%remote --all is not available yet")
-        if opts.all and opts.actor:
-            raise UsageError("%%remote: --all and --actor cannot be combined")
+        if opts.all and (opts.actor or opts.outputs or opts.run_async):
+            raise UsageError("%%remote --all runs a setup on every worker: it cannot be "
+                             "combined with --actor, -o or --async")
         outputs = [o.strip() for o in opts.outputs.split(",") if o.strip()]
         bad = [o for o in outputs if not o.isidentifier()]
         if bad:
@@ -121,6 +123,8 @@ class NbrayMagics(Magics):
             raise UsageError(f"%%remote: the cell is not valid Python: {e}") from None
         n = self.shell.execution_count
         filename = f"<remote cell [{n}]>"
+        if opts.all:
+            return _run_everywhere(code, filename, names, values, opts.timeout)
         options = {"num_returns": max(1, len(outputs))}
         if opts.num_cpus is not None:
             options["num_cpus"] = opts.num_cpus
@@ -136,8 +140,7 @@ class NbrayMagics(Magics):
             refs = handle.run.options(num_returns=options["num_returns"]).remote(
                 code, filename, names, outputs, *values)
         else:
-            task = nbray.remote(name=f"cell[{n}]", max_retries=0,
-                                **options)(cells.run_cell)
+            task = nbray.remote(name=f"cell[{n}]", **options)(cells.run_cell)
             refs = task.remote(code, filename, names, outputs, *values)
         refs = refs if isinstance(refs, list) else [refs]
         if opts.run_async:
@@ -163,6 +166,35 @@ _COMMANDS = {
 }
 
 _NAMESPACE_ACTORS: dict = {}
+
+
+def _run_everywhere(code: str, filename: str, names: list, values: list, timeout: float):
+    """``%%remote --all``: the cell runs on every worker of the cluster (and on those started
+    later); returns a table of how it went on each."""
+    import time
+    import cloudpickle
+    from nbray import api
+    values = [nbray.get(v) if isinstance(v, nbray.ObjectRef) else v for v in values]
+    client = api._client()
+    expected = sum(n.get("workers", 0) for n in nbray.state.nodes({"state": "alive"}))
+    blob = cloudpickle.dumps((cells.run_setup, (code, filename, names, *values)), protocol=5)
+    setup_id = client.setup_workers(blob)
+    results = client.setup_results[setup_id]
+    deadline = time.monotonic() + timeout
+    client.wait_for(lambda: True if len(results) >= expected else None, deadline)
+    rows = [[r.source, "error" if r.error else "ok",
+             r.error.strip().splitlines()[-1] if r.error else repr(r.value)] for r in results]
+    failed = [r for r in results if r.error]
+    notes = []
+    if len(results) < expected:
+        notes.append(f"{expected - len(results)} worker(s) busy: they run it before their "
+                     f"next task")
+    notes.append("workers started later run it before their first task")
+    if failed:
+        print(f"nbray: the setup failed on {len(failed)} worker(s); the first error:\n"
+              f"{failed[0].error}", file=__import__("sys").stderr)
+    return views.Table(f"%%remote --all: ran on {len(results)} of {expected} worker(s)",
+                       ["worker", "", "value"], rows, notes)
 
 
 def _namespace_actor(name: str, options: dict):

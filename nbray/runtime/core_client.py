@@ -153,6 +153,7 @@ class CoreClient:
         self.lineage = Lineage(self)
         self.events = EventBuffer()
         self.printer = output.Printer()
+        self.setup_results: dict[int, list] = {}
         self.released: collections.deque = collections.deque()
         self._outbox: collections.deque = collections.deque()
         self._seq = itertools.count(1)
@@ -873,6 +874,21 @@ class CoreClient:
     def _on_task_output(self, peer, msg: P.TaskOutput) -> None:
         self.printer(msg)
 
+    def _on_setup_done(self, peer, msg: P.SetupDone) -> None:
+        if msg.setup_id in self.setup_results:
+            self.setup_results[msg.setup_id].append(msg)
+            self._notify = True
+
+    def setup_workers(self, blob: bytes) -> int:
+        """Have every worker of the cluster, and every one started later, run the
+        cloudpickled ``(fn, args)`` once (``SetupDone`` replies collect in ``setup_results``)."""
+        with self.lock:
+            setup_id = next(self._requests)
+            self.setup_results[setup_id] = []
+            self._send(self.node_address, P.SetupWorkers(setup_id, self.address, blob,
+                                                         (self.address, self.scope)))
+        return setup_id
+
     def _on_push(self, peer, msg) -> None:
         if self.on_push is not None:
             self.on_push(peer, msg)
@@ -902,6 +918,8 @@ class CoreClient:
         P.PushTasks: _on_push,
         P.CancelTasks: _on_push,
         P.ActorInfoRequest: _on_push,
+        P.SetupWorkers: _on_push,
+        P.SetupDone: _on_setup_done,
         P.SubscribeActor: _on_subscribe_actor,
         P.ActorState: _on_actor_state,
         P.KillActor: _on_kill_actor,

@@ -49,7 +49,13 @@ def write_segment(path: str, data: bytes, buffers: list) -> int:
         offset = _aligned(offset + v.nbytes)
     size = max(offset, 1)
     head = _HEAD.pack(MAGIC, len(data), len(views)) + b"".join(_BUF.pack(*t) for t in table)
-    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+    except FileExistsError:
+        # the same object made again (a rebuild, while a reader still saw the first copy):
+        # the new one replaces it; a reader that mapped the old one keeps its pages
+        unlink(path)
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
     try:
         os.ftruncate(fd, size)
         pwrite_all(fd, head + data, 0)

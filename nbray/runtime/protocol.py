@@ -14,7 +14,8 @@ Who sends what:
                                          WorkerDied, NodeInfo, LeaseSpilled, LeasePending
     client -> leased worker              PushTasks, CancelTasks, ActorInfoRequest
     worker -> client                     TaskResults, Reply
-    worker -> driver                     TaskOutput
+    worker -> driver                     TaskOutput, SetupDone
+    driver -> node -> nodes, workers     SetupWorkers
     caller -> actor owner                SubscribeActor, KillActor
     actor owner -> caller                ActorState
     borrower -> owner                    Subscribe, AddBorrower, RemoveBorrower, ReportLost
@@ -92,6 +93,24 @@ class TaskOutput(NamedTuple):
     stream: str         # "stdout" or "stderr"
     text: str
     source: str
+
+
+class SetupWorkers(NamedTuple):
+    """Driver -> its node -> the other nodes (``forwarded``) and every worker, now and started
+    later: run ``fn(*args)`` (cloudpickled) once, between tasks, for the driver ``owner``."""
+    setup_id: int
+    owner: str
+    blob: bytes
+    origin: tuple = ()
+    forwarded: bool = False
+
+
+class SetupDone(NamedTuple):
+    """Worker -> driver: how a setup went on it (``error``: the traceback, or "")."""
+    setup_id: int
+    source: str
+    value: Any
+    error: str = ""
 
 
 class TaskResult(NamedTuple):

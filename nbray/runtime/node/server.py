@@ -50,6 +50,7 @@ class NodeServer:
         self.cluster_total = dict(resources)
         self._spills: dict[int, tuple] = {}         # spill id -> (client peer, request)
         self.known_nodes: dict = {}                 # node_id -> address, alive or not
+        self.setups: dict[str, list] = {}           # driver address -> its SetupWorkers
         # clients that left: a request of theirs that arrives late (from another node,
         # behind the news) is refused, or it would hold a worker for nobody
         self._gone: collections.OrderedDict = collections.OrderedDict()
@@ -126,6 +127,8 @@ class NodeServer:
                 self.transfers.check_served()
             if self.transfers.fetching:
                 self.transfers.check_fetching()
+            if self.transfers.parked:
+                self.transfers.retry_parked()
             if self.watch_pid is not None and not psutil.pid_exists(self.watch_pid):
                 self.stopping = True
             for cid, c in list(self.clients.items()):
@@ -233,6 +236,22 @@ class NodeServer:
         self.ep.reply(peer, P.Welcome(self.node_id, self.session, dict(self.sched.total),
                                       object_store.store_dir(), self.head_address,
                                       dict(self.cluster_total)))
+        if msg.worker_id is not None:       # a new worker runs the setups drivers asked for
+            for setups in self.setups.values():
+                for setup in setups:
+                    self.ep.reply(peer, setup)
+
+    def _on_setup_workers(self, peer, msg: P.SetupWorkers) -> None:
+        """A driver's setup: every worker runs it, those started later too, until the driver
+        leaves."""
+        self.setups.setdefault(msg.owner, []).append(msg)
+        for w in self.pool.workers.values():
+            if w.state != "starting":
+                self.ep.reply((True, w.worker_id), msg)
+        if not msg.forwarded:
+            for address in set(self.known_nodes.values()) - {self.address,
+                                                              self.public_address}:
+                self.ep.send(address, msg._replace(forwarded=True))
 
     # ---- the local half of the hybrid scheduler --------------------------------------------
     def _on_request_lease(self, peer, msg: P.RequestLease) -> None:
@@ -355,6 +374,8 @@ class NodeServer:
         if nodes:
             self.nodes = nodes
             self.known_nodes.update({nid: a for nid, (a, _) in nodes.items()})
+            if self.transfers.parked:
+                self.transfers.retry_parked()
             total: dict = {}
             for _, resources in nodes.values():
                 for k, v in resources.items():
@@ -403,6 +424,7 @@ class NodeServer:
         P.WorkerBlocked: _on_blocked,
         P.WorkerUnblocked: _on_unblocked,
         P.Poke: _on_poke,
+        P.SetupWorkers: _on_setup_workers,
         P.FreeObjects: _on_free,
         P.NodeInfoRequest: _on_info,
         P.Goodbye: _on_goodbye,
@@ -445,6 +467,7 @@ class NodeServer:
         actors are retired: actors share their owner's fate), its requests are dropped."""
         info = self.clients.pop(client_id, None)
         address = address or (info.address if info is not None else "")
+        self.setups.pop(address, None)
         if address and tell_head:
             self.ep.send(self.head_address, P.ClientGone(address, client_id,
                                                          driver=info is not None))

@@ -55,9 +55,10 @@ class Transfers:
         self._maps: dict[str, list] = {}            # served path -> [mapped view, last use]
         self.bytes_in = 0
         self.bytes_out = 0
+        self.parked: list = []          # (peer, FetchObject, deadline): source not known yet
 
     # ---- the reading side ------------------------------------------------------------------
-    def fetch(self, peer, msg: P.FetchObject) -> None:
+    def fetch(self, peer, msg: P.FetchObject, park: bool = True) -> None:
         node, loc = self.node, msg.location
         if loc.node_id == node.node_id:
             node.ep.reply(peer, P.Reply(msg.request_id, loc.path))
@@ -72,6 +73,11 @@ class Transfers:
             return
         source = node.nodes.get(loc.node_id)
         if source is None:
+            if park and loc.node_id not in node.known_nodes:
+                # a node that joined since our last word from the head: it tells us of it
+                # with its next heartbeat answer
+                self.parked.append((peer, msg, time.monotonic() + CONFIG.node_timeout_s))
+                return
             node.ep.reply(peer, P.Reply(msg.request_id, None, (
                 f"the node {loc.node_id.hex()} that holds the object is not alive")))
             return
@@ -128,6 +134,17 @@ class Transfers:
             self.copy_source[f.key] = f.source_id
         for peer, rid in f.waiters:
             self.node.ep.reply(peer, P.Reply(rid, None if error else f.path, error))
+
+    def retry_parked(self) -> None:
+        """The head told us of the live nodes: fetch what waited for one of them, and fail
+        what waited too long."""
+        parked, self.parked = self.parked, []
+        now = time.monotonic()
+        for peer, msg, deadline in parked:
+            if msg.location.node_id in self.node.nodes or now >= deadline:
+                self.fetch(peer, msg, park=False)
+            else:
+                self.parked.append((peer, msg, deadline))
 
     def check_fetching(self) -> None:
         """Fail the transfers whose source died, or that made no progress for a while."""

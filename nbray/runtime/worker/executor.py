@@ -48,6 +48,7 @@ class Executor:
         self.owner_of_actor = ""
         self._wake: threading.Condition | None = None
         self.output = output.WorkerOutput(client)
+        self.setups: list = []                  # drivers' setups to run before the next task
         client.on_push = self.on_message
         client.on_block = self.bounce_queued
 
@@ -78,6 +79,15 @@ class Executor:
                     self.client.cancel_children(tid)    # what it started goes with it
                 else:
                     self.cancelled.add(tid)
+        elif type(msg) is P.SetupWorkers:
+            if self.host is not None and self.host.concurrent:
+                self.client._send(msg.owner, P.SetupDone(
+                    msg.setup_id, self.output.source, None,
+                    "skipped: this worker hosts an actor that runs calls concurrently"))
+            else:
+                self.setups.append(msg)
+                if self._wake is not None:
+                    self._wake.notify()
         elif type(msg) is P.ActorInfoRequest:
             queued = len(self.queue) + len(self.parked)
             info = self.host.info(queued, self.running is not None) if self.host else \
@@ -98,6 +108,8 @@ class Executor:
             if self.host is not None and self.host.concurrent:
                 self._run_concurrent(idle_check)
                 return
+            if self.setups:
+                self._run_setups()
             if self.queue:
                 owner, spec = self.queue.popleft()
                 ran = self.run(owner, spec)
@@ -168,6 +180,30 @@ class Executor:
         ran = time.perf_counter() - start
         self._add_result(owner, P.TaskResult(spec.task_id, encoded, ran))
         return ran
+
+    def _run_setups(self) -> None:
+        """Run the setups drivers sent (``%%remote --all``), each once, and say how it went."""
+        client = self.client
+        while self.setups:
+            msg = self.setups.pop(0)
+            current = (msg.origin, "setup", b"")
+            token = output.CURRENT.set(current)
+            self.output.running = current
+            value, error = None, ""
+            client.in_user_code = True
+            try:
+                fn, args = cloudpickle.loads(msg.blob)
+                value = fn(*args)
+                value = value if _plain(value) else repr(value)[:2000]
+            except BaseException as exc:        # noqa: B902 - it goes back to the driver
+                error = _user_traceback(exc)
+            finally:
+                client.in_user_code = False
+                output.CURRENT.reset(token)
+                self.output.running = None
+                self.output.end_task()
+            client._send(msg.owner, P.SetupDone(msg.setup_id, self.output.source, value,
+                                                error))
 
     def prepare(self, spec: P.TaskSpec):
         """What to call and with what: (callable, args, kwargs)."""
@@ -340,6 +376,12 @@ class Executor:
             self.client.send_results(owner, P.TaskResults(results))
 
 
+def _plain(value) -> bool:
+    """A value small and simple enough to send back as it is."""
+    return value is None or isinstance(value, (bool, int, float)) or \
+        (isinstance(value, str) and len(value) <= 2000)
+
+
 def _cancelled(spec: P.TaskSpec) -> P.Value:
     return serialization.serialize_error(TaskCancelledError(f"task {spec.name} was cancelled"))
 
@@ -349,14 +391,19 @@ _RUNTIME_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _CELL_RUNNER = os.path.join(os.path.dirname(_RUNTIME_DIR), "extension", "cells.py")
 
 
-def _error_value(exc: BaseException, name: str) -> P.Value:
+def _user_traceback(exc: BaseException) -> str:
+    """The traceback as text, starting in the user's code (the runtime's frames before it
+    are dropped)."""
     tb = exc.__traceback__
-    # the traceback starts in the user's code: drop the runtime's own frames before it
     while tb is not None and tb.tb_next is not None and (
             tb.tb_frame.f_code.co_filename.startswith(_RUNTIME_DIR) or
             tb.tb_frame.f_code.co_filename == _CELL_RUNNER):
         tb = tb.tb_next
-    text = "".join(traceback.format_exception(type(exc), exc, tb))
+    return "".join(traceback.format_exception(type(exc), exc, tb))
+
+
+def _error_value(exc: BaseException, name: str) -> P.Value:
+    text = _user_traceback(exc)
     try:
         return P.Value(P.ERROR, pickle.dumps((exc, text, name), protocol=5))
     except Exception:
