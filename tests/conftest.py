@@ -193,6 +193,22 @@ def no_cluster():
     wait_until(lambda: not descendants(), 10, f"no child processes left: {descendants()}")
 
 
+@pytest.fixture
+def kernel():
+    """A real ipykernel of this interpreter: (KernelManager, its started client)."""
+    jupyter_client = pytest.importorskip("jupyter_client")
+    km = jupyter_client.KernelManager(kernel_name="python3")
+    km.start_kernel(env={**os.environ})
+    kc = km.client()
+    kc.start_channels()
+    kc.wait_for_ready(timeout=60)
+    try:
+        yield km, kc
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+
+
 # ---- collection --------------------------------------------------------------------------------
 def pytest_collection_modifyitems(session, config, items):
     """Pickle the test modules' functions and classes by value, like a notebook's."""

@@ -18,20 +18,6 @@ from conftest import wait_until
 pytestmark = pytest.mark.timeout(180)
 
 
-@pytest.fixture
-def kernel():
-    km = jupyter_client.KernelManager(kernel_name="python3")
-    km.start_kernel(env={**os.environ})
-    kc = km.client()
-    kc.start_channels()
-    kc.wait_for_ready(timeout=60)
-    try:
-        yield km, kc
-    finally:
-        kc.stop_channels()
-        km.shutdown_kernel(now=True)
-
-
 class Outputs:
     """Every iopub message, kept by the cell (execute request) it belongs to."""
 

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-KernelManager = pytest.importorskip("jupyter_client").KernelManager
+pytest.importorskip("jupyter_client")
 
 from conftest import pid_alive, rundir_of, segments, wait_until
 
@@ -41,20 +41,6 @@ def _run_in_kernel(kc, code: str) -> dict:
     reply = kc.execute_interactive(code, output_hook=on_output, timeout=60)
     assert reply["content"]["status"] == "ok", found.get("error")
     return found
-
-
-@pytest.fixture
-def kernel():
-    km = KernelManager(kernel_name="python3")      # ipykernel in this interpreter
-    km.start_kernel(env={**os.environ})
-    kc = km.client()
-    kc.start_channels()
-    kc.wait_for_ready(timeout=60)
-    try:
-        yield km, kc
-    finally:
-        kc.stop_channels()
-        km.shutdown_kernel(now=True)
 
 
 def _cluster_gone(info: dict) -> None:
