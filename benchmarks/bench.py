@@ -204,25 +204,25 @@ def bench_actors(samples: int, warmup: int, calls: int, runs: int) -> dict:
             "actors_4x4_calls_per_s_runs": [round(r) for r in many_rates]}
 
 
-def bench_lineage(n: int, runs: int) -> dict:
-    """20,000 async no-op tasks with lineage recording on and off, alternated in one cluster,
-    the order swapped each round (recording happens in the process that owns the results, here
-    the driver)."""
+def bench_toggle(flag: str, n: int, runs: int) -> dict:
+    """``n`` async no-op tasks with the recording ``flag`` of CONFIG (``lineage``,
+    ``task_events``) on and off, alternated in one cluster, the order swapped each round
+    (both are recorded in the process that owns the tasks, here the driver)."""
     from nbray.config import CONFIG
     on, off = [], []
-    saved = CONFIG.lineage
+    saved = getattr(CONFIG, flag)
     try:
         for i in range(runs):      # the order alternates: neither gets the first slot
             pairs = ((True, on), (False, off))
-            for flag, out in (pairs if i % 2 == 0 else pairs[::-1]):
-                CONFIG.lineage = flag
+            for value, out in (pairs if i % 2 == 0 else pairs[::-1]):
+                setattr(CONFIG, flag, value)
                 out.append(burst_rate(n))
     finally:
-        CONFIG.lineage = saved
+        setattr(CONFIG, flag, saved)
     best_on, best_off = max(on), max(off)
-    return {"lineage_on_tasks_per_s": round(best_on), "lineage_off_tasks_per_s": round(best_off),
-            "lineage_overhead_pct": round(100 * (best_off - best_on) / best_off, 1),
-            "lineage_runs": {"on": [round(r) for r in on], "off": [round(r) for r in off]}}
+    return {f"{flag}_on_tasks_per_s": round(best_on), f"{flag}_off_tasks_per_s": round(best_off),
+            f"{flag}_overhead_pct": round(100 * (best_off - best_on) / best_off, 1),
+            f"{flag}_runs": {"on": [round(r) for r in on], "off": [round(r) for r in off]}}
 
 
 def control_plane() -> dict:
@@ -410,10 +410,11 @@ def main(argv=None) -> int:
         result.update(bench_async(n, runs=3))
         log(f"  {result['async_tasks_per_s_runs']} tasks/s")
 
-        log(f"lineage recording on and off, {n:,} async tasks x 3 each")
-        result.update(bench_lineage(n, runs=3))
-        log(f"  on {result['lineage_runs']['on']}, off {result['lineage_runs']['off']}: "
-            f"overhead {result['lineage_overhead_pct']}% (best of each)")
+        for flag in ("lineage", "task_events"):
+            log(f"{flag} recording on and off, {n:,} async tasks x 3 each")
+            result.update(bench_toggle(flag, n, runs=3))
+            log(f"  on {result[f'{flag}_runs']['on']}, off {result[f'{flag}_runs']['off']}: "
+                f"overhead {result[f'{flag}_overhead_pct']}% (best of each)")
 
         log("chain of 1,000 dependent tasks")
         result.update(bench_chain(1000, runs=1 if q else 3))

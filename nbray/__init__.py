@@ -20,6 +20,7 @@ from nbray.errors import (ActorDiedError, ClusterError, GetTimeoutError, NbrayEr
                           TaskCancelledError, WorkerCrashedError)
 from nbray.object_ref import ObjectRef
 from nbray.remote_function import remote
+from nbray.state import timeline
 
 
 def load_ipython_extension(shell):
@@ -40,7 +41,7 @@ __all__ = [
     "remote", "get", "put", "wait", "cancel",
     "kill", "get_actor", "method",
     "ObjectRef", "ActorHandle",
-    "state", "util", "chaos",
+    "state", "util", "chaos", "timeline",
     "load_ipython_extension", "unload_ipython_extension",
     "NbrayError", "RemoteError", "GetTimeoutError", "TaskCancelledError", "WorkerCrashedError",
     "ActorDiedError", "ObjectLostError", "OwnerDiedError", "SerializationError", "ClusterError",

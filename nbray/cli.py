@@ -14,6 +14,7 @@ prints the key.
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
 import socket
@@ -285,6 +286,78 @@ def cmd_status(args) -> int:
     return 0
 
 
+# ---- list ----------------------------------------------------------------------------------------
+_LIST_COLUMNS = {
+    "tasks": ["task_id", "name", "state", "node_id", "worker_pid", "attempts", "run_ms",
+              "wait_ms", "error"],
+    "actors": ["actor_id", "class_name", "name", "state", "node_id", "worker_pid", "restarts"],
+    "nodes": ["node_id", "host", "pid", "state", "workers", "lease_queue"],
+    "events": ["seq", "kind", "name", "class_name", "object_id", "cause"],
+    "objects": ["object_id", "size"],
+}
+
+
+def cmd_list(args) -> int:
+    """What a cluster holds, from its head: tasks (the task log), actors, nodes, events; and
+    the shared-memory segments it has on this machine (objects)."""
+    from nbray.runtime import object_store, protocol as P
+    try:
+        records = [r for r in _records_for(args.address) if r.live_pids()]
+    except ClusterError as e:
+        return _err(str(e))
+    if not records:
+        return _err("no nbray cluster is running on this machine (`nbray start --head`)")
+    sessions = {r.session for r in records}
+    if len(sessions) > 1:
+        return _err(f"{len(sessions)} clusters are running here: say which with --address")
+    record = sorted(records, key=lambda r: r.role != "head")[0]
+    what = args.what
+    if what == "objects":
+        rows = []
+        for r in records:
+            prefix = os.path.join(object_store.store_dir(),
+                                  f"{object_store.PREFIX}{r.name or r.session}_")
+            for path in sorted(glob.glob(prefix + "*")):
+                rows.append({"object_id": path[len(prefix):], "size": os.path.getsize(path),
+                             "segment": path})
+    else:
+        make = {"tasks": lambda: P.ListEvents(1, ("task",), 0, args.limit),
+                "events": lambda: P.ListEvents(1, (), 0, args.limit),
+                "actors": lambda: P.ListActors(1), "nodes": lambda: P.ListNodes(1)}[what]
+        reply = cluster.ask(record, record.head_address, make(), STATUS_TIMEOUT_S)
+        if reply is None:
+            return _err(f"the head did not answer within {STATUS_TIMEOUT_S:g}s")
+        rows = reply.value["events"] if what in ("tasks", "events") else reply.value
+        rows = [_listed(what, dict(r)) for r in rows]
+    if args.limit is not None:
+        rows = rows[-args.limit:] if args.limit > 0 else []
+    if args.json:
+        print(json.dumps(rows, default=str, indent=1))
+        return 0
+    columns = _LIST_COLUMNS[what]
+    print(_table([c.upper() for c in columns],
+                 [[_cell(r.get(c)) for c in columns] for r in rows], indent=""))
+    print(f"{len(rows)} {what}")
+    return 0
+
+
+def _listed(what: str, r: dict) -> dict:
+    for k, v in list(r.items()):
+        if isinstance(v, bytes):
+            r[k] = v.hex()
+    if what == "tasks" and r.get("ended"):
+        r["run_ms"] = round(1000 * (r["ended"] - r["started"]), 3)
+        r["wait_ms"] = round(1000 * max(0.0, r["started"] - r["submitted"]), 3)
+    return r
+
+
+def _cell(v) -> str:
+    if v is None or v == "":
+        return "-"
+    text = str(v)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 # ---- stop ----------------------------------------------------------------------------------------
 def cmd_stop(args) -> int:
     try:
@@ -367,6 +440,14 @@ def build_parser() -> argparse.ArgumentParser:
                                      "(its name) to stop")
     g.add_argument("--all", action="store_true", help="stop every cluster on this machine")
     sp.set_defaults(func=cmd_stop)
+
+    sl = sub.add_parser("list", help="list the tasks, actors, nodes, events or objects of a "
+                                     "cluster running on this machine")
+    sl.add_argument("what", choices=sorted(_LIST_COLUMNS))
+    sl.add_argument("--address", help="the cluster (host:port, session id or node name)")
+    sl.add_argument("--limit", type=int, default=None, help="only the newest N")
+    sl.add_argument("--json", action="store_true", help="every field, as JSON")
+    sl.set_defaults(func=cmd_list)
 
     sd = sub.add_parser("demo", help="run a short demo workload on an embedded cluster")
     sd.add_argument("--tasks", type=int, default=200,

@@ -60,6 +60,11 @@ class Config:
     lineage_max: int = 100_000
     #: the head keeps this many of the newest events (retries, rebuilds, restarts, ...)
     event_log_max: int = 10_000
+    #: record every task's life (submitted, inputs ready, dispatched, started, ended, where)
+    #: for the state API, the timeline and the widgets
+    task_events: bool = True
+    #: the head keeps the records of this many of the newest finished tasks
+    task_log_max: int = 20_000
 
     @classmethod
     def from_env(cls) -> "Config":

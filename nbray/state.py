@@ -71,6 +71,116 @@ def events(filters=None, *, kinds=None, since_seq: int = 0, limit: int | None = 
     return _filtered(reply["events"], filters)
 
 
+def tasks(filters=None, *, limit: int | None = None, pending: bool = True) -> list[dict]:
+    """Tasks and actor calls, oldest first: the head's records of those that ended (the newest
+    ``NBRAY_TASK_LOG_MAX``, 20,000; fields in ``nbray.runtime.task_log``), then, with
+    ``pending``, this process's own unfinished ones (``state``: ``waiting`` for inputs,
+    ``queued`` for a worker, ``running``). ``filters`` as for ``actors()``, e.g.
+    ``tasks({"state": "failed"})``; ``limit``: the newest so many records."""
+    from nbray import api
+    client = api._client()
+    with client.lock:
+        client._flush_events()
+    reply = client.request(client.head_address, lambda r: P.ListEvents(r, ("task",), 0, limit))
+    rows = reply["events"]
+    if pending:
+        rows = rows + _unfinished(client)
+    return _filtered(rows, filters)
+
+
+def _unfinished(client) -> list[dict]:
+    out = []
+    with client.lock:
+        for task in list(client.tasks.values()):
+            spec = task.spec
+            if not task.t_submit:
+                continue
+            state = "running" if task.worker is not None or (
+                task.actor is not None and spec.task_id in task.actor.inflight) else \
+                "queued" if task.t_ready else "waiting"
+            lease = task.worker
+            out.append({"kind": "task", "task_id": spec.task_id.hex(), "name": spec.name,
+                        "state": state, "error": "", "attempts": task.attempts,
+                        "submitted": task.t_submit, "ready": task.t_ready,
+                        "dispatched": task.t_push, "started": 0.0, "ended": 0.0,
+                        "node_id": lease.node_id.hex() if lease is not None else "",
+                        "worker_pid": lease.pid if lease is not None else 0,
+                        "actor_id": spec.actor_id.hex() if spec.actor_id else "",
+                        "deps": [a[:16].hex() for a in task.arg_ids]})
+    return out
+
+
+def summary() -> dict:
+    """Counts: tasks by function and state (with mean run and wait times, from the task
+    log), actors by state, nodes by state, and the objects this process holds."""
+    from nbray import api
+    funcs: dict = {}
+    for r in tasks():
+        f = funcs.setdefault(r["name"], {"finished": 0, "failed": 0, "cancelled": 0,
+                                         "running": 0, "queued": 0, "waiting": 0,
+                                         "run_s": 0.0, "wait_s": 0.0})
+        f[r["state"]] = f.get(r["state"], 0) + 1
+        if r.get("ended") and r.get("started"):
+            f["run_s"] += r["ended"] - r["started"]
+            f["wait_s"] += max(0.0, r["started"] - r["submitted"])
+    for f in funcs.values():
+        done = f["finished"] + f["failed"]
+        f["mean_run_s"] = round(f.pop("run_s") / done, 6) if done else None
+        f["mean_wait_s"] = round(f.pop("wait_s") / done, 6) if done else None
+    client = api._client()
+    with client.lock:
+        objs = list(client.objects.values())
+    return {"tasks": funcs,
+            "actors": _counts(a["state"] for a in actors(detail=False)),
+            "nodes": _counts(n["state"] for n in nodes()),
+            "objects": {"held": len(objs), "owned": sum(1 for o in objs if o.owned)}}
+
+
+def objects(filters=None) -> list[dict]:
+    """The objects this process holds a ref to (or owns for others): id, size, where the
+    value is (inline, or the node and segment of shared memory), state, refs, pending tasks
+    that take it, borrowers."""
+    from nbray import api
+    client = api._client()
+    out = []
+    with client.lock:
+        for oid, obj in client.objects.items():
+            v = obj.value
+            kind = None if v is None else v.kind
+            out.append({"object_id": oid.hex(), "owned": obj.owned,
+                        "state": "pending" if v is None else
+                        {P.INLINE: "ready", P.SHM: "ready", P.ERROR: "error",
+                         P.LOST: "lost"}.get(kind, "?"),
+                        "size": len(v.payload) if kind == P.INLINE else
+                        v.payload.size if kind == P.SHM else None,
+                        "where": "inline" if kind == P.INLINE else
+                        f"node {v.payload.node_id.hex()}" if kind == P.SHM else "",
+                        "refs": obj.refs, "pinned_by_tasks": obj.pins,
+                        "borrowers": len(obj.borrowers), "made_by_put": obj.by_put})
+    return _filtered(out, filters)
+
+
+def timeline(path: str | None = None) -> dict:
+    """The task log as a Chrome trace (Perfetto, chrome://tracing): a track per worker, a
+    slice per task, arrows from each task to those that took its results. Written to
+    ``path`` when given; the trace is returned."""
+    from nbray.runtime import task_log
+    records = tasks(pending=False)
+    trace = task_log.chrome_trace(records, nodes())
+    if path:
+        import json
+        with open(path, "w") as f:
+            json.dump(trace, f)
+    return trace
+
+
+def _counts(values) -> dict:
+    out: dict = {}
+    for v in values:
+        out[v] = out.get(v, 0) + 1
+    return out
+
+
 def _row(r: dict) -> dict:
     return {
         "actor_id": r["actor_id"].hex(),

@@ -149,6 +149,26 @@ def test_start_head_prints_address_and_key_file_and_drivers_join(cli):
     assert "No nbray cluster is running" in cli("status").stdout
 
 
+def test_list_shows_tasks_actors_nodes_events_and_objects(cli):
+    cli("start", "--head", "--num-workers", "2")
+    address = cli.record("head")["tcp_address"]
+    nbray.init(address=address)
+    assert nbray.get([add.remote(i, 1) for i in range(3)]) == [1, 2, 3]
+    big = nbray.put(b"x" * 500_000)
+    wait_until(lambda: len(nbray.state.tasks(pending=False)) >= 3, 10, "the task records")
+    tasks = cli("list", "tasks").stdout
+    assert "add" in tasks and "finished" in tasks and tasks.rstrip().endswith("3 tasks")
+    rows = json.loads(cli("list", "tasks", "--json", "--limit", "2").stdout)
+    assert len(rows) == 2 and all(r["state"] == "finished" and r["run_ms"] >= 0 for r in rows)
+    assert "alive" in cli("list", "nodes").stdout
+    assert cli("list", "actors").stdout.rstrip().endswith("0 actors")
+    assert "events" in cli("list", "events").stdout
+    objects = cli("list", "objects").stdout
+    assert big.hex() in objects
+    bad = cli("list", "things", check=False)
+    assert bad.returncode == 2 and "invalid choice" in bad.stderr
+
+
 def test_init_address_forms_and_unknown_address(cli):
     head = cli.start_head()
     for address in ("auto", head["session"], head["tcp_address"],

@@ -200,3 +200,15 @@ def test_a_node_death_is_an_event_and_its_objects_rebuilt_are_too(multi):
     (lost,) = _events("object_lost", object_id=a.hex())
     assert "node died" in lost["cause"]
     _events("task_reconstructed", object_id=a.hex())
+
+
+def test_the_task_log_is_a_bounded_ring(no_cluster, monkeypatch):
+    monkeypatch.setenv("NBRAY_TASK_LOG_MAX", "5")       # for the head
+    start_cluster()
+    try:
+        nbray.get([plus.remote(i, 1) for i in range(8)])
+        rows = wait_until(lambda: (lambda r: r if r and r[-1]["seq"] >= 8 else None)(
+            nbray.state.tasks(pending=False)), 10, "eight records")
+        assert len(rows) == 5
+    finally:
+        shutdown_and_check()

@@ -148,6 +148,19 @@ def test_refs_do_not_stay_in_the_output_history(ip, capsys):
     assert repr(run(ip, "%nbray refs --release-history"))
 
 
+def test_timeline_writes_a_chrome_trace_of_the_cells_tasks(ip, tmp_path, capsys):
+    import json
+    run(ip, "%%remote\n1 + 1")
+    path = str(tmp_path / "t.json")
+    wait_until(lambda: nbray.state.tasks({"state": "finished"}), 10, "a task record")
+    run(ip, f"%nbray timeline {path}")
+    trace = json.loads(Path(path).read_text())
+    assert any(e["ph"] == "X" and e["name"].startswith("cell[") for e in trace["traceEvents"])
+    assert "wrote" in capsys.readouterr().out
+    with pytest.raises(UsageError, match="usage: %nbray timeline FILE"):
+        ip.run_line_magic("nbray", "timeline")
+
+
 def test_unknown_commands_and_bad_arguments_are_usage_errors(ip):
     with pytest.raises(UsageError, match="unknown command"):
         ip.run_line_magic("nbray", "bogus")

@@ -73,8 +73,15 @@ class NbrayMagics(Magics):
         return views.refs(self.shell, release_history=opts.release_history)
 
     def _cmd_timeline(self, args):
-        raise UsageError("%nbray timeline is not available yet: it needs the per-task event "
-                         "log, which nbray does not record yet")
+        if len(args) != 1:
+            raise UsageError("usage: %nbray timeline FILE  (a Chrome trace: open it in "
+                             "https://ui.perfetto.dev or chrome://tracing)")
+        if not nbray.is_initialized():
+            raise UsageError("%nbray timeline: not initialized (%nbray init)")
+        trace = nbray.timeline(args[0])
+        n = sum(1 for e in trace["traceEvents"] if e["ph"] == "X")
+        print(f"nbray: wrote {n} task(s) to {args[0]} (open it in https://ui.perfetto.dev or "
+              f"chrome://tracing)")
 
     def _cmd_dashboard(self, args):
         raise UsageError("%nbray dashboard is not available yet: the widgets are not built yet")

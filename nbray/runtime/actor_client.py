@@ -277,6 +277,7 @@ class ActorCalls:
                 self.client._finish(task, [v] * task.spec.num_returns)
                 return
         task.ready = True
+        task.t_ready = time.time()
         self.dirty.add(task.actor)
 
     def dispatch(self) -> None:
@@ -295,6 +296,7 @@ class ActorCalls:
                 if task.cancelled:
                     continue
                 task.attempts += 1
+                task.t_push = time.time()
                 actor.inflight[task.spec.task_id] = task
                 batch.append(task.spec)
             if batch:

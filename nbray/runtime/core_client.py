@@ -41,7 +41,7 @@ from nbray.config import CONFIG
 from nbray.errors import (ClusterError, GetTimeoutError, ObjectLostError, RemoteError,
                           TaskCancelledError, WorkerCrashedError)
 from nbray.object_ref import ObjectRef
-from nbray.runtime import object_store, output, protocol as P, serialization
+from nbray.runtime import object_store, output, protocol as P, serialization, task_log
 from nbray.runtime.actor_client import Actor, ActorCalls, cancelled_value
 from nbray.runtime.events import EventBuffer
 from nbray.runtime.lineage import Lineage
@@ -96,6 +96,13 @@ class Task:
     retry_on: object = None         # retry_exceptions: True, or a tuple of exception types
     history: list = field(default_factory=list)     # why earlier attempts failed
     parent: bytes = b""             # the task (run here) that submitted it, if any
+    # its life, for the task log (seconds since the epoch): submitted, inputs ready, pushed
+    t_submit: float = 0.0
+    t_ready: float = 0.0
+    t_push: float = 0.0
+    t_start: float = 0.0            # on the worker
+    run_s: float = 0.0
+    ran_on: tuple = ()              # (node id, worker pid)
 
 
 @dataclass(eq=False)
@@ -110,6 +117,8 @@ class Lease:
     returning: bool = False
     actor: "Actor | None" = None    # the worker hosts this actor (we own it)
     node: str = ""                  # the node that granted it (ours, or one spilled to)
+    pid: int = 0
+    node_id: bytes = b""
 
 
 @dataclass(eq=False)
@@ -278,7 +287,7 @@ class CoreClient:
             spec = P.TaskSpec(task_id, fn_id, name, blob, (), num_returns, rids, P.TASK, b"",
                               origin)
             task = Task(spec, fn_blob, key, arg_ids, pinned, max_retries, retry_on=retry_on,
-                        parent=parent)
+                        parent=parent, t_submit=time.time())
             for rid in rids:
                 self.objects[rid] = Obj(self.address, True, refs=1, producing=True)
             self._keep_args(task, args_id)
@@ -353,7 +362,7 @@ class CoreClient:
             spec = P.TaskSpec(task_id, method, name, blob, (), num_returns, rids,
                               P.ACTOR_CALL, actor_id, origin)
             task = Task(spec, b"", ("actor",), arg_ids, pinned, actor.max_task_retries,
-                        parent=parent)
+                        parent=parent, t_submit=time.time())
             task.actor = actor
             for rid in rids:
                 self.objects[rid] = Obj(self.address, True, refs=1, producing=True)
@@ -434,6 +443,7 @@ class CoreClient:
             prefer = self._where_inputs_are(task)
             if prefer:      # leases for it are asked for on that node (locality)
                 task.key = task.key + ((_LOCALITY, prefer),)
+        task.t_ready = time.time()
         shape = self.shapes.get(task.key)
         if shape is None:
             resources = {k: v for k, v in task.key if k != _LOCALITY}
@@ -510,8 +520,10 @@ class CoreClient:
         if not lease.inflight:
             lease.progress_at = time.monotonic()
         functions = {}
+        now = time.time()
         for t in tasks:
             t.worker = lease
+            t.t_push = now
             t.attempts += 1
             lease.inflight[t.spec.task_id] = t
             if t.spec.fn_id not in lease.sent_functions:
@@ -588,6 +600,7 @@ class CoreClient:
             task = self.tasks.get(res.task_id)
             if task is None:
                 continue
+            task.t_start, task.run_s = res.started, res.run_s
             if task.actor is not None:
                 if task.spec.kind == P.ACTOR_CREATE:
                     self.actors.creation_done(task, res.values)
@@ -596,6 +609,7 @@ class CoreClient:
                 continue
             lease = task.worker
             if lease is not None:
+                task.ran_on = (lease.node_id, lease.pid)
                 lease.inflight.pop(res.task_id, None)
                 lease.progress_at = now
                 if not lease.inflight:
@@ -677,6 +691,10 @@ class CoreClient:
     def _finish(self, task: Task, values) -> None:
         """The task is over: store its return values, wake who waits, unpin its arguments."""
         self.tasks.pop(task.spec.task_id, None)
+        if CONFIG.task_events and task.t_submit:
+            values = list(itertools.islice(values, task.spec.num_returns)) \
+                if type(values) is itertools.repeat else values
+            self.events.pending.append(task_log.record(task, values, self))
         ok = True
         for rid, value in zip(task.spec.return_ids, values):
             ok = ok and value.kind in (P.INLINE, P.SHM)
@@ -727,7 +745,8 @@ class CoreClient:
             return
         shape.requests -= 1
         key = next(k for k, s in self.shapes.items() if s is shape)
-        lease = Lease(msg.worker_id, msg.address, key, idle_since=time.monotonic(), node=node)
+        lease = Lease(msg.worker_id, msg.address, key, idle_since=time.monotonic(), node=node,
+                      pid=msg.pid, node_id=msg.node_id)
         self.leases[msg.worker_id] = lease
         shape.leases.append(lease)
 

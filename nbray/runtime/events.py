@@ -53,21 +53,37 @@ class EventBuffer:
 
 
 class EventLog:
-    """The head's ring of the newest events."""
+    """The head's rings of the newest events, and of the newest task records (``task``,
+    see ``task_log.py``), kept apart so that a flood of tasks does not push the faults out."""
 
-    def __init__(self, maxlen: int):
+    def __init__(self, maxlen: int, task_maxlen: int = 20_000):
         self.ring: collections.deque = collections.deque(maxlen=max(1, maxlen))
+        self.task_ring: collections.deque = collections.deque(maxlen=max(1, task_maxlen))
         self._seq = itertools.count(1)
         self.total = 0
+        self.tasks_total = 0
 
     def add(self, events: list) -> None:
         for event in events:
-            if isinstance(event, dict) and event.get("kind") in KINDS:
+            if not isinstance(event, dict):
+                continue
+            kind = event.get("kind")
+            if kind == "task":
+                event["seq"] = next(self._seq)
+                self.task_ring.append(event)
+                self.tasks_total += 1
+            elif kind in KINDS:
                 event["seq"] = next(self._seq)
                 self.ring.append(event)
                 self.total += 1
 
     def query(self, kinds=None, since_seq: int = 0, limit: int | None = None) -> dict:
+        if kinds and "task" in kinds:
+            rows = [e for e in self.task_ring if e["seq"] > since_seq]
+            if limit is not None:
+                rows = rows[-limit:] if limit > 0 else []
+            return {"events": rows, "total": self.tasks_total, "kept": len(self.task_ring),
+                    "dropped": self.tasks_total - len(self.task_ring)}
         rows = [e for e in self.ring if e["seq"] > since_seq and (not kinds or e["kind"] in kinds)]
         if limit is not None:
             rows = rows[-limit:] if limit > 0 else []

@@ -118,6 +118,8 @@ class TaskResult(NamedTuple):
     #: one Value per return id (ERROR values when the task raised)
     values: tuple
     run_s: float
+    #: when it started on the worker (seconds since the epoch; 0 if not known)
+    started: float = 0.0
 
 
 # ---- client <-> node -------------------------------------------------------------------------
@@ -177,6 +179,7 @@ class LeaseGranted(NamedTuple):
     worker_id: bytes
     address: str
     pid: int = 0
+    node_id: bytes = b""
 
 
 class LeaseRejected(NamedTuple):

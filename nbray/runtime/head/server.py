@@ -22,7 +22,7 @@ class HeadServer:
         self.address = self.ep.address
         self.tables = Tables(session)
         self.scheduler = GlobalScheduler()
-        self.events = EventLog(CONFIG.event_log_max)
+        self.events = EventLog(CONFIG.event_log_max, CONFIG.task_log_max)
         self.watch_pid = watch_pid
         self.stopping = False
 

@@ -183,7 +183,7 @@ class NodeServer:
             self.sched.acquire(req.held)
             self.leases_granted += 1
             self.ep.reply(req.peer, P.LeaseGranted(req.request_id, w.worker_id, w.address,
-                                                   w.pid))
+                                                   w.pid, self.node_id))
             if req.actor and len(self.pool.workers) < self.max_workers:
                 self.pool.spawn()       # the actor keeps this worker: stand another in
         if self.sched.queue:

@@ -140,6 +140,7 @@ class Executor:
             return 0.0
         client = self.client
         start = time.perf_counter()
+        wall = time.time()
         self.running = spec.task_id
         client.cancel_requested = False
         current = (spec.origin, spec.name, spec.task_id) if spec.origin else None
@@ -178,7 +179,7 @@ class Executor:
         if spec.kind == P.ACTOR_CREATE:
             self._created(encoded)
         ran = time.perf_counter() - start
-        self._add_result(owner, P.TaskResult(spec.task_id, encoded, ran))
+        self._add_result(owner, P.TaskResult(spec.task_id, encoded, ran, wall))
         return ran
 
     def _run_setups(self) -> None:

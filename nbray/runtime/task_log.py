@@ -1,0 +1,124 @@
+"""The task log: one record per finished task or actor call, made by its owner, kept by the head.
+
+A task's owner notes when it was submitted, when its inputs were ready, when it was pushed to
+a worker; the worker says when it started and how long it ran. When the task is over the owner
+makes one record of all of it (``record``) and sends it with its other events, in one message
+per turn of its I/O loop; the head keeps the newest ``task_log_max`` (``events.EventLog``).
+``nbray.state.tasks()`` reads them, and ``chrome_trace`` turns them into a timeline.
+
+A record is a dict: ``kind`` ("task"), ``task_id``, ``name``, ``state`` (``finished``,
+``failed``, ``cancelled``), ``error`` (its first line, if it failed), ``attempts``,
+``submitted``, ``ready``, ``dispatched``, ``started``, ``ended`` (seconds since the epoch; 0
+when not known), ``node_id``, ``worker_pid``, ``actor_id``, ``deps`` (the ids of the tasks
+whose results it took), ``arg_bytes``, ``result_bytes``, ``owner_pid``, ``scope``.
+"""
+from __future__ import annotations
+
+import json
+import time
+
+from nbray.runtime import protocol as P
+
+STATES = ("finished", "failed", "cancelled")
+
+
+def record(task, values, client) -> dict:
+    spec = task.spec
+    state, error, size = "finished", "", 0
+    for v in values:
+        if v.kind == P.INLINE:
+            size += len(v.payload)
+        elif v.kind == P.SHM:
+            size += v.payload.size
+        elif not error:
+            state, error = _failure(v)
+    if task.ran_on:
+        node_id, pid = task.ran_on
+    elif task.actor is not None:
+        node_id, pid = b"", task.actor.worker_pid
+    else:
+        node_id, pid = b"", 0
+    blob = spec.args_blob
+    started = task.t_start
+    return {"kind": "task", "time": time.time(), "task_id": spec.task_id.hex(),
+            "name": spec.name, "state": state, "error": error, "attempts": task.attempts,
+            "submitted": task.t_submit, "ready": task.t_ready or task.t_submit,
+            "dispatched": task.t_push, "started": started,
+            "ended": started + task.run_s if started else 0.0,
+            "node_id": node_id.hex(), "worker_pid": pid,
+            "actor_id": spec.actor_id.hex() if spec.actor_id else "",
+            "deps": [a[:16].hex() for a in task.arg_ids],
+            "arg_bytes": blob.payload.size if type(blob) is P.Value else len(blob),
+            "result_bytes": size, "owner_pid": client.events.pid,
+            "scope": spec.origin[1] if spec.origin else 0}
+
+
+def _failure(value) -> tuple[str, str]:
+    if value.kind == P.LOST:
+        return "failed", f"ObjectLostError: {str(value.payload).splitlines()[0][:200]}"
+    try:
+        from nbray.runtime import serialization
+        exc = serialization.deserialize(value)
+        exc = exc[0] if isinstance(exc, tuple) else exc
+    except Exception:               # an error that cannot be read here is still an error
+        return "failed", "an error this process cannot unpickle"
+    name = type(exc).__name__
+    if name == "TaskCancelledError":
+        return "cancelled", ""
+    return "failed", f"{name}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+
+
+# ---- the timeline --------------------------------------------------------------------------
+def chrome_trace(records: list, nodes: list | None = None) -> dict:
+    """The Chrome trace event format (``{"traceEvents": [...]}``, which Perfetto and
+    chrome://tracing open): a process per node, a track per worker, a slice per task (from
+    its start to its end on the worker; its time waiting before that in its args), and a flow
+    arrow from each task to the tasks that took its results."""
+    hosts = {n["node_id"]: n.get("host", "") for n in nodes or ()}
+    pids: dict[str, int] = {}
+    events, threads = [], set()
+    ran = [r for r in records if r.get("started") and r.get("ended")]
+    where = {}
+    for r in ran:
+        node = (r["node_id"] or "actor") if r["actor_id"] else (r["node_id"] or "?")
+        pid = pids.setdefault(node, len(pids) + 1)
+        tid = r["worker_pid"] or 0
+        threads.add((pid, tid))
+        where[r["task_id"]] = (pid, tid, r["ended"])
+        events.append({
+            "name": r["name"], "cat": r["state"], "ph": "X", "pid": pid, "tid": tid,
+            "ts": _us(r["started"]), "dur": max(1.0, _us(r["ended"]) - _us(r["started"])),
+            "args": {"task_id": r["task_id"], "state": r["state"], "error": r["error"],
+                     "queued_ms": _ms(r["dispatched"] - r["ready"]),
+                     "waited_for_inputs_ms": _ms(r["ready"] - r["submitted"]),
+                     "arg_bytes": r["arg_bytes"], "result_bytes": r["result_bytes"],
+                     "attempts": r["attempts"]}})
+    flow = 0
+    for r in ran:
+        for dep in r["deps"]:
+            source = where.get(dep)
+            if source is None:
+                continue
+            flow += 1
+            spid, stid, ended = source
+            events.append({"name": "result", "cat": "dependency", "ph": "s", "id": flow,
+                           "pid": spid, "tid": stid, "ts": _us(ended) - 1})
+            events.append({"name": "result", "cat": "dependency", "ph": "f", "bp": "e",
+                           "id": flow, "pid": where[r["task_id"]][0],
+                           "tid": where[r["task_id"]][1], "ts": _us(r["started"])})
+    for node, pid in pids.items():
+        label = f"node {node[:8]}" + (f" ({hosts[node]})" if hosts.get(node) else "") \
+            if node not in ("?", "actor") else {"?": "unknown node", "actor": "actors"}[node]
+        events.append({"name": "process_name", "ph": "M", "pid": pid, "args": {"name": label}})
+    for pid, tid in sorted(threads):
+        events.append({"name": "thread_name", "ph": "M", "pid": pid, "tid": tid,
+                       "args": {"name": f"worker pid {tid}" if tid else "worker"}})
+    return {"traceEvents": events, "displayTimeUnit": "ms"}
+
+
+def _us(t: float) -> float:
+    return t * 1e6
+
+
+def _ms(dt: float) -> float:
+    return round(max(0.0, dt) * 1000, 3)

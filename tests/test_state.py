@@ -1,0 +1,128 @@
+"""The task log and the state API on a real cluster: every finished task has a record with its
+times, node and worker; unfinished ones show where they wait; the timeline is a Chrome trace
+with a track per worker and arrows for dependencies; the log is a bounded ring."""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+import nbray
+from conftest import wait_until
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@nbray.remote
+def leaf(i):
+    time.sleep(0.01)
+    return i
+
+
+@nbray.remote
+def join(a, b):
+    return a + b
+
+
+@nbray.remote
+def broken():
+    raise ValueError("broken on purpose")
+
+
+@nbray.remote
+def wait_for(marker):
+    while not os.path.exists(marker):
+        time.sleep(0.01)
+    return "done"
+
+
+@nbray.remote
+class Counter:
+    def add(self, k):
+        return k
+
+
+def _records(name: str, n: int) -> list[dict]:
+    return wait_until(lambda: (lambda rows: rows if len(rows) >= n else None)(
+        [r for r in nbray.state.tasks(pending=False) if r["name"] == name]), 10,
+        f"{n} records of {name}")
+
+
+def test_every_finished_task_has_a_record_with_its_life(module_cluster):
+    leaves = [leaf.remote(i) for i in range(4)]
+    assert nbray.get(join.remote(leaves[0], leaves[1])) == 1
+    rows = _records("leaf", 4)
+    (j,) = _records("join", 1)
+    for r in rows + [j]:
+        assert r["state"] == "finished" and r["attempts"] == 1 and not r["error"]
+        assert r["submitted"] <= r["ready"] <= r["dispatched"] <= r["started"] <= r["ended"]
+        assert r["worker_pid"] in module_cluster.worker_pids() or r["worker_pid"] > 0
+        assert r["node_id"] == module_cluster.client.node_id.hex()
+        assert r["result_bytes"] > 0 and r["arg_bytes"] > 0
+    assert all(r["ended"] - r["started"] >= 0.01 for r in rows)
+    assert set(j["deps"]) == {leaves[0].binary()[:16].hex(), leaves[1].binary()[:16].hex()}
+
+
+def test_failed_and_actor_calls_are_recorded_too(module_cluster):
+    with pytest.raises(ValueError):
+        nbray.get(broken.remote())
+    (r,) = _records("broken", 1)
+    assert r["state"] == "failed" and r["error"] == "ValueError: broken on purpose"
+    c = Counter.remote()
+    assert nbray.get(c.add.remote(3)) == 3
+    (call,) = _records("Counter.add", 1)
+    assert call["actor_id"] == c._actor_id.hex() and call["worker_pid"] > 0
+    assert nbray.state.tasks({"state": "failed", "name": "broken"})
+
+
+def test_unfinished_tasks_show_where_they_wait(module_cluster, tmp_path):
+    marker = str(tmp_path / "go")
+    running = wait_for.remote(marker)
+    waiting = join.remote(running, 1)               # waits for its input
+    wait_until(lambda: any(r["task_id"] == running.binary()[:16].hex() and
+                           r["state"] == "running" for r in nbray.state.tasks()), 10,
+               "the task to be running")
+    (w,) = [r for r in nbray.state.tasks() if r["task_id"] == waiting.binary()[:16].hex()]
+    assert w["state"] == "waiting"
+    Path(marker).touch()
+    with pytest.raises(TypeError):
+        nbray.get(waiting, timeout=30)              # "done" + 1
+
+
+def test_the_timeline_is_a_chrome_trace_with_tracks_and_arrows(module_cluster, tmp_path):
+    nbray.get(join.remote(leaf.remote(1), leaf.remote(2)))
+    _records("join", 1)
+    path = str(tmp_path / "trace.json")
+    nbray.timeline(path)
+    trace = json.loads(Path(path).read_text())
+    events = trace["traceEvents"]
+    slices = [e for e in events if e["ph"] == "X"]
+    assert slices and all(e["dur"] > 0 and e["ts"] > 0 for e in slices)
+    assert {e["name"] for e in slices} >= {"leaf", "join"}
+    starts = {e["id"] for e in events if e["ph"] == "s"}
+    ends = {e["id"] for e in events if e["ph"] == "f"}
+    assert starts and starts == ends                # every arrow has both ends
+    names = {e["args"]["name"] for e in events if e["ph"] == "M"}
+    assert any(n.startswith("node ") for n in names)
+    assert any(n.startswith("worker pid ") for n in names)
+
+
+def test_summary_counts_by_function_and_state(module_cluster):
+    nbray.get([leaf.remote(i) for i in range(3)])
+    s = nbray.state.summary()
+    assert s["tasks"]["leaf"]["finished"] >= 3 and s["tasks"]["leaf"]["mean_run_s"] >= 0.01
+    assert s["nodes"] == {"alive": 1}
+    ref = nbray.put(b"x" * 200_000)
+    (row,) = nbray.state.objects({"object_id": ref.hex()})
+    assert row["size"] >= 200_000 and row["where"].startswith("node ") and row["made_by_put"]
+
+
+def test_recording_can_be_turned_off(module_cluster, monkeypatch):
+    from nbray.config import CONFIG
+    monkeypatch.setattr(CONFIG, "task_events", False)
+    before = len([r for r in nbray.state.tasks(pending=False) if r["name"] == "join"])
+    nbray.get(join.remote(1, 2))
+    assert len([r for r in nbray.state.tasks(pending=False) if r["name"] == "join"]) == before
