@@ -161,6 +161,22 @@ def test_timeline_writes_a_chrome_trace_of_the_cells_tasks(ip, tmp_path, capsys)
         ip.run_line_magic("nbray", "timeline")
 
 
+def test_only_the_globals_a_cell_reads_are_sent():
+    from nbray.extension.cells import names_read
+    code = ("import os\ndef f(a):\n    b = a + x\n    return [i * y for i in range(3)]\n"
+            "z = f(w)\nclass K:\n    k = 1\n")
+    assert names_read(code) == ["f", "range", "w", "x", "y"]      # not a, b, i, k, os, z
+
+
+def test_an_async_cell_without_outputs_keeps_its_ref_and_actor_flags_place_it(ip):
+    ref = run(ip, "%%remote --async\n'kept'")
+    n = ip.execution_count - 1
+    assert ip.user_ns["Out"][n] is ref and nbray.get(ref) == "kept"
+    assert run(ip, "%%remote --actor placed-ns --num-cpus 1\n'placed'") == "placed"
+    (row,) = nbray.state.actors({"name": "placed-ns"})
+    assert row["resources"].get("CPU") == 1
+
+
 def test_unknown_commands_and_bad_arguments_are_usage_errors(ip):
     with pytest.raises(UsageError, match="unknown command"):
         ip.run_line_magic("nbray", "bogus")

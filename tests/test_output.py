@@ -151,13 +151,38 @@ def test_a_flood_is_cut_and_counted_and_its_last_lines_shown(printed, module_clu
     took = time.perf_counter() - t
     module_cluster.client.printer.finish(9)
     lines = printed.lines(scope=9)
-    report = [ln for ln in lines if ln.startswith("[nbray: ")]
-    assert len(report) == 1, report
+    reports = [ln for ln in lines if ln.startswith("[nbray: ")]
+    assert reports and reports[-1].endswith(f"the last {output.TAIL_LINES} follow]")
+    assert len(reports) <= took / output.NOTE_S + 2         # at most one a second
     shown = [ln for ln in lines if ln.startswith("(flood pid=")]
-    hidden = int(report[0].split()[1].replace(",", ""))
+    hidden = sum(int(r.split()[1].replace(",", "")) for r in reports)
     assert len(shown) + hidden == 100_000
     assert len(shown) < output.HEAD_LINES + output.RATE_LINES * (took + 2) + output.TAIL_LINES
     assert shown[-1].endswith(") line 99999")
+
+
+@nbray.remote
+def burst_then_progress(marker):
+    import time
+    for i in range(1000):
+        print("burst", i)
+    for i in range(3):              # slow lines after a flood are shown again
+        time.sleep(0.3)
+        print(f"progress {i}", flush=True)
+    for i in range(5):              # a progress bar: only its last drawing counts
+        print(f"\rbar {i * 25}%", end="", flush=True)
+    print()
+    return "ok"
+
+
+def test_slow_lines_after_a_flood_and_a_redrawn_line_are_shown(printed, module_cluster):
+    module_cluster.client.scope = 10
+    assert nbray.get(burst_then_progress.remote(""), timeout=60) == "ok"
+    module_cluster.client.printer.finish(10)
+    text = [ln.split(") ", 1)[-1] for ln in printed.lines(scope=10)]
+    assert {"progress 0", "progress 1", "progress 2"} <= set(text)
+    assert "bar 100%" in text and "bar 0%" not in text
+    assert any(ln.startswith("[nbray: ") for ln in text)
 
 
 # ---- cancellation -----------------------------------------------------------------------------
@@ -219,3 +244,35 @@ def test_cancelling_a_scope_cancels_its_tasks_and_actor_calls_only(module_cluste
                "the nested task to be cancelled")
     assert nbray.get(keep, timeout=30) == "slept"
     assert nbray.get(slow.ping.remote(), timeout=30) == "pong"     # the actor lives on
+
+
+@nbray.remote
+def fork_and_print():
+    import multiprocessing
+    ctx = multiprocessing.get_context("fork")
+    child = ctx.Process(target=print, args=("from a forked child",))
+    child.start()
+    child.join(30)
+    print("parent after the child")
+    return child.exitcode
+
+
+def test_a_process_forked_by_a_task_does_not_use_the_workers_sockets(printed):
+    assert nbray.get(fork_and_print.remote(), timeout=60) == 0
+    wait_until(lambda: any(ln.endswith(") parent after the child") for ln in printed.lines()),
+               10, "the parent's line")
+    assert nbray.get(say.remote("the worker still works"), timeout=30) == "the worker still works"
+
+
+@nbray.remote
+def print_bytes():
+    import sys
+    sys.stdout.buffer.write(b"raw bytes\n")
+    sys.stdout.flush()
+    return 1
+
+
+def test_bytes_written_to_stdout_buffer_go_to_the_driver_too(printed):
+    assert nbray.get(print_bytes.remote()) == 1
+    wait_until(lambda: any(ln.endswith(") raw bytes") for ln in printed.lines()), 10,
+               "the bytes' line")

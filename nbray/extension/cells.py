@@ -19,6 +19,7 @@ from __future__ import annotations
 import ast
 import builtins
 import linecache
+import symtable
 import sys
 
 #: names a cell may read that never travel: IPython's own, and the notebook's history
@@ -28,12 +29,18 @@ HIDDEN = frozenset({"In", "Out", "_", "__", "___", "_i", "_ii", "_iii", "_oh", "
 
 
 def names_read(code: str) -> list[str]:
-    """The names a cell's code loads, in the order they first appear."""
-    seen: dict[str, None] = {}
-    for node in ast.walk(ast.parse(code)):
-        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load):
-            seen.setdefault(node.id, None)
-    return list(seen)
+    """The global names a cell's code reads, at its top level or from inside its functions,
+    classes and comprehensions (their own parameters and locals are not), sorted."""
+    found: set[str] = set()
+    todo = [symtable.symtable(code, "<cell>", "exec")]
+    while todo:
+        table = todo.pop()
+        top = table.get_type() == "module"
+        for sym in table.get_symbols():
+            if sym.is_referenced() and (top or sym.is_global() or sym.is_free()):
+                found.add(sym.get_name())
+        todo.extend(table.get_children())
+    return sorted(found)
 
 
 def inputs_from(code: str, user_ns: dict) -> tuple[list[str], list]:
@@ -59,8 +66,9 @@ def compile_cell(code: str, filename: str):
     return compile(tree, filename, "exec"), last
 
 
-#: driver address -> the namespace its setups made on this worker
+#: driver address -> the namespace its setups made on this worker (the newest few drivers)
 SETUP_NS: dict[str, dict] = {}
+SETUP_DRIVERS_KEPT = 16
 
 
 def _driver() -> str:
@@ -81,7 +89,11 @@ def run_cell(code: str, filename: str, names: list, outputs: list, *values):
 
 def run_setup(code: str, filename: str, names: list, *values):
     """Run a ``%%remote --all`` cell in this worker's namespace for its notebook."""
-    ns = SETUP_NS.setdefault(_driver(), {"__name__": "__main__", "__builtins__": builtins})
+    driver = _driver()
+    ns = SETUP_NS.setdefault(driver, {"__name__": "__main__", "__builtins__": builtins})
+    extra = len(SETUP_NS) - SETUP_DRIVERS_KEPT      # notebooks long gone: the oldest go
+    for old in [d for d in SETUP_NS if d != driver][:max(0, extra)]:
+        del SETUP_NS[old]
     ns.update(zip(names, values))
     return _run_in(ns, code, filename, [])
 
@@ -108,7 +120,8 @@ class CellNamespace:
         self.cells = 0
 
     def run(self, code: str, filename: str, names: list, outputs: list, *values):
-        self.ns.update(zip(names, values))
+        for name, value in zip(names, values):      # what lives here wins over the notebook's
+            self.ns.setdefault(name, value)
         self.cells += 1
         return _run_in(self.ns, code, filename, outputs)
 

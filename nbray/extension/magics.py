@@ -140,9 +140,6 @@ class NbrayMagics(Magics):
         if resources:
             options["resources"] = resources
         if opts.actor:
-            if opts.num_cpus is not None or opts.num_gpus is not None or resources:
-                raise UsageError("%%remote --actor: resource flags place a new actor only; "
-                                 "give them with the first cell that names it")
             handle = _namespace_actor(opts.actor, options)
             refs = handle.run.options(num_returns=options["num_returns"]).remote(
                 code, filename, names, outputs, *values)
@@ -153,7 +150,10 @@ class NbrayMagics(Magics):
         if opts.run_async:
             for name, ref in zip(outputs, refs):
                 self.shell.user_ns[name] = ref
-            return refs[0] if not outputs else None
+            if outputs:
+                return None
+            _session(self.shell).keep_in_history = True    # the only handle on the result
+            return refs[0]
         results = nbray.get(refs)
         if outputs:
             for name, value in zip(outputs, results):
@@ -185,10 +185,14 @@ def _run_everywhere(code: str, filename: str, names: list, values: list, timeout
     client = api._client()
     expected = sum(n.get("workers", 0) for n in nbray.state.nodes({"state": "alive"}))
     blob = cloudpickle.dumps((cells.run_setup, (code, filename, names, *values)), protocol=5)
-    setup_id = client.setup_workers(blob)
+    import hashlib
+    setup_id = client.setup_workers(blob, hashlib.sha256(code.encode()).hexdigest())
     results = client.setup_results[setup_id]
     deadline = time.monotonic() + timeout
-    client.wait_for(lambda: True if len(results) >= expected else None, deadline)
+    try:
+        client.wait_for(lambda: True if len(results) >= expected else None, deadline)
+    finally:
+        client.setup_results.pop(setup_id, None)      # later replies are not wanted
     rows = [[r.source, "error" if r.error else "ok",
              r.error.strip().splitlines()[-1] if r.error else repr(r.value)] for r in results]
     failed = [r for r in results if r.error]
@@ -205,17 +209,28 @@ def _run_everywhere(code: str, filename: str, names: list, values: list, timeout
 
 
 def _namespace_actor(name: str, options: dict):
-    """The actor holding the remote namespace ``name``: found, or made on first use."""
-    handle = _NAMESPACE_ACTORS.get(name)
+    """The actor holding the remote namespace ``name``: found, or made on first use (placed
+    by the cell's resource flags, which an existing one ignores)."""
+    from nbray import api
+    key = (api._client().client_id, name)           # a new cluster, new handles
+    handle = _NAMESPACE_ACTORS.get(key)
     if handle is not None:
         return handle
     try:
         handle = nbray.get_actor(name)
     except ValueError:
+        place = {k: v for k, v in options.items() if k in ("num_cpus", "num_gpus", "resources")}
         cls = nbray.remote(cells.CellNamespace)
-        handle = cls.options(name=name).remote()
-    _NAMESPACE_ACTORS[name] = handle
+        handle = cls.options(name=name, **place).remote()
+    for old in [k for k in _NAMESPACE_ACTORS if k[0] != key[0]]:
+        del _NAMESPACE_ACTORS[old]
+    _NAMESPACE_ACTORS[key] = handle
     return handle
+
+
+def _session(shell):
+    from nbray.extension import _loaded
+    return _loaded[id(shell)][0]
 
 
 def _parser(prog: str, *args):

@@ -6,8 +6,11 @@
 - A ``RemoteError`` shows the remote traceback, highlighted as IPython shows a local one.
 - Refs do not stay in the output history: a cell whose value is an ``ObjectRef`` (or a list of
   them) would otherwise pin the object for the life of the kernel through ``Out[n]``.
-- An interrupt that lands while the runtime itself is busy (it holds its lock) waits until the
-  runtime lets go, so it never leaves the runtime's state half changed.
+- An interrupt that lands while the runtime itself is busy (it holds its lock, or is taking
+  messages off its sockets) waits until the runtime lets go (within 0.1 s), so it never leaves
+  the runtime's state half changed or drops what it received. ipykernel sets its own SIGINT
+  handler for each cell, so ours is put in place at the start of each cell and taken away at
+  its end.
 """
 from __future__ import annotations
 
@@ -31,6 +34,7 @@ class NotebookSession:
         self.scope = 0
         self.cancelled: dict[int, int] = {}     # scope -> tasks cancelled by its interrupt
         self.noticed_history = False
+        self.keep_in_history = False    # this cell's ref is the user's only handle on it
         self._sigint = None
 
     # ---- life --------------------------------------------------------------------------------
@@ -41,10 +45,6 @@ class NotebookSession:
         from nbray.errors import RemoteError
         self.shell.set_custom_exc((RemoteError,), _show_remote_error)
         output.route = self.write
-        if threading.current_thread() is threading.main_thread():
-            self._sigint = signal.getsignal(signal.SIGINT)
-            if callable(self._sigint):
-                signal.signal(signal.SIGINT, self._on_sigint)
 
     def stop(self) -> None:
         events = self.shell.events
@@ -57,8 +57,7 @@ class NotebookSession:
         self.shell.set_custom_exc((), None)
         if output.route == self.write:
             output.route = None
-        if self._sigint is not None and signal.getsignal(signal.SIGINT) == self._on_sigint:
-            signal.signal(signal.SIGINT, self._sigint)
+        self._restore_sigint()
         core_client.CoreClient.scope = 0
 
     # ---- cells -------------------------------------------------------------------------------
@@ -68,6 +67,12 @@ class NotebookSession:
         client = core_client.current()
         if client is not None:
             client.scope = self.scope
+            client.interrupt_pending = False        # one from an earlier cell is stale
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.getsignal(signal.SIGINT)
+            if previous != self._on_sigint:
+                self._sigint = previous
+                signal.signal(signal.SIGINT, self._on_sigint)
         parent = getattr(sys.stdout, "parent_header", None)
         if parent:
             self.parents[self.scope] = parent
@@ -75,9 +80,13 @@ class NotebookSession:
                 del self.parents[next(iter(self.parents))]
 
     def post_run_cell(self, result) -> None:
+        self._restore_sigint()
         scope = self.scope
         client = core_client.current()
-        if isinstance(getattr(result, "error_in_exec", None), KeyboardInterrupt) and client:
+        interrupted = isinstance(getattr(result, "error_in_exec", None), KeyboardInterrupt)
+        if client is not None and client.interrupt_pending:    # deferred, never raised
+            client.interrupt_pending, interrupted = False, True
+        if interrupted and client:
             n = client.cancel_scope(scope)
             if n:
                 self.cancelled[scope] = n
@@ -85,12 +94,24 @@ class NotebookSession:
                       f"started, and what they started", file=sys.stderr)
         self._keep_refs_out_of_history(result)
         if client is not None:
-            busy = {t.spec.origin[1] for t in list(client.tasks.values())
-                    if t.spec.origin and t.spec.origin[0] == client.address}
-            for done in [s for s in client.printer.scopes if s not in busy]:
+            with client.lock:
+                busy = {t.spec.origin[1] for t in client.tasks.values()
+                        if t.spec.origin and t.spec.origin[0] == client.address}
+            with client.printer.lock:
+                scopes = list(client.printer.scopes)
+            for done in [s for s in scopes if s not in busy]:
                 client.printer.finish(done)
 
+    def _restore_sigint(self) -> None:
+        if self._sigint is not None and threading.current_thread() is threading.main_thread() \
+                and signal.getsignal(signal.SIGINT) == self._on_sigint:
+            signal.signal(signal.SIGINT, self._sigint)
+        self._sigint = None
+
     def _keep_refs_out_of_history(self, result) -> None:
+        if self.keep_in_history:
+            self.keep_in_history = False
+            return
         value = getattr(result, "result", None)
         if value is None or not _holds_refs(value):
             return
@@ -131,7 +152,7 @@ class NotebookSession:
     # ---- interrupts --------------------------------------------------------------------------
     def _on_sigint(self, signum, frame) -> None:
         client = core_client.current()
-        if client is not None and client.lock._is_owned():
+        if client is not None and client.busy_in_runtime():
             client.interrupt_pending = True     # raised when the runtime lets go
             return
         previous = self._sigint

@@ -139,7 +139,8 @@ class ActorCalls:
         actor.lease = lease
         actor.address = msg.address
         actor.worker_pid, actor.worker_id = msg.pid, msg.worker_id
-        specs = [actor.creation.spec]
+        creation = actor.creation.spec
+        specs = [creation._replace(origin=()) if actor.restarts else creation]  # printed once
         if actor.checkpoint is not None:    # re-created: its state first, then the replays
             specs.append(P.TaskSpec(c._new_task_id(), RESTORE, f"{actor.class_name}.{RESTORE}",
                                     _ONE_ARG, (actor.checkpoint,), 0, (), P.ACTOR_CALL,
@@ -318,8 +319,9 @@ class ActorCalls:
         c.stats["actor_replays"] += len(actor.log)
         self._event(actor, "actor_replayed", calls=len(actor.log),
                     from_checkpoint=bool(actor.marks))
-        # the same task ids (checkpoint marks name them), no results: nobody waits for them
-        return [spec._replace(num_returns=0, return_ids=()) for spec, _ in actor.log]
+        # the same task ids (checkpoint marks name them), no results: nobody waits for them,
+        # and what they print was shown the first time
+        return [spec._replace(num_returns=0, return_ids=(), origin=()) for spec, _ in actor.log]
 
     def result(self, task, values) -> None:
         """A call's result came back (``values`` None: the worker bounced it, which an actor's

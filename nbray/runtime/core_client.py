@@ -302,7 +302,7 @@ class CoreClient:
     def _origin(self) -> tuple:
         """(origin, parent task id) of a task submitted now: a task run here passes its own
         origin on; a driver's tasks get its address and current scope."""
-        current = output.CURRENT.get()
+        current = output.CURRENT.get() or self.current_task     # (a task's own threads)
         if current is not None:
             return current[0], current[2]
         return (self.address, self.scope), b""
@@ -694,7 +694,7 @@ class CoreClient:
         if CONFIG.task_events and task.t_submit:
             values = list(itertools.islice(values, task.spec.num_returns)) \
                 if type(values) is itertools.repeat else values
-            self.events.pending.append(task_log.record(task, values, self))
+            self.events.record(task_log.record(task, values, self))
         ok = True
         for rid, value in zip(task.spec.return_ids, values):
             ok = ok and value.kind in (P.INLINE, P.SHM)
@@ -898,14 +898,14 @@ class CoreClient:
             self.setup_results[msg.setup_id].append(msg)
             self._notify = True
 
-    def setup_workers(self, blob: bytes) -> int:
+    def setup_workers(self, blob: bytes, key: str = "") -> int:
         """Have every worker of the cluster, and every one started later, run the
         cloudpickled ``(fn, args)`` once (``SetupDone`` replies collect in ``setup_results``)."""
         with self.lock:
             setup_id = next(self._requests)
             self.setup_results[setup_id] = []
             self._send(self.node_address, P.SetupWorkers(setup_id, self.address, blob,
-                                                         (self.address, self.scope)))
+                                                         (self.address, self.scope), key=key))
         return setup_id
 
     def _on_push(self, peer, msg) -> None:
@@ -1210,17 +1210,29 @@ class CoreClient:
                     if lend_cpu and not blocked and self.worker_id is not None:
                         blocked = True
                         self._set_blocked(True)
-                    self.pump(None if remaining is None else remaining * 1000)
+                    timeout = None if remaining is None else remaining * 1000
+                    if self.on_wait is not None:    # look at the task's output now and then
+                        timeout = _MAIN_POLL_MS if timeout is None else \
+                            min(timeout, _MAIN_POLL_MS)
+                    self.pump(timeout)
                     if self.cancel_requested and self.in_user_code:
                         raise TaskCancelledError("task was cancelled while it waited")
+                    if self.on_wait is not None:
+                        self.on_wait()      # a worker: what its task's threads print
                     continue
                 if self._acquire_sockets(remaining):
                     owner = True
-                    self.pump(min(self._timer_ms(), 1e9 if remaining is None else
-                                  remaining * 1000))
-                    with self.lock:
-                        self._baton_busy = False
-                        self._baton_idle_since = time.monotonic()
+                    # the main thread polls in short steps: an interrupt deferred while it
+                    # was in pump is raised soon (above), not when a message next comes
+                    step = _MAIN_POLL_MS if threading.current_thread() is \
+                        threading.main_thread() else 1e9
+                    try:
+                        self.pump(min(self._timer_ms(), step, 1e9 if remaining is None else
+                                      remaining * 1000))
+                    finally:
+                        with self.lock:
+                            self._baton_busy = False
+                            self._baton_idle_since = time.monotonic()
                 else:
                     with self.lock:
                         self._waiters += 1
@@ -1311,6 +1323,9 @@ class CoreClient:
             self._send(self.node_address, P.WorkerUnblocked(self.worker_id))
 
     on_block = None
+    on_wait = None
+    #: a worker: the task its main thread runs, as output.CURRENT (for the task's threads)
+    current_task = None
 
     # ---- cancel ----------------------------------------------------------------------------
     def cancel(self, ref: ObjectRef, force: bool = False) -> None:
@@ -1402,20 +1417,35 @@ class CoreClient:
 
     # a worker's cancel state (see install_poke_handler)
     cancel_requested = poke_pending = False
+    #: threads inside pump() now (the driver defers an interrupt while the main one is)
+    in_pump = 0
     #: a driver: the user's interrupt (SIGINT) came while the runtime held its lock; it is
     #: raised when the runtime lets go (see nbray/extension/notebook.py)
     interrupt_pending = False
 
+    def busy_in_runtime(self) -> bool:
+        """Whether the calling thread is in the runtime's own code, where an exception would
+        leave it half way through a change: holding the lock, or receiving in pump."""
+        return self.lock._is_owned() or (
+            self.in_pump and self._baton_owner == threading.get_ident())
+
     def _interrupted(self) -> None:
         if threading.current_thread() is threading.main_thread() and \
-                not self.lock._is_owned():
+                not self.busy_in_runtime():
             self.interrupt_pending = False
             raise KeyboardInterrupt
 
     def pump(self, timeout_ms: float | None) -> None:
         """Receive and handle what is ready (waiting up to ``timeout_ms``), then dispatch.
         Called by the baton holder only."""
-        msgs = self.ep.recv(timeout_ms)
+        self.in_pump += 1           # an interrupt now would drop what was received
+        try:
+            msgs = self.ep.recv(timeout_ms)
+            self._handle_all(msgs)
+        finally:
+            self.in_pump -= 1
+
+    def _handle_all(self, msgs) -> None:
         with self.lock:
             self._notify = False
             while self._outbox:
@@ -1424,7 +1454,7 @@ class CoreClient:
             for peer, msg in msgs:
                 self._handle(peer, msg)
             self._dispatch()
-            if self.events.pending:
+            if self.events.pending and self.events.due():
                 self._flush_events()
             if self._notify and self._waiters:
                 self.cv.notify_all()
@@ -1483,6 +1513,7 @@ class CoreClient:
 
 
 _PUSHED = (P.PushTasks, P.CancelTasks)
+_MAIN_POLL_MS = 100
 _LOCALITY = "@node"      # a scheduling key's entry for the node its tasks' inputs are on
 
 

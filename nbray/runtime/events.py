@@ -32,23 +32,47 @@ import itertools
 import os
 import time
 
+#: events a process keeps for its next report at most (a node's death may lose thousands of
+#: objects at once)
+MAX_PENDING = 20_000
+TASK_FLUSH_S = 1.0
+TASK_BATCH = 5000
+
 KINDS = ("task_retried", "task_failed", "object_lost", "task_reconstructed",
          "reconstruction_failed", "actor_restarted", "actor_replayed", "actor_restarted_fresh",
          "actor_died", "node_died", "node_left")
 
 
 class EventBuffer:
-    """A process's events not yet sent to the head (used under its client's lock)."""
+    """A process's events not yet sent to the head (used under its client's lock). A fault
+    leaves at the next turn of the I/O loop; task records (``task_log.py``) wait up to
+    ``TASK_FLUSH_S`` or ``TASK_BATCH`` records, so that the head sees about one message a
+    second from a busy owner, not one per task."""
 
     def __init__(self):
         self.pending: list[dict] = []
         self.pid = os.getpid()
+        self.urgent = False
+        self.first_at = 0.0
 
     def emit(self, kind: str, **fields) -> None:
-        self.pending.append({"time": time.time(), "kind": kind, "pid": self.pid, **fields})
+        if len(self.pending) < MAX_PENDING:     # more than the head keeps: it would drop them
+            self.pending.append({"time": time.time(), "kind": kind, "pid": self.pid,
+                                 **fields})
+            self.urgent = True
+
+    def record(self, rec: dict) -> None:
+        if not self.pending:
+            self.first_at = time.monotonic()
+        if len(self.pending) < MAX_PENDING:
+            self.pending.append(rec)
+
+    def due(self) -> bool:
+        return bool(self.pending) and (self.urgent or len(self.pending) >= TASK_BATCH or
+                                       time.monotonic() - self.first_at >= TASK_FLUSH_S)
 
     def take(self) -> list[dict]:
-        out, self.pending = self.pending, []
+        out, self.pending, self.urgent = self.pending, [], False
         return out
 
 

@@ -12,9 +12,10 @@ written outside any task goes to the worker's log, as before.
 
 On the driver a ``Printer`` shows it, each line tagged with the task and the worker, and keeps
 a flood in check per scope: the first ``HEAD_LINES`` lines of a scope are shown, then at most
-``RATE_LINES`` a second; what it drops it counts, keeping the last ``TAIL_LINES`` lines, and
-says so (``[nbray: N lines dropped]``, then those last lines) when the flood ends (no line
-dropped for ``QUIET_S``) or the scope finishes.
+``RATE_LINES`` a second; what it drops it counts and says so (``[nbray: N lines ...
+dropped]``) at most once every ``NOTE_S`` while the flood lasts, and when the scope finishes,
+followed then by the last ``TAIL_LINES`` lines it dropped. A line redrawn with ``\r`` (a
+progress bar) counts as its last drawing.
 """
 from __future__ import annotations
 
@@ -38,7 +39,8 @@ FLUSH_BYTES = 64 * 1024
 HEAD_LINES = 200
 RATE_LINES = 50
 TAIL_LINES = 10
-QUIET_S = 1.0
+NOTE_S = 1.0                    # while a flood lasts, what it dropped is said once a second
+PARTIAL_MAX = 64 * 1024         # an unfinished line is kept up to this many characters
 
 
 # ---- the worker's side -------------------------------------------------------------------------
@@ -64,6 +66,16 @@ class WorkerOutput:
                         TaskStream(self, "stderr", sys.stderr)]
         sys.stdout, sys.stderr = self.streams
         signal.signal(signal.SIGUSR2, lambda signum, frame: self.send_if_safe())
+        signal.siginterrupt(signal.SIGUSR2, False)      # system calls resume after it
+        os.register_at_fork(after_in_child=self._forked)
+
+    def _forked(self) -> None:
+        """A process a task forked (multiprocessing) must not use the worker's sockets: it
+        prints where the worker prints outside tasks."""
+        sys.stdout, sys.stderr = (s.fallback for s in self.streams)
+        self.buffers, self.streams = {}, []
+        self.running = None
+        CURRENT.set(None)
 
     def _flush_soon(self) -> None:
         """Text is waiting: a thread sees that it leaves within ``FLUSH_S`` even if the task
@@ -80,12 +92,14 @@ class WorkerOutput:
         while True:
             self._armed.wait()
             time.sleep(FLUSH_S)     # a timer: let the buffer fill, then send it as one
-            self._armed.clear()
             if not (self.buffers or any(s._parts for s in self.streams)):
+                self._armed.clear()
                 continue
+            # armed until it is sent: a main thread that could not send now (it waits in
+            # get: that loop sends it) is asked again
             if self.client.threaded:
                 self.end_task()
-            else:
+            elif self.client.in_user_code and not self.client.blocked_depth:
                 os.kill(os.getpid(), signal.SIGUSR2)
 
     def send_if_safe(self) -> None:
@@ -99,8 +113,10 @@ class WorkerOutput:
     def end_task(self) -> None:
         """Send all a task printed so far (it ended, or waits): before its result."""
         for stream in self.streams:
-            stream._spill()
-        self.flush()
+            if stream._parts:
+                stream._spill()
+        if self.buffers:
+            self.flush()
 
     def add(self, current, stream: str, text: str) -> None:
         key = (current[0], stream, current[1])
@@ -172,6 +188,11 @@ class TaskStream(io.TextIOBase):
     def isatty(self) -> bool:
         return False
 
+    @property
+    def buffer(self):
+        """``sys.stdout.buffer``: bytes written there are decoded and go the same way."""
+        return _Bytes(self)
+
     def fileno(self) -> int:
         return self.fallback.fileno()
 
@@ -183,17 +204,32 @@ class TaskStream(io.TextIOBase):
         return True
 
 
+class _Bytes(io.RawIOBase):
+    def __init__(self, stream: TaskStream):
+        self.stream = stream
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        self.stream.write(bytes(data).decode(self.stream.encoding or "utf-8", "replace"))
+        return len(data)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
 # ---- the driver's side -------------------------------------------------------------------------
 class _Flood:
     """One scope's budget of lines."""
-    __slots__ = ("shown", "tokens", "at", "dropped", "dropped_at", "tail", "partial")
+    __slots__ = ("shown", "tokens", "at", "dropped", "noted_at", "tail", "partial")
 
     def __init__(self):
         self.shown = 0
         self.tokens = float(RATE_LINES)
         self.at = time.monotonic()
         self.dropped = 0
-        self.dropped_at = 0.0
+        self.noted_at = 0.0
         self.tail: collections.deque = collections.deque(maxlen=TAIL_LINES)
         self.partial: dict = {}          # (stream, source) -> text after the last newline
 
@@ -213,45 +249,59 @@ class Printer:
             flood = self.scopes.get(msg.scope)
             if flood is None:
                 flood = self.scopes[msg.scope] = _Flood()
-            if flood.dropped and time.monotonic() - flood.dropped_at > QUIET_S:
-                self._report(msg.scope, flood)          # the flood is over
             key = (msg.stream, msg.source)
             text = flood.partial.pop(key, "") + msg.text
             lines = text.split("\n")
-            if lines[-1]:
-                flood.partial[key] = lines[-1]      # an unfinished line waits for its end
-            shown = [line for line in lines[:-1] if self._admit(flood, key, line)]
+            rest = lines.pop()
+            if rest:        # an unfinished line waits for its end; a progress bar redraws
+                rest = rest[rest.rfind("\r") + 1:] if "\r" in rest.rstrip("\r") else rest
+                flood.partial[key] = rest[-PARTIAL_MAX:]
+            shown = []
+            for line in lines:
+                if "\r" in line.rstrip("\r"):
+                    line = line[line.rstrip("\r").rfind("\r") + 1:]
+                if not self._admit(flood, key, line):
+                    continue
+                now = time.monotonic()
+                if flood.dropped and now - flood.noted_at >= NOTE_S:
+                    if shown:           # lines were dropped before this one: say so first
+                        self._emit(msg.scope, msg.stream, msg.source, shown)
+                        shown = []
+                    flood.noted_at = now
+                    self._report(msg.scope, flood, tail=False)
+                shown.append(line)
             if shown:
                 self._emit(msg.scope, msg.stream, msg.source, shown)
 
     def _admit(self, flood: _Flood, key: tuple, line: str) -> bool:
+        """Whether a line is shown: the first HEAD_LINES are, then RATE_LINES a second."""
         if flood.shown < HEAD_LINES:
             flood.shown += 1
             return True
         now = time.monotonic()
         flood.tokens = min(RATE_LINES, flood.tokens + (now - flood.at) * RATE_LINES)
         flood.at = now
-        if flood.tokens >= 1 and not flood.dropped:
+        if flood.tokens >= 1:
             flood.tokens -= 1
             flood.shown += 1
+            flood.tail.clear()      # the last lines shown at the end come after this one
             return True
         flood.dropped += 1
-        flood.dropped_at = now
         flood.tail.append((key, line))
         return False
 
     def _emit(self, scope: int, stream: str, source: str, lines: list) -> None:
         self.write(scope, stream, "".join(f"({source}) {line}\n" for line in lines))
 
-    def _report(self, scope: int, flood: _Flood) -> None:
-        """Say how many lines were dropped, and show the last of them."""
-        tail = list(flood.tail)
-        hidden = flood.dropped - len(tail)
+    def _report(self, scope: int, flood: _Flood, tail: bool = True) -> None:
+        """Say how many lines were dropped since the last time (and show the last of them)."""
+        last = list(flood.tail) if tail else []
+        hidden = flood.dropped - len(last)
         flood.tail.clear()
         flood.dropped = 0
-        self.write(scope, "stderr", f"[nbray: {hidden:,} lines of remote output dropped; "
-                                    f"the last {len(tail)} follow]\n")
-        for (stream, source), line in tail:
+        self.write(scope, "stderr", f"[nbray: {hidden:,} lines of remote output dropped" + (
+            f"; the last {len(last)} follow]\n" if tail else "]\n"))
+        for (stream, source), line in last:
             self._emit(scope, stream, source, [line])
 
     def finish(self, scope: int) -> None:

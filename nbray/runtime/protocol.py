@@ -103,6 +103,8 @@ class SetupWorkers(NamedTuple):
     blob: bytes
     origin: tuple = ()
     forwarded: bool = False
+    #: a setup sent again with the same key (the same cell run again) replaces the earlier
+    key: str = ""
 
 
 class SetupDone(NamedTuple):

@@ -50,7 +50,7 @@ class NodeServer:
         self.cluster_total = dict(resources)
         self._spills: dict[int, tuple] = {}         # spill id -> (client peer, request)
         self.known_nodes: dict = {}                 # node_id -> address, alive or not
-        self.setups: dict[str, list] = {}           # driver address -> its SetupWorkers
+        self.setups: dict[str, dict] = {}           # driver address -> key -> SetupWorkers
         # clients that left: a request of theirs that arrives late (from another node,
         # behind the news) is refused, or it would hold a worker for nobody
         self._gone: collections.OrderedDict = collections.OrderedDict()
@@ -238,13 +238,13 @@ class NodeServer:
                                       dict(self.cluster_total)))
         if msg.worker_id is not None:       # a new worker runs the setups drivers asked for
             for setups in self.setups.values():
-                for setup in setups:
+                for setup in setups.values():
                     self.ep.reply(peer, setup)
 
     def _on_setup_workers(self, peer, msg: P.SetupWorkers) -> None:
         """A driver's setup: every worker runs it, those started later too, until the driver
         leaves."""
-        self.setups.setdefault(msg.owner, []).append(msg)
+        self.setups.setdefault(msg.owner, {})[msg.key or str(msg.setup_id)] = msg
         for w in self.pool.workers.values():
             if w.state != "starting":
                 self.ep.reply((True, w.worker_id), msg)
@@ -364,7 +364,7 @@ class NodeServer:
 
     def _on_client_gone_elsewhere(self, peer, msg: P.ClientGone) -> None:
         """The head says a client of another node died or left."""
-        self._client_gone(msg.client_id, "", tell_head=False)
+        self._client_gone(msg.client_id, msg.address, tell_head=False)
         if msg.driver:          # its results written here are gone with it
             object_store.remove_owner(self.session, msg.client_id)
 
@@ -372,8 +372,14 @@ class NodeServer:
         self._head_seen = time.monotonic()
         nodes = getattr(msg, "nodes", None)
         if nodes:
+            joined = set(nodes) - set(self.known_nodes) - {self.node_id}
             self.nodes = nodes
             self.known_nodes.update({nid: a for nid, (a, _) in nodes.items()})
+            for nid in joined:          # a node that joined gets our drivers' setups
+                for setups in self.setups.values():
+                    for setup in setups.values():
+                        if not setup.forwarded:
+                            self.ep.send(nodes[nid][0], setup._replace(forwarded=True))
             if self.transfers.parked:
                 self.transfers.retry_parked()
             total: dict = {}

@@ -50,6 +50,7 @@ class Executor:
         self.output = output.WorkerOutput(client)
         self.setups: list = []                  # drivers' setups to run before the next task
         client.on_push = self.on_message
+        client.on_wait = self.output.end_task
         client.on_block = self.bounce_queued
 
     # ---- messages from clients -------------------------------------------------------------
@@ -145,7 +146,7 @@ class Executor:
         client.cancel_requested = False
         current = (spec.origin, spec.name, spec.task_id) if spec.origin else None
         token = output.CURRENT.set(current) if current else None
-        self.output.running = current
+        self.output.running = client.current_task = current
         try:
             fn, args, kwargs = self.prepare(spec)
             client.in_user_code = True
@@ -174,7 +175,7 @@ class Executor:
             self.running = None
             if token is not None:
                 output.CURRENT.reset(token)
-                self.output.running = None
+                self.output.running = client.current_task = None
                 self.output.end_task()      # what it printed arrives before its result
         if spec.kind == P.ACTOR_CREATE:
             self._created(encoded)
