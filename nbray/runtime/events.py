@@ -89,23 +89,31 @@ class EventLog:
 
     def add(self, events: list) -> None:
         for event in events:
+            if type(event) is tuple:            # a task record (task_log.py)
+                if event and event[0] == "task":
+                    self.task_ring.append((next(self._seq), event))
+                    self.tasks_total += 1
+                continue
             if not isinstance(event, dict):
                 continue
             kind = event.get("kind")
-            if kind == "task":
-                event["seq"] = next(self._seq)
-                self.task_ring.append(event)
-                self.tasks_total += 1
-            elif kind in KINDS:
+            if kind in KINDS:
                 event["seq"] = next(self._seq)
                 self.ring.append(event)
                 self.total += 1
 
     def query(self, kinds=None, since_seq: int = 0, limit: int | None = None) -> dict:
         if kinds and "task" in kinds:
-            rows = [e for e in self.task_ring if e["seq"] > since_seq]
+            from nbray.runtime.task_log import as_dict
+            kept = [(seq, rec) for seq, rec in self.task_ring if seq > since_seq]
             if limit is not None:
-                rows = rows[-limit:] if limit > 0 else []
+                kept = kept[-limit:] if limit > 0 else []
+            rows = []
+            for seq, rec in kept:
+                try:
+                    rows.append(as_dict(seq, rec))
+                except Exception:       # a malformed record from a peer: skip it
+                    continue
             return {"events": rows, "total": self.tasks_total, "kept": len(self.task_ring),
                     "dropped": self.tasks_total - len(self.task_ring)}
         rows = [e for e in self.ring if e["seq"] > since_seq and (not kinds or e["kind"] in kinds)]

@@ -2,11 +2,12 @@
 
 A task's owner notes when it was submitted, when its inputs were ready, when it was pushed to
 a worker; the worker says when it started and how long it ran. When the task is over the owner
-makes one record of all of it (``record``) and sends it with its other events, in one message
-per turn of its I/O loop; the head keeps the newest ``task_log_max`` (``events.EventLog``).
+makes one record of all of it (``record``) and sends it with its other events, about once a
+second (``events.EventBuffer``); the head keeps the newest ``task_log_max`` (``events.EventLog``).
 ``nbray.state.tasks()`` reads them, and ``chrome_trace`` turns them into a timeline.
 
-A record is a dict: ``kind`` ("task"), ``task_id``, ``name``, ``state`` (``finished``,
+It travels, and the head keeps it, as a tuple (``FIELDS``); the state API shows it as a
+dict: ``kind`` ("task"), ``seq``, ``task_id``, ``name``, ``state`` (``finished``,
 ``failed``, ``cancelled``), ``error`` (its first line, if it failed), ``attempts``,
 ``submitted``, ``ready``, ``dispatched``, ``started``, ``ended`` (seconds since the epoch; 0
 when not known), ``node_id``, ``worker_pid``, ``actor_id``, ``deps`` (the ids of the tasks
@@ -14,15 +15,20 @@ whose results it took), ``arg_bytes``, ``result_bytes``, ``owner_pid``, ``scope`
 """
 from __future__ import annotations
 
-import json
-import time
-
 from nbray.runtime import protocol as P
 
 STATES = ("finished", "failed", "cancelled")
 
 
-def record(task, values, client) -> dict:
+#: a record travels and is kept as a tuple of these, in this order (cheap to pickle and to
+#: keep); ``as_dict`` makes the dict the state API shows
+FIELDS = ("task_id", "name", "state", "error", "attempts", "submitted", "ready", "dispatched",
+          "started", "run_s", "node_id", "worker_pid", "actor_id", "deps", "arg_bytes",
+          "result_bytes", "owner_pid", "scope")
+TAG = "task"
+
+
+def record(task, values, client) -> tuple:
     spec = task.spec
     state, error, size = "finished", "", 0
     for v in values:
@@ -39,18 +45,21 @@ def record(task, values, client) -> dict:
     else:
         node_id, pid = b"", 0
     blob = spec.args_blob
-    started = task.t_start
-    return {"kind": "task", "time": time.time(), "task_id": spec.task_id.hex(),
-            "name": spec.name, "state": state, "error": error, "attempts": task.attempts,
-            "submitted": task.t_submit, "ready": task.t_ready or task.t_submit,
-            "dispatched": task.t_push, "started": started,
-            "ended": started + task.run_s if started else 0.0,
-            "node_id": node_id.hex(), "worker_pid": pid,
-            "actor_id": spec.actor_id.hex() if spec.actor_id else "",
-            "deps": [a[:16].hex() for a in task.arg_ids],
-            "arg_bytes": blob.payload.size if type(blob) is P.Value else len(blob),
-            "result_bytes": size, "owner_pid": client.events.pid,
-            "scope": spec.origin[1] if spec.origin else 0}
+    return (TAG, spec.task_id, spec.name, state, error, task.attempts, task.t_submit,
+            task.t_ready or task.t_submit, task.t_push, task.t_start, task.run_s, node_id, pid,
+            spec.actor_id, [a[:16] for a in task.arg_ids],
+            blob.payload.size if type(blob) is P.Value else len(blob), size, client.events.pid,
+            spec.origin[1] if spec.origin else 0)
+
+
+def as_dict(seq: int, rec: tuple) -> dict:
+    """The record as the state API shows it (ids in hex, and when it ``ended``)."""
+    d = dict(zip(FIELDS, rec[1:]))
+    started = d["started"]
+    d.update(kind="task", seq=seq, task_id=d["task_id"].hex(), node_id=d["node_id"].hex(),
+             actor_id=d["actor_id"].hex(), deps=[x.hex() for x in d["deps"]],
+             ended=started + d.pop("run_s") if started else 0.0)
+    return d
 
 
 def _failure(value) -> tuple[str, str]:
