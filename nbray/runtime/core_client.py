@@ -234,8 +234,8 @@ class CoreClient:
         # the workers still running our tasks, whose results nobody will read
         io_done = self._io_thread is None or not self._io_thread.is_alive()
         if self._welcomed.is_set() and io_done:
-            if self.events.pending and self.head_address:
-                self.ep.send(self.head_address, P.ReportEvents(self.events.take()))
+            if self.events and self.head_address:
+                self.ep.send(self.head_address, P.ReportEvents(*self.events.take()))
             nodes = {self.node_address}
             for lease in list(self.leases.values()):
                 nodes.add(lease.node)
@@ -1402,8 +1402,8 @@ class CoreClient:
 
     def _flush_events(self) -> None:
         """Send the events recorded since the last turn to the head, in one message."""
-        if self.head_address and self.events.pending:
-            self._send(self.head_address, P.ReportEvents(self.events.take()))
+        if self.head_address and self.events:
+            self._send(self.head_address, P.ReportEvents(*self.events.take()))
 
     def _kick(self) -> None:
         """Dispatch now, in this thread: a task for an idle leased worker goes straight out."""
@@ -1454,7 +1454,7 @@ class CoreClient:
             for peer, msg in msgs:
                 self._handle(peer, msg)
             self._dispatch()
-            if self.events.pending and self.events.due():
+            if self.events and self.events.due():
                 self._flush_events()
             if self._notify and self._waiters:
                 self.cv.notify_all()

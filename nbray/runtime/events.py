@@ -28,8 +28,8 @@ epoch), ``kind``, ``pid`` (the process that recorded it), and the fields of its 
 from __future__ import annotations
 
 import collections
-import itertools
 import os
+import pickle
 import time
 
 #: events a process keeps for its next report at most (a node's death may lose thousands of
@@ -46,11 +46,13 @@ KINDS = ("task_retried", "task_failed", "object_lost", "task_reconstructed",
 class EventBuffer:
     """A process's events not yet sent to the head (used under its client's lock). A fault
     leaves at the next turn of the I/O loop; task records (``task_log.py``) wait up to
-    ``TASK_FLUSH_S`` or ``TASK_BATCH`` records, so that the head sees about one message a
-    second from a busy owner, not one per task."""
+    ``TASK_FLUSH_S`` or ``TASK_BATCH`` records and travel as one pickled batch, which the head
+    keeps as it came and reads only when asked: a busy owner costs the head about one message
+    a second, and next to nothing per task."""
 
     def __init__(self):
         self.pending: list[dict] = []
+        self.records: list[tuple] = []
         self.pid = os.getpid()
         self.urgent = False
         self.first_at = 0.0
@@ -61,63 +63,91 @@ class EventBuffer:
                                  **fields})
             self.urgent = True
 
-    def record(self, rec: dict) -> None:
-        if not self.pending:
+    def record(self, rec: tuple) -> None:
+        if not self.records:
             self.first_at = time.monotonic()
-        if len(self.pending) < MAX_PENDING:
-            self.pending.append(rec)
+        if len(self.records) < MAX_PENDING:
+            self.records.append(rec)
+
+    def __bool__(self) -> bool:
+        return bool(self.pending or self.records)
 
     def due(self) -> bool:
-        return bool(self.pending) and (self.urgent or len(self.pending) >= TASK_BATCH or
-                                       time.monotonic() - self.first_at >= TASK_FLUSH_S)
+        return self.urgent or len(self.records) >= TASK_BATCH or (
+            bool(self.records) and time.monotonic() - self.first_at >= TASK_FLUSH_S)
 
-    def take(self) -> list[dict]:
-        out, self.pending, self.urgent = self.pending, [], False
-        return out
+    def take(self) -> tuple[list, bytes, int]:
+        """(events, the task records pickled as one batch, how many)."""
+        events, records = self.pending, self.records
+        self.pending, self.records, self.urgent = [], [], False
+        blob = pickle.dumps(records, protocol=5) if records else b""
+        return events, blob, len(records)
 
 
 class EventLog:
-    """The head's rings of the newest events, and of the newest task records (``task``,
-    see ``task_log.py``), kept apart so that a flood of tasks does not push the faults out."""
+    """The head's ring of the newest events, and its ring of task-record batches (as they
+    came, pickled; about ``task_maxlen`` records), kept apart so that a flood of tasks does
+    not push the faults out."""
 
     def __init__(self, maxlen: int, task_maxlen: int = 20_000):
         self.ring: collections.deque = collections.deque(maxlen=max(1, maxlen))
-        self.task_ring: collections.deque = collections.deque(maxlen=max(1, task_maxlen))
-        self._seq = itertools.count(1)
+        self.task_maxlen = max(1, task_maxlen)
+        self.batches: collections.deque = collections.deque()   # (first seq, count, blob)
+        self.tasks_kept = 0
+        self.seq = 0
         self.total = 0
         self.tasks_total = 0
 
     def add(self, events: list) -> None:
         for event in events:
-            if type(event) is tuple:            # a task record (task_log.py)
-                if event and event[0] == "task":
-                    self.task_ring.append((next(self._seq), event))
-                    self.tasks_total += 1
-                continue
             if not isinstance(event, dict):
                 continue
             kind = event.get("kind")
             if kind in KINDS:
-                event["seq"] = next(self._seq)
+                self.seq += 1
+                event["seq"] = self.seq
                 self.ring.append(event)
                 self.total += 1
 
+    def add_tasks(self, blob: bytes, count: int) -> None:
+        if not blob or count <= 0:
+            return
+        self.batches.append((self.seq + 1, count, blob))
+        self.seq += count
+        self.tasks_total += count
+        self.tasks_kept += count
+        while self.batches and self.tasks_kept - self.batches[0][1] >= self.task_maxlen:
+            self.tasks_kept -= self.batches.popleft()[1]
+
     def query(self, kinds=None, since_seq: int = 0, limit: int | None = None) -> dict:
         if kinds and "task" in kinds:
-            from nbray.runtime.task_log import as_dict
-            kept = [(seq, rec) for seq, rec in self.task_ring if seq > since_seq]
-            if limit is not None:
-                kept = kept[-limit:] if limit > 0 else []
-            rows = []
-            for seq, rec in kept:
-                try:
-                    rows.append(as_dict(seq, rec))
-                except Exception:       # a malformed record from a peer: skip it
-                    continue
-            return {"events": rows, "total": self.tasks_total, "kept": len(self.task_ring),
-                    "dropped": self.tasks_total - len(self.task_ring)}
+            return self._query_tasks(since_seq, limit)
         rows = [e for e in self.ring if e["seq"] > since_seq and (not kinds or e["kind"] in kinds)]
         if limit is not None:
             rows = rows[-limit:] if limit > 0 else []
         return {"events": rows, "total": self.total, "kept": len(self.ring),
                 "dropped": self.total - len(self.ring)}
+
+    def _query_tasks(self, since_seq: int, limit: int | None) -> dict:
+        from nbray.runtime.task_log import as_dict
+        want = self.task_maxlen if limit is None else min(limit, self.task_maxlen)
+        rows: list = []
+        for first, count, blob in reversed(self.batches):   # the newest first, as needed
+            if len(rows) >= want or first + count - 1 <= since_seq:
+                break
+            try:
+                records = pickle.loads(blob)
+            except Exception:           # a malformed batch from a peer: skip it
+                continue
+            batch = []
+            for i, rec in enumerate(records):
+                if first + i > since_seq:
+                    try:
+                        batch.append(as_dict(first + i, rec))
+                    except Exception:
+                        continue
+            rows[:0] = batch
+        rows = rows[-want:] if want > 0 else []
+        kept = min(self.tasks_kept, self.task_maxlen)
+        return {"events": rows, "total": self.tasks_total, "kept": kept,
+                "dropped": self.tasks_total - kept}

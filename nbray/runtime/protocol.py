@@ -349,8 +349,11 @@ class ListActors(NamedTuple):
 
 
 class ReportEvents(NamedTuple):
-    """Client -> head: the events it recorded since its last report (see ``events.py``)."""
+    """Client -> head: the events it recorded since its last report, and its task records
+    pickled as one batch of ``task_count`` (see ``events.py``)."""
     events: list
+    tasks: bytes = b""
+    task_count: int = 0
 
 
 class ListEvents(NamedTuple):

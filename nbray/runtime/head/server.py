@@ -79,6 +79,8 @@ class HeadServer:
     def _on_report_events(self, peer, msg: P.ReportEvents) -> None:
         if isinstance(msg.events, list):
             self.events.add(msg.events)
+        if isinstance(msg.tasks, bytes) and isinstance(msg.task_count, int):
+            self.events.add_tasks(msg.tasks, msg.task_count)
 
     def _on_list_events(self, peer, msg: P.ListEvents) -> None:
         self.ep.reply(peer, P.Reply(msg.request_id, self.events.query(
