@@ -46,7 +46,7 @@ def inc(x):
 
 @nbray.remote
 def fan_out(n):
-    return len(nbray.get([noop.remote() for _ in range(n)]))
+    return len(nbray.get([noop.remote() for _ in range(n)], progress=False))
 
 
 @nbray.remote
@@ -69,7 +69,7 @@ class Caller:
 
     def run(self, n):
         k = len(self.targets)
-        nbray.get([self.targets[i % k].noop.remote() for i in range(n)])
+        nbray.get([self.targets[i % k].noop.remote() for i in range(n)], progress=False)
         return n
 
 
@@ -137,7 +137,7 @@ def burst_rate(n: int) -> float:
     """Submit ``n`` no-op tasks, get them all: tasks per second."""
     t = time.perf_counter()
     refs = [noop.remote() for _ in range(n)]
-    nbray.get(refs)
+    nbray.get(refs, progress=False)
     dt = time.perf_counter() - t
     del refs
     return n / dt
@@ -146,7 +146,7 @@ def burst_rate(n: int) -> float:
 def bench_async(n: int, runs: int) -> dict:
     def once():
         return burst_rate(n)
-    nbray.get([noop.remote() for _ in range(min(n, 1000))])      # warm up the leases
+    nbray.get([noop.remote() for _ in range(min(n, 1000))], progress=False)  # warm leases
     before = control_plane()
     rates = best_of(runs, once)
     after = control_plane()
@@ -179,18 +179,18 @@ def bench_actors(samples: int, warmup: int, calls: int, runs: int) -> dict:
 
     def burst():
         t = time.perf_counter()
-        nbray.get([a.noop.remote() for _ in range(calls)])
+        nbray.get([a.noop.remote() for _ in range(calls)], progress=False)
         return calls / (time.perf_counter() - t)
     rates = best_of(runs, burst, warmup=1)
 
     targets = [Target.remote() for _ in range(4)]
     callers = [Caller.remote(targets) for _ in range(4)]
     per_caller = calls // 4
-    nbray.get([c.run.remote(100) for c in callers])         # warm up every pair
+    nbray.get([c.run.remote(100) for c in callers], progress=False)         # warm up every pair
 
     def many():
         t = time.perf_counter()
-        nbray.get([c.run.remote(per_caller) for c in callers])
+        nbray.get([c.run.remote(per_caller) for c in callers], progress=False)
         return 4 * per_caller / (time.perf_counter() - t)
     many_rates = best_of(runs, many)
     for h in [a, *targets, *callers]:
@@ -327,7 +327,7 @@ def bench_many(total: int, batch: int) -> dict:
     while done < total:
         k = min(batch, total - done)
         refs = [noop.remote() for _ in range(k)]
-        nbray.get(refs)
+        nbray.get(refs, progress=False)
         del refs
         done += k
         if time.monotonic() > next_report:

@@ -91,7 +91,7 @@ def run_dag(maps: int, on_started=None) -> dict:
     if on_started is not None:
         on_started(acc, arrays, adds)
     t, array_sum = nbray.get(final, timeout=600)
-    nbray.get(adds, timeout=600)
+    nbray.get(adds, timeout=600, progress=False)
     return {"total": t, "array_sum": array_sum,
             "actor": list(nbray.get(acc.value.remote(), timeout=600))}
 

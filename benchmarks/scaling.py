@@ -44,14 +44,14 @@ DRIVER = textwrap.dedent("""
         return None
 
     n, batch = int(sys.argv[2]), 10_000
-    nbray.get([noop.remote() for _ in range(min(n, 1000))])      # leases held, warm
+    nbray.get([noop.remote() for _ in range(min(n, 1000))], progress=False)  # leases held
     print("READY", flush=True)
     sys.stdin.readline()                                         # everyone starts at once
     t = time.perf_counter()
     left = n
     while left:
         k = min(batch, left)
-        nbray.get([noop.remote() for _ in range(k)])
+        nbray.get([noop.remote() for _ in range(k)], progress=False)
         left -= k
     print("DONE", time.perf_counter() - t, flush=True)
     nbray.shutdown()

@@ -7,8 +7,10 @@ import atexit
 import logging
 import os
 import threading
+import time
 from dataclasses import dataclass
 
+from nbray import progress as progress_bar
 from nbray.object_ref import ObjectRef
 from nbray.runtime import cluster, core_client, protocol as P
 
@@ -163,11 +165,13 @@ def put(value) -> ObjectRef:
     return _client().put(value)
 
 
-def get(refs, *, timeout: float | None = None):
+def get(refs, *, timeout: float | None = None, progress: bool | None = None):
     """The value of a ref, or a list of values for a list of refs, waiting as needed.
 
     Raises the task's exception (a ``RemoteError`` that is also of the task's own type),
     ``GetTimeoutError`` after ``timeout`` seconds, ``ObjectLostError`` if the object is gone.
+    A long wait for many refs shows a progress bar (``nbray/progress.py``): ``progress=True``
+    always, ``False`` never.
     """
     _check_timeout(timeout)
     if isinstance(refs, ObjectRef):
@@ -176,7 +180,13 @@ def get(refs, *, timeout: float | None = None):
         _check_refs(refs, "get")
         if not refs:
             return []
-        return _client().get_values(list(refs), timeout)
+        client, refs = _client(), list(refs)
+        if progress_bar.wanted(client, refs, progress):
+            started = time.monotonic()
+            progress_bar.wait_with_bar(client, refs, timeout, show_now=bool(progress))
+            if timeout is not None:
+                timeout = max(0.0, timeout - (time.monotonic() - started))
+        return client.get_values(refs, timeout)
     raise TypeError(f"nbray.get() takes an ObjectRef or a list of them, got "
                     f"{type(refs).__name__}")
 

@@ -65,6 +65,10 @@ class Config:
     task_events: bool = True
     #: the head keeps the records of this many of the newest finished tasks
     task_log_max: int = 20_000
+    #: a driver's get of at least this many refs not all ready after ``progress_after_s``
+    #: shows a progress bar
+    progress_min_refs: int = 100
+    progress_after_s: float = 1.0
 
     @classmethod
     def from_env(cls) -> "Config":

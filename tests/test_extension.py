@@ -223,10 +223,12 @@ def test_all_runs_a_setup_on_every_worker_now_and_on_those_started_later(ip, cap
     seen = nbray.get([run(ip, check) for _ in range(6)], timeout=60)
     assert all(ok for _, ok in seen)        # (a worker the node just started too)
     pids |= {pid for pid, _ in seen}
-    victim = min(pid for pid, _ in seen)            # a task worker (not an actor's)
-    os.kill(victim, signal.SIGKILL)                 # its replacement runs the setup first
     from conftest import pid_alive
-    wait_until(lambda: not pid_alive(victim), 10, "the worker to die")
+    hosts = {a["worker_pid"] for a in nbray.state.actors(detail=False)}
+    victims = {pid for pid, _ in seen} | (pids - hosts)     # every task worker
+    for victim in victims:
+        os.kill(victim, signal.SIGKILL)             # their replacements run the setup first
+    wait_until(lambda: not any(pid_alive(v) for v in victims), 10, "the workers to die")
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         seen = nbray.get([run(ip, check) for _ in range(6)], timeout=60)

@@ -1,0 +1,69 @@
+"""A progress bar for a long ``get`` of many refs: a widget in a notebook, text elsewhere.
+
+``nbray.get(refs)`` on a list of at least ``progress_min_refs`` refs (100) that is not all
+ready after ``progress_after_s`` (1 s) shows how many are done, until all are, then the values
+are read as usual. ``progress=True`` shows it for any list at once, ``progress=False`` never.
+Tasks (workers) never show one: their output would land in the notebook.
+"""
+from __future__ import annotations
+
+import sys
+import time
+
+from nbray.config import CONFIG
+
+STEP_S = 0.2
+
+
+def wanted(client, refs: list, progress) -> bool:
+    if progress is False or client.worker_id is not None:
+        return False
+    return bool(progress) or len(refs) >= CONFIG.progress_min_refs
+
+
+def wait_with_bar(client, refs: list, timeout: float | None, show_now: bool) -> None:
+    """Wait for ``refs`` with a bar (returns at the deadline; the caller's get raises)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    unique = list(dict.fromkeys(r._id for r in refs))
+    by_id = {r._id: r for r in refs}
+    pending = [by_id[i] for i in unique]
+    first = 0.0 if show_now else CONFIG.progress_after_s
+    if deadline is not None:
+        first = min(first, max(0.0, deadline - time.monotonic()))
+    ready, pending = client.wait(pending, len(pending), first)
+    if not pending:
+        return
+    bar = _bar(len(unique), len(unique) - len(pending))
+    try:
+        while pending:
+            step = STEP_S if deadline is None else min(STEP_S, deadline - time.monotonic())
+            if step <= 0:
+                return
+            ready, pending = client.wait(pending, len(pending), step)
+            if ready:
+                bar.update(len(ready))
+    finally:
+        bar.close()
+
+
+def _bar(total: int, done: int):
+    if _in_notebook():
+        try:
+            from tqdm.notebook import tqdm
+            return tqdm(total=total, initial=done, desc="nbray.get", unit="obj")
+        except ImportError:         # no ipywidgets: text, below
+            pass
+    from tqdm import tqdm
+    return tqdm(total=total, initial=done, desc="nbray.get", unit="obj", file=sys.stderr,
+                dynamic_ncols=True)
+
+
+def _in_notebook() -> bool:
+    shell = sys.modules.get("IPython")
+    if shell is None or "ipykernel" not in sys.modules:
+        return False
+    try:
+        ip = shell.get_ipython()
+    except Exception:
+        return False
+    return ip is not None and type(ip).__name__ == "ZMQInteractiveShell"
