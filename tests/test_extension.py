@@ -177,6 +177,17 @@ def test_an_async_cell_without_outputs_keeps_its_ref_and_actor_flags_place_it(ip
     assert row["resources"].get("CPU") == 1
 
 
+def test_the_dashboard_magic_shows_live_panels(ip):
+    board = run(ip, "%nbray dashboard --interval 0.2")
+    try:
+        wait_until(lambda: all(p.refreshes >= 2 for p in board.panels), 10, "refreshes")
+        assert "alive" in board.panels[0].widget.value
+    finally:
+        board.stop()
+    with pytest.raises(UsageError, match="bad arguments"):
+        ip.run_line_magic("nbray", "dashboard --interval soon")
+
+
 def test_unknown_commands_and_bad_arguments_are_usage_errors(ip):
     with pytest.raises(UsageError, match="unknown command"):
         ip.run_line_magic("nbray", "bogus")

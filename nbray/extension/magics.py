@@ -84,7 +84,11 @@ class NbrayMagics(Magics):
               f"chrome://tracing)")
 
     def _cmd_dashboard(self, args):
-        raise UsageError("%nbray dashboard is not available yet: the widgets are not built yet")
+        opts = _parse(_DASHBOARD, args, "dashboard")
+        if not nbray.is_initialized():
+            raise UsageError("%nbray dashboard: not initialized (%nbray init)")
+        from nbray.extension.widgets import Dashboard
+        return Dashboard(opts.interval).start()
 
     # ---- %%remote ------------------------------------------------------------------------
     @magic_arguments()
@@ -168,7 +172,7 @@ _COMMANDS = {
     "shutdown": "leave the cluster (an embedded one stops)",
     "refs": "[--release-history]: the objects this notebook holds, and what keeps each",
     "timeline": "FILE: a Chrome trace of recent tasks",
-    "dashboard": "the live widgets",
+    "dashboard": "[--interval S]: live panels of the nodes, tasks and actors",
     "help": "this list",
 }
 
@@ -245,6 +249,7 @@ _INIT = _parser("init", (("--workers",), {"type": int, "default": None}),
                 (("--address",), {"default": None}),
                 (("--num-cpus",), {"type": float, "default": None}))
 _REFS = _parser("refs", (("--release-history",), {"action": "store_true"}))
+_DASHBOARD = _parser("dashboard", (("--interval",), {"type": float, "default": 1.0}))
 _NOARGS = None
 
 

@@ -1,0 +1,190 @@
+"""Live widgets of the cluster (ipywidgets), each usable alone and together in ``%nbray
+dashboard``.
+
+A panel is an ``ipywidgets.HTML`` whose table is rebuilt from the state API by ``refresh()``.
+``start()`` refreshes it from a background thread, at most ``MAX_HZ`` times a second, until the
+widget is closed or the cluster goes; widgets send their changes to the browser from any thread.
+
+- ``ClusterPanel``: nodes, their state, workers (idle / leased / blocked), resources free and
+  total, lease queues, and the memory and CPU of the machine.
+- ``ActorPanel``: every actor with its state, node, worker, calls queued and running,
+  restarts and what its ``__nbray_state__()`` says.
+- ``TaskPanel``: tasks by function and state, with mean run and wait times (the task log).
+"""
+from __future__ import annotations
+
+import html
+import threading
+import time
+
+import ipywidgets as W
+
+import nbray
+
+MAX_HZ = 5.0
+
+
+class Panel:
+    """A table rebuilt from the state API; ``widget`` is what to display."""
+
+    title = ""
+    css = ""
+
+    def __init__(self):
+        self.widget = W.HTML(value=self._table([], []))
+        self.widget.add_class(self.css)         # a stable selector for tests
+        self.refreshes = 0
+        self.error = ""
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def rows(self) -> tuple[list[str], list[list]]:
+        raise NotImplementedError
+
+    def refresh(self) -> None:
+        """Rebuild the table now (from any thread)."""
+        if not nbray.is_initialized():
+            self.widget.value = self._table([], [], "nbray is not initialized")
+            return
+        try:
+            columns, rows = self.rows()
+            self.error = ""
+        except Exception as e:          # the cluster went away under us, say
+            columns, rows, self.error = [], [], f"{type(e).__name__}: {e}"
+        self.widget.value = self._table(columns, rows, self.error)
+        self.refreshes += 1
+
+    def start(self, interval: float = 1.0) -> "Panel":
+        """Refresh every ``interval`` seconds (at least 1/MAX_HZ) from a thread of its own."""
+        interval = max(interval, 1.0 / MAX_HZ)
+        if self._thread is None or not self._thread.is_alive():
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._run, args=(interval,),
+                                            name=f"nbray-{self.css}", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
+
+    def _run(self, interval: float) -> None:
+        while not self._stop.is_set():
+            if self.widget.comm is None or not nbray.is_initialized():
+                break               # the widget was closed, or the cluster is gone
+            self.refresh()
+            self._stop.wait(interval)
+
+    def _ipython_display_(self):
+        from IPython.display import display
+        display(self.widget)
+
+    def _table(self, columns: list, rows: list, note: str = "") -> str:
+        head = "".join(f"<th style='text-align:left;padding:0 8px'>{html.escape(c)}</th>"
+                       for c in columns)
+        body = "".join("<tr>" + "".join(f"<td style='padding:0 8px'>{html.escape(str(v))}</td>"
+                                        for v in row) + "</tr>" for row in rows)
+        note = f"<div><i>{html.escape(note)}</i></div>" if note else ""
+        return (f"<div class='nbray-panel'><b>{html.escape(self.title)}</b>"
+                f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{note}"
+                f"</div>")
+
+
+class ClusterPanel(Panel):
+    title = "nodes"
+    css = "nbray-cluster"
+
+    def rows(self):
+        import psutil
+        out = []
+        for n in nbray.state.nodes():
+            total = n.get("resources_total") or n.get("resources") or {}
+            free = n.get("resources_available") or {}
+            out.append([n["node_id"][:8], n.get("host", ""), n.get("state", ""),
+                        f"{n.get('workers_idle', '?')} / {n.get('workers_leased', '?')} / "
+                        f"{n.get('workers_blocked', '?')}",
+                        ", ".join(f"{k} {free.get(k, 0):g}/{v:g}" for k, v in sorted(total.items())),
+                        n.get("lease_queue", 0)])
+        mem = psutil.virtual_memory()
+        self.title = (f"nodes (this machine: CPU {psutil.cpu_percent(None):.0f}%, memory "
+                      f"{mem.used / 2**30:.1f} of {mem.total / 2**30:.1f} GiB)")
+        return ["node", "host", "state", "workers idle / leased / blocked",
+                "resources free / total", "lease queue"], out
+
+
+class ActorPanel(Panel):
+    title = "actors"
+    css = "nbray-actors"
+
+    def rows(self):
+        out = []
+        for a in nbray.state.actors():
+            if a.get("state") == "dead" and len(out) > 50:
+                continue
+            state = a.get("user_state")
+            out.append([a.get("name") or a["actor_id"][:8], a.get("class_name", ""),
+                        a.get("state", ""), (a.get("node_id") or "")[:8],
+                        a.get("worker_pid") or "",
+                        "busy" if a.get("busy") else a.get("queued", ""),
+                        "" if a.get("busy") else a.get("running", ""),
+                        a.get("restarts", 0),
+                        "" if state is None else repr(state)[:200]])
+        return ["actor", "class", "state", "node", "worker", "queued", "running", "restarts",
+                "state()"], out
+
+
+class TaskPanel(Panel):
+    title = "tasks"
+    css = "nbray-tasks"
+
+    def rows(self):
+        out = []
+        for name, f in sorted(nbray.state.summary()["tasks"].items()):
+            out.append([name, f["finished"], f["failed"], f["cancelled"],
+                        f["running"] + f["queued"] + f["waiting"],
+                        _ms(f["mean_run_s"]), _ms(f["mean_wait_s"])])
+        return ["function", "finished", "failed", "cancelled", "pending", "mean run",
+                "mean wait"], out
+
+
+class Dashboard:
+    """The panels together, refreshed by one thread."""
+
+    def __init__(self, interval: float = 1.0):
+        self.panels = [ClusterPanel(), TaskPanel(), ActorPanel()]
+        self.widget = W.VBox([p.widget for p in self.panels])
+        self.widget.add_class("nbray-dashboard")
+        self.interval = max(interval, 1.0 / MAX_HZ)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> "Dashboard":
+        for p in self.panels:
+            p.refresh()
+        self._thread = threading.Thread(target=self._run, name="nbray-dashboard", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            if self.widget.comm is None or not nbray.is_initialized():
+                break
+            started = time.monotonic()
+            for p in self.panels:
+                p.refresh()
+            if time.monotonic() - started > self.interval:     # refreshing is slow: back off
+                self._stop.wait(time.monotonic() - started)
+
+    def _ipython_display_(self):
+        from IPython.display import display
+        display(self.widget)
+
+
+def _ms(seconds) -> str:
+    return "" if seconds is None else f"{1000 * seconds:.1f} ms"
