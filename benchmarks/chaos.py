@@ -107,9 +107,9 @@ def run_with_faults(maps: int, every: float, seed: int) -> tuple[dict, dict]:
 
     def started(acc, arrays, adds):
         storm.start()
-        nbray.wait(adds, num_returns=len(adds) // 3, timeout=600)
+        nbray.wait(adds, num_returns=len(adds) // 3, timeout=600, progress=False)
         nbray.chaos.kill_actor(acc)
-        nbray.wait(arrays, num_returns=len(arrays) // 2, timeout=600)
+        nbray.wait(arrays, num_returns=len(arrays) // 2, timeout=600, progress=False)
         node_killed.update(nbray.chaos.kill_node(_busiest_node(client, arrays)))
     t = time.perf_counter()
     try:

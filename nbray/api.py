@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass
 
 from nbray import progress as progress_bar
+from nbray.config import CONFIG
 from nbray.object_ref import ObjectRef
 from nbray.runtime import cluster, core_client, protocol as P
 
@@ -191,10 +192,12 @@ def get(refs, *, timeout: float | None = None, progress: bool | None = None):
                     f"{type(refs).__name__}")
 
 
-def wait(refs, *, num_returns: int = 1, timeout: float | None = None, fetch_local: bool = True):
+def wait(refs, *, num_returns: int = 1, timeout: float | None = None, fetch_local: bool = True,
+         progress: bool | None = None):
     """Wait until ``num_returns`` of ``refs`` are ready or ``timeout`` passes.
 
-    Returns ``(ready, not_ready)``, both in the order of ``refs``.
+    Returns ``(ready, not_ready)``, both in the order of ``refs``. A long wait for many shows a
+    progress bar, as ``get`` does.
     """
     if isinstance(refs, ObjectRef) or not isinstance(refs, (list, tuple)):
         raise TypeError("nbray.wait() takes a list of ObjectRefs")
@@ -208,7 +211,14 @@ def wait(refs, *, num_returns: int = 1, timeout: float | None = None, fetch_loca
     _check_timeout(timeout)
     if not refs:
         return [], []
-    return _client().wait(list(refs), num_returns, timeout)
+    client, refs = _client(), list(refs)
+    if num_returns >= CONFIG.progress_min_refs or progress:
+        if progress_bar.wanted(client, refs, progress):
+            started = time.monotonic()
+            progress_bar.wait_with_bar(client, refs, timeout, bool(progress), num_returns)
+            if timeout is not None:
+                timeout = max(0.0, timeout - (time.monotonic() - started))
+    return client.wait(refs, num_returns, timeout)
 
 
 def cancel(ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> None:

@@ -2,7 +2,8 @@
 
 ``nbray.get(refs)`` on a list of at least ``progress_min_refs`` refs (100) that is not all
 ready after ``progress_after_s`` (1 s) shows how many are done, until all are, then the values
-are read as usual. ``progress=True`` shows it for any list at once, ``progress=False`` never.
+are read as usual; ``nbray.wait(refs, num_returns=k)`` likewise until ``k`` are. ``progress=
+True`` shows it for any list at once, ``progress=False`` never.
 Tasks (workers) never show one: their output would land in the notebook.
 """
 from __future__ import annotations
@@ -21,40 +22,45 @@ def wanted(client, refs: list, progress) -> bool:
     return bool(progress) or len(refs) >= CONFIG.progress_min_refs
 
 
-def wait_with_bar(client, refs: list, timeout: float | None, show_now: bool) -> None:
-    """Wait for ``refs`` with a bar (returns at the deadline; the caller's get raises)."""
+def wait_with_bar(client, refs: list, timeout: float | None, show_now: bool,
+                  num_returns: int | None = None) -> None:
+    """Wait for ``num_returns`` of ``refs`` (all by default) with a bar; returns at the
+    deadline too (the caller's get raises, its wait returns what is ready)."""
     deadline = None if timeout is None else time.monotonic() + timeout
     unique = list(dict.fromkeys(r._id for r in refs))
     by_id = {r._id: r for r in refs}
     pending = [by_id[i] for i in unique]
+    goal = len(unique) if num_returns is None else num_returns
     first = 0.0 if show_now else CONFIG.progress_after_s
     if deadline is not None:
         first = min(first, max(0.0, deadline - time.monotonic()))
-    ready, pending = client.wait(pending, len(pending), first)
-    if not pending:
+    ready, pending = client.wait(pending, min(goal, len(pending)), first)
+    done = len(ready)
+    if done >= goal:
         return
-    bar = _bar(len(unique), len(unique) - len(pending))
+    bar = _bar(goal, done, "nbray.get" if num_returns is None else "nbray.wait")
     try:
-        while pending:
+        while done < goal:
             step = STEP_S if deadline is None else min(STEP_S, deadline - time.monotonic())
             if step <= 0:
                 return
-            ready, pending = client.wait(pending, len(pending), step)
+            ready, pending = client.wait(pending, min(goal - done, len(pending)), step)
             if ready:
-                bar.update(len(ready))
+                done += len(ready)
+                bar.update(min(len(ready), goal - bar.n))
     finally:
         bar.close()
 
 
-def _bar(total: int, done: int):
+def _bar(total: int, done: int, desc: str):
     if _in_notebook():
         try:
             from tqdm.notebook import tqdm
-            return tqdm(total=total, initial=done, desc="nbray.get", unit="obj")
+            return tqdm(total=total, initial=done, desc=desc, unit="obj")
         except ImportError:         # no ipywidgets: text, below
             pass
     from tqdm import tqdm
-    return tqdm(total=total, initial=done, desc="nbray.get", unit="obj", file=sys.stderr,
+    return tqdm(total=total, initial=done, desc=desc, unit="obj", file=sys.stderr,
                 dynamic_ncols=True)
 
 

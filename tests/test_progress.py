@@ -42,3 +42,14 @@ def test_progress_true_shows_it_for_a_short_list_and_a_timeout_still_raises(modu
     assert time.monotonic() - t < 10
     for ref in slow:
         nbray.cancel(ref)
+
+
+def test_a_long_wait_for_many_shows_a_bar_up_to_num_returns(module_cluster, capsys):
+    refs = [nap.remote(i, 0.015) for i in range(200)]
+    ready, rest = nbray.wait(refs, num_returns=150)
+    assert len(ready) >= 150 and len(ready) + len(rest) == 200
+    err = capsys.readouterr().err
+    assert "nbray.wait" in err and "150/150" in err
+    nbray.get(refs, progress=False)
+    ready, rest = nbray.wait(refs, num_returns=200, progress=False)
+    assert len(ready) == 200 and "nbray.wait" not in capsys.readouterr().err
