@@ -144,6 +144,10 @@ def objects(filters=None) -> list[dict]:
     client = api._client()
     out = []
     with client.lock:
+        pending: dict = {}
+        for task in client.tasks.values():
+            for oid in task.pinned:
+                pending.setdefault(oid, set()).add(task.spec.name)
         for oid, obj in client.objects.items():
             v = obj.value
             kind = None if v is None else v.kind
@@ -151,11 +155,11 @@ def objects(filters=None) -> list[dict]:
                         "state": "pending" if v is None else
                         {P.INLINE: "ready", P.SHM: "ready", P.ERROR: "error",
                          P.LOST: "lost"}.get(kind, "?"),
-                        "size": len(v.payload) if kind == P.INLINE else
-                        v.payload.size if kind == P.SHM else None,
+                        "size": P.value_size(v),
                         "where": "inline" if kind == P.INLINE else
                         f"node {v.payload.node_id.hex()}" if kind == P.SHM else "",
                         "refs": obj.refs, "pinned_by_tasks": obj.pins,
+                        "pending_tasks": sorted(pending.get(oid, ())),
                         "borrowers": len(obj.borrowers), "made_by_put": obj.by_put})
     return _filtered(out, filters)
 

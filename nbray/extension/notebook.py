@@ -123,11 +123,10 @@ class NotebookSession:
             del out[n]
         if shell.user_ns.get(f"_{n}") is value:
             del shell.user_ns[f"_{n}"]
+        hook = getattr(shell, "displayhook", None)
         for name in ("_", "__", "___"):
             if shell.user_ns.get(name) is value:
                 shell.user_ns[name] = ""
-        hook = getattr(shell, "displayhook", None)
-        for name in ("_", "__", "___"):
             if hook is not None and getattr(hook, name, None) is value:
                 setattr(hook, name, "")
         if not self.noticed_history:

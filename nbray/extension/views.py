@@ -77,7 +77,7 @@ def status() -> Report:
         tasks = list(client.tasks.values())
         objects = list(client.objects.values())
     owned = [o for o in objects if o.owned]
-    size = sum(_size(o) or 0 for o in owned)
+    size = sum(P.value_size(o.value) or 0 for o in owned)
     mine = [["tasks unfinished", sum(1 for t in tasks if t.spec.kind != P.ACTOR_CREATE)],
             ["objects held (owned)", f"{len(objects)} ({len(owned)}), {_bytes(size)}"],
             ["actors alive (of all known)", f"{len(live)} ({len(actors)})"]]
@@ -93,8 +93,6 @@ def refs(shell, release_history: bool = False) -> Table:
     import nbray
     if not nbray.is_initialized():
         return Table("nbray: not initialized", [], [])
-    from nbray import api
-    client = api._client()
     holders: dict[bytes, list] = {}
     released = 0
     out = shell.user_ns.get("Out", {})
@@ -120,27 +118,19 @@ def refs(shell, release_history: bool = False) -> Table:
             for where, ref in _refs_in(value, f"Out[{n}]"):
                 holders.setdefault(ref.binary(), []).append(where + " (output history)")
     rows = []
-    with client.lock:
-        items = list(client.objects.items())
-        pending = {}
-        for task in client.tasks.values():
-            for oid in task.pinned:
-                pending.setdefault(oid, []).append(task.spec.name)
-    for oid, obj in items:
-        if obj.refs <= 0 and not obj.pins:
+    for o in nbray.state.objects():
+        if o["refs"] <= 0 and not o["pinned_by_tasks"]:
             continue
-        why = list(holders.get(oid, []))
-        if oid in pending:
-            why.append("input of pending " + ", ".join(sorted(set(pending[oid]))[:3]))
-        if obj.borrowers:
-            why.append(f"borrowed by {len(obj.borrowers)} process(es)")
+        why = list(holders.get(bytes.fromhex(o["object_id"]), []))
+        if o["pending_tasks"]:
+            why.append("input of pending " + ", ".join(o["pending_tasks"][:3]))
+        if o["borrowers"]:
+            why.append(f"borrowed by {o['borrowers']} process(es)")
         if not why:
             why.append("a ref elsewhere (inside an object, a task, or a dropped variable "
                        "not yet collected)")
-        state = "pending" if obj.value is None else {0: "ready", 1: "ready", 2: "error",
-                                                     4: "lost"}.get(obj.value.kind, "?")
-        rows.append([oid.hex(), _bytes(_size(obj)) if _size(obj) is not None else "-",
-                     state, "owned" if obj.owned else "borrowed", "; ".join(why)])
+        rows.append([o["object_id"], _bytes(o["size"]), o["state"],
+                     "owned" if o["owned"] else "borrowed", "; ".join(why)])
     rows.sort(key=lambda r: r[0])
     notes = [f"released {released} output-history entries holding refs"] if released else []
     return Table(f"nbray: {len(rows)} object(s) held by this kernel",
@@ -161,17 +151,6 @@ def _refs_in(value, name: str = ""):
             if isinstance(v, ObjectRef):
                 found.append((f"{name}[{k!r}]", v))
     return found
-
-
-def _size(obj):
-    v = obj.value
-    if v is None:
-        return None
-    if v.kind == 1:
-        return v.payload.size
-    if v.kind == 0:
-        return len(v.payload)
-    return None
 
 
 def _bytes(n) -> str:

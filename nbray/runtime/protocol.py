@@ -44,6 +44,17 @@ PENDING = 3     # not ready yet (only in ObjectStates)
 LOST = 4        # payload: text saying why
 
 
+def value_size(value) -> int | None:
+    """The bytes of a value's payload (inline or in shared memory); None for an error."""
+    if value is None:
+        return None
+    if value.kind == INLINE:
+        return len(value.payload)
+    if value.kind == SHM:
+        return value.payload.size
+    return None
+
+
 class ShmLocation(NamedTuple):
     node_id: bytes
     path: str

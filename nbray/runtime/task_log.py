@@ -32,10 +32,9 @@ def record(task, values, client) -> tuple:
     spec = task.spec
     state, error, size = "finished", "", 0
     for v in values:
-        if v.kind == P.INLINE:
-            size += len(v.payload)
-        elif v.kind == P.SHM:
-            size += v.payload.size
+        n = P.value_size(v)
+        if n is not None:
+            size += n
         elif not error:
             state, error = _failure(v)
     if task.ran_on:
