@@ -117,15 +117,26 @@ def cmd_start(args) -> int:
     n, resources = options
     res = {"CPU": float(n), **{k: float(v) for k, v in resources.items()}}
     if args.address is not None:
+        if args.dashboard_port is not None:
+            return _err("--dashboard-port goes with --head: the dashboard is served by the "
+                        "machine of the head", code=2)
         return _start_node(args, n, resources, res)
     if not 0 <= args.port <= 65535:
         return _err(f"--port must be in 0..65535, got {args.port}", code=2)
+    if args.dashboard_port is not None and not 0 <= args.dashboard_port <= 65535:
+        return _err(f"--dashboard-port must be in 0..65535, got {args.dashboard_port}", code=2)
     try:
         record, procs = cluster.start(num_workers=n, resources=resources, host=args.host,
                                       port=args.port, watch_pid=None, detach=True)
     except (ClusterError, OSError) as e:
         return _err(f"could not start the cluster: {e}")
     path = record.save()
+    if args.dashboard_port is not None:
+        try:
+            cluster.start_dashboard(record, procs, args.host, args.dashboard_port)
+        except (ClusterError, OSError) as e:
+            cluster.stop(record, procs)
+            return _err(f"could not start the dashboard: {e}")
     address = record.tcp_address or record.head_address
     # bound to every interface: other machines need a name of this one, not 0.0.0.0
     join_at = address if args.host not in ("0.0.0.0", "::", "*") else \
@@ -137,6 +148,8 @@ def cmd_start(args) -> int:
     print(f"  processes: head pid {procs['head'].pid}, node pid {procs['node'].pid}")
     print(f"  key file:  {path}  (mode 0600; it holds the cluster key, keep it private)")
     print(f"  logs:      {record.rundir}/head.log, node.log (what tasks print goes there)")
+    if record.dashboard:
+        print(f"  dashboard: {record.dashboard}  (pid {procs['dashboard'].pid})")
     print()
     print("To use it from Python on this machine:")
     print("    import nbray")
@@ -258,6 +271,8 @@ def cmd_status(args) -> int:
         r = group[0]
         address = r.tcp_address or r.head_address
         print(f"Cluster {r.session}  address {address}  up {_fmt_uptime(now - r.started_at)}")
+        if r.dashboard:
+            print(f"  dashboard: {r.dashboard}")
         for g in group:
             what = "head and a node" if g.role == "head" else f"node {g.name} (joined)"
             pids = g.live_pids()
@@ -422,6 +437,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="interface this machine's processes of the cluster listen on for "
                          "TCP, an address the other machines reach (default: 127.0.0.1)")
     st.add_argument("--port", type=int, default=0, help="TCP port of the head (default: random)")
+    st.add_argument("--dashboard-port", type=int, default=None, metavar="P",
+                    help="serve the dashboard (a bokeh server) on this port of --host "
+                         "(0: any free port); `nbray status` prints its address")
     st.add_argument("--num-workers", "--num-cpus", type=int, default=None, dest="num_workers",
                     help="worker processes and CPUs of the node (default: the machine's cores)")
     st.add_argument("--num-gpus", type=float, default=None,

@@ -74,40 +74,45 @@ def events(filters=None, *, kinds=None, since_seq: int = 0, limit: int | None = 
 def tasks(filters=None, *, limit: int | None = None, pending: bool = True) -> list[dict]:
     """Tasks and actor calls, oldest first: the head's records of those that ended (the newest
     ``NBRAY_TASK_LOG_MAX``, 20,000; fields in ``nbray.runtime.task_log``), then, with
-    ``pending``, this process's own unfinished ones (``state``: ``waiting`` for inputs,
-    ``queued`` for a worker, ``running``). ``filters`` as for ``actors()``, e.g.
+    ``pending``, the unfinished ones (``state``: ``waiting`` for inputs, ``queued`` for a
+    worker, ``running``): this process's own as they are now, and those of every other driver
+    and worker as they last reported them (about a second ago; the newest 500 of each). ``filters`` as for ``actors()``, e.g.
     ``tasks({"state": "failed"})``; ``limit``: the newest so many records."""
     from nbray import api
     client = api._client()
     with client.lock:
         client._flush_events()
-    reply = client.request(client.head_address, lambda r: P.ListEvents(r, ("task",), 0, limit))
+    reply = client.request(client.head_address, lambda r: P.ListEvents(
+        r, ("task",), 0, limit, client.address if pending else None))
     rows = reply["events"]
     if pending:
-        rows = rows + _unfinished(client)
+        rows = rows + reply.get("unfinished", []) + _unfinished(client, limit)
+        if limit is not None:
+            rows = rows[-limit:] if limit > 0 else []
     return _filtered(rows, filters)
 
 
-def _unfinished(client) -> list[dict]:
-    out = []
+def _unfinished(client, limit: int | None = None) -> list[dict]:
+    """This process's unfinished tasks, oldest first (only the newest ``limit``)."""
+    from nbray.runtime import task_log
     with client.lock:
-        for task in list(client.tasks.values()):
-            spec = task.spec
-            if not task.t_submit:
-                continue
-            state = "running" if task.worker is not None or (
-                task.actor is not None and spec.task_id in task.actor.inflight) else \
-                "queued" if task.t_ready else "waiting"
-            lease = task.worker
-            out.append({"kind": "task", "task_id": spec.task_id.hex(), "name": spec.name,
-                        "state": state, "error": "", "attempts": task.attempts,
-                        "submitted": task.t_submit, "ready": task.t_ready,
-                        "dispatched": task.t_push, "started": 0.0, "ended": 0.0,
-                        "node_id": lease.node_id.hex() if lease is not None else "",
-                        "worker_pid": lease.pid if lease is not None else 0,
-                        "actor_id": spec.actor_id.hex() if spec.actor_id else "",
-                        "deps": [a[:16].hex() for a in task.arg_ids]})
-    return out
+        rows = task_log.unfinished(client, limit)
+    return [task_log.unfinished_dict(r) for r in rows]
+
+
+def scheduler() -> dict:
+    """The hybrid scheduler's side of things: per node, the lease requests it kept and those
+    it spilled to the global scheduler (``nodes``); the global scheduler's latest decisions,
+    each with the node that spilled, the node chosen, why it spilled and why that node
+    (``decisions``, the newest 1,000); and requests no node can serve yet (``pending``)."""
+    from nbray import api
+    client = api._client()
+    reply = client.request(client.head_address, lambda r: P.ListDecisions(r))
+    per_node = [{"node_id": n["node_id"], "host": n.get("host", ""), "state": n.get("state"),
+                 "kept_local": n.get("leases_kept_local", 0),
+                 "spilled": n.get("leases_spilled", 0),
+                 "lease_queue": n.get("lease_queue", 0)} for n in nodes()]
+    return {"nodes": per_node, "decisions": reply["decisions"], "pending": reply["pending"]}
 
 
 def summary() -> dict:

@@ -345,11 +345,29 @@ def test_join_without_any_key_from_another_machines_view(cli):
     assert cli.records() == []
 
 
+def test_start_head_with_a_dashboard_serves_it_until_stopped(cli):
+    import urllib.request
+    out = cli("start", "--head", "--num-workers", "1", "--dashboard-port", "0").stdout
+    head = cli.record("head")
+    url = head["dashboard"]
+    assert re.match(r"http://127\.0\.0\.1:\d+/$", url) and f"dashboard: {url}" in out
+    assert len(head["pids"]) == 3 and all(pid_alive(p) for p in head["pids"])
+    assert f"dashboard: {url}" in cli("status").stdout
+    with urllib.request.urlopen(url, timeout=30) as page:
+        assert page.status == 200 and "<title>nbray dashboard</title>" in page.read().decode()
+    cli("stop", "--all")
+    wait_until(lambda: not [p for p in head["pids"] if pid_alive(p)], 15,
+               "the head, its node and the dashboard to exit")
+    assert cli.records() == []
+
+
 @pytest.mark.parametrize("args, message", [
     (["start"], "needs --head"),
     (["start", "--head", "--address", "127.0.0.1:1"], "either --head"),
     (["start", "--head", "--num-workers", "0"], "--num-workers must be at least 1"),
     (["start", "--head", "--port", "70000"], "--port must be in"),
+    (["start", "--head", "--dashboard-port", "-1"], "--dashboard-port must be in"),
+    (["start", "--address", "127.0.0.1:1", "--dashboard-port", "8"], "goes with --head"),
     (["start", "--head", "--resources", "{bad"], "not valid JSON"),
     (["start", "--head", "--resources", '{"CPU": 2}'], "cannot set CPU"),
     (["start", "--head", "--resources", '{"sim": -1}'], "non-negative"),

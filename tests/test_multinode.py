@@ -112,6 +112,23 @@ def _wait_nodes(n: int) -> None:
     wait_until(lambda: len(nbray.state.nodes({"state": "alive"})) == n, 10, f"{n} live nodes")
 
 
+def _placements(node_pid: int, kind: str, count: int):
+    """The SchedulerView's plot once it shows ``count`` tasks of placement ``kind`` on the
+    node of pid ``node_pid``."""
+    from nbray.dashboard import data
+    from nbray.dashboard.plots import SchedulerPlot
+    plot = SchedulerPlot()
+
+    def shown():
+        snap = data.Snapshot.take()
+        plot.update(snap)
+        node = next(n["node_id"][:8] for n in snap.nodes if n["pid"] == node_pid)
+        cols = plot.per_node.data
+        rows = [i for i, name in enumerate(cols["node"]) if name.startswith(node)]
+        return plot if rows and cols[kind][rows[0]] >= count else None
+    return wait_until(shown, 10, f"{count} tasks {kind} on node pid {node_pid}")
+
+
 # ---- placement -----------------------------------------------------------------------------------
 def test_a_gpu_task_lands_on_the_gpu_node(multi):
     multi.start(num_workers=1)
@@ -127,6 +144,10 @@ def test_a_gpu_task_lands_on_the_gpu_node(multi):
     decisions = nbray.runtime.core_client.current().request(
         nbray.runtime.core_client.current().head_address, lambda r: P.ListDecisions(r))
     assert any("GPU" in str(d["resources"]) for d in decisions["decisions"])
+    plot = _placements(gpu_node, "spilled: resources", 4)     # the SchedulerView says why
+    assert sum(plot.per_node.data["kept local"]) >= 1        # the first one, at home
+    assert any("not feasible here" in why for why in plot.decisions.data["spilled because"])
+    assert nbray.state.scheduler()["decisions"] == decisions["decisions"]
 
 
 def test_tasks_spill_to_other_nodes_when_the_local_one_is_full(multi):
@@ -143,6 +164,11 @@ def test_tasks_spill_to_other_nodes_when_the_local_one_is_full(multi):
     assert elapsed < 2.5, f"3 one-second tasks on 3 CPUs took {elapsed:.1f}s"
     rows = {n["pid"]: n for n in nbray.state.nodes()}
     assert rows[multi.head_node_pid]["leases_spilled"] >= 1
+    records = [r for r in nbray.state.tasks({"name": "node_of_task"})]
+    assert any(r["placement"].startswith("queue: its resources are busy here; the global "
+                                         "scheduler chose node") for r in records), records
+    plot = _placements(other, "spilled: queue", 2)
+    assert any("busy" in why for why in plot.decisions.data["spilled because"])
 
 
 def test_a_request_no_node_can_serve_waits_warns_and_runs_when_a_node_joins(multi, caplog):

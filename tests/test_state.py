@@ -92,6 +92,32 @@ def test_unfinished_tasks_show_where_they_wait(module_cluster, tmp_path):
         nbray.get(waiting, timeout=30)              # "done" + 1
 
 
+@nbray.remote
+def parent_of(marker):
+    return nbray.get(wait_for.remote(marker))
+
+
+def test_unfinished_tasks_of_other_processes_are_seen_too(module_cluster, tmp_path):
+    """A task's own tasks are unfinished in its worker, not here: the worker reports them to
+    the head, and the state API here shows them."""
+    marker = str(tmp_path / "go")
+    parent = parent_of.remote(marker)
+
+    def child():
+        rows = [r for r in nbray.state.tasks({"name": "wait_for"})
+                if r["state"] == "running" and r["owner_pid"] != os.getpid()]
+        return rows[0] if rows else None
+    row = wait_until(child, 10, "the child task, running, owned by the parent's worker")
+    (p,) = [r for r in nbray.state.tasks() if r["task_id"] == parent.binary()[:16].hex()]
+    assert p["state"] == "running" and row["owner_pid"] == p["worker_pid"]
+    assert row["node_id"] and row["worker_pid"] not in (0, p["worker_pid"])
+    Path(marker).touch()
+    assert nbray.get(parent, timeout=30) == "done"
+    wait_until(lambda: not [r for r in nbray.state.tasks({"name": "wait_for"})
+                            if r["state"] != "finished"], 10,
+               "the child's report to say it is done")
+
+
 def test_the_timeline_is_a_chrome_trace_with_tracks_and_arrows(module_cluster, tmp_path):
     nbray.get(join.remote(leaf.remote(1), leaf.remote(2)))
     _records("join", 1)

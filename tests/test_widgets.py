@@ -69,7 +69,7 @@ def test_a_started_panel_updates_live_and_stops_when_closed(module_cluster):
 
 
 def test_the_dashboard_has_every_panel_and_refreshes_them(module_cluster):
-    board = Dashboard(interval=0.2).start()
+    board = Dashboard(interval=0.2, plots=False).start()      # the plots: test_plots.py
     try:
         assert [type(p) for p in board.panels] == [ClusterPanel, TaskPanel, ActorPanel]
         wait_until(lambda: all(p.refreshes >= 2 for p in board.panels), 10, "refreshes")

@@ -10,6 +10,18 @@ widget is closed or the cluster goes; widgets send their changes to the browser 
 - ``ActorPanel``: every actor with its state, node, worker, calls queued and running,
   restarts and what its ``__nbray_state__()`` says.
 - ``TaskPanel``: tasks by function and state, with mean run and wait times (the task log).
+
+The plots are bokeh models (``nbray.dashboard.plots``) shown as widgets by jupyter_bokeh:
+
+- ``TaskGraph``: the DAG of the newest tasks (at most 2,000) by state, reconstructed ones
+  ringed; click a task for its details.
+- ``LatencyHistogram``: per function, the time in each phase (waiting for inputs, scheduling,
+  queueing, input transfer, execution), and a histogram of end-to-end latency.
+- ``SchedulerView``: per node, tasks on leases it kept or spilled to the global scheduler, by
+  reason, and the global scheduler's decisions.
+
+A refresh reads the cluster once (``nbray.dashboard.data.Snapshot``) and draws at most the
+newest 2,000 tasks, so a run of any length keeps the notebook responsive.
 """
 from __future__ import annotations
 
@@ -41,18 +53,24 @@ class Panel:
     def rows(self) -> tuple[list[str], list[list]]:
         raise NotImplementedError
 
-    def refresh(self) -> None:
+    def refresh(self, snapshot=None) -> None:
         """Rebuild the table now (from any thread)."""
+        self.widget.value = self.html()
+        self.refreshes += 1
+
+    def html(self) -> str:
+        """The table as HTML, read from the cluster now (the bokeh server shows it too)."""
         if not nbray.is_initialized():
-            self.widget.value = self._table([], [], "nbray is not initialized")
-            return
+            return self._table([], [], "nbray is not initialized")
         try:
             columns, rows = self.rows()
             self.error = ""
         except Exception as e:          # the cluster went away under us, say
             columns, rows, self.error = [], [], f"{type(e).__name__}: {e}"
-        self.widget.value = self._table(columns, rows, self.error)
-        self.refreshes += 1
+        return self._table(columns, rows, self.error)
+
+    def _closed(self) -> bool:
+        return self.widget.comm is None
 
     def start(self, interval: float = 1.0) -> "Panel":
         """Refresh every ``interval`` seconds (at least 1/MAX_HZ) from a thread of its own."""
@@ -71,7 +89,7 @@ class Panel:
 
     def _run(self, interval: float) -> None:
         while not self._stop.is_set():
-            if self.widget.comm is None or not nbray.is_initialized():
+            if self._closed() or not nbray.is_initialized():
                 break               # the widget was closed, or the cluster is gone
             self.refresh()
             self._stop.wait(interval)
@@ -148,11 +166,94 @@ class TaskPanel(Panel):
                 "mean wait"], out
 
 
-class Dashboard:
-    """The panels together, refreshed by one thread."""
+class PlotPanel(Panel):
+    """A bokeh plot of ``nbray.dashboard.plots`` as a widget (jupyter_bokeh)."""
 
-    def __init__(self, interval: float = 1.0):
+    plot_class = None
+
+    def __init__(self, **options):
+        from jupyter_bokeh import BokehModel
+        self.plot = self.plot_class(**options)
+        self.widget = BokehModel(self.plot.layout)
+        self.widget.add_class(self.css)
+        self.refreshes = 0
+        self.error = ""
+        self._stop = threading.Event()
+        self._thread = None
+
+    def refresh(self, snapshot=None) -> None:
+        """Read the cluster (unless given a ``Snapshot``) and redraw (from any thread)."""
+        from nbray.dashboard.data import Snapshot
+        if not nbray.is_initialized():
+            return
+        try:
+            if snapshot is None:
+                snapshot = Snapshot.take(getattr(self.plot, "max_tasks", 2000),
+                                         scheduler=isinstance(self, SchedulerView))
+            self.plot.update(snapshot)
+            self.error = ""
+        except Exception as e:          # the cluster went away under us, say
+            self.error = f"{type(e).__name__}: {e}"
+        self.refreshes += 1
+
+    def _closed(self) -> bool:
+        return getattr(self.widget, "comm", None) is None
+
+    def _ipython_display_(self):
+        from IPython.display import display
+        load_bokehjs()
+        display(self.widget)
+
+
+class TaskGraph(PlotPanel):
+    css = "nbray-task-graph"
+
+    @property
+    def plot_class(self):
+        from nbray.dashboard.plots import TaskGraphPlot
+        return TaskGraphPlot
+
+
+class LatencyHistogram(PlotPanel):
+    css = "nbray-latency"
+
+    @property
+    def plot_class(self):
+        from nbray.dashboard.plots import LatencyPlot
+        return LatencyPlot
+
+
+class SchedulerView(PlotPanel):
+    css = "nbray-scheduler"
+
+    @property
+    def plot_class(self):
+        from nbray.dashboard.plots import SchedulerPlot
+        return SchedulerPlot
+
+
+_bokehjs_loaded = False
+
+
+def load_bokehjs() -> None:
+    """BokehJS into the page, once per kernel, before the first plot: jupyter_bokeh's
+    widgets need it there, and from this package (no CDN: the machine may be offline)."""
+    global _bokehjs_loaded
+    if not _bokehjs_loaded:
+        from bokeh.io import output_notebook
+        from bokeh.resources import INLINE
+        output_notebook(resources=INLINE, hide_banner=True)
+        _bokehjs_loaded = True
+
+
+class Dashboard:
+    """The panels and plots together, refreshed by one thread from one read of the
+    cluster."""
+
+    def __init__(self, interval: float = 1.0, plots: bool = True):
         self.panels = [ClusterPanel(), TaskPanel(), ActorPanel()]
+        if plots:
+            self.panels += [TaskGraph(), LatencyHistogram(), SchedulerView()]
         self.widget = W.VBox([p.widget for p in self.panels])
         self.widget.add_class("nbray-dashboard")
         self.interval = max(interval, 1.0 / MAX_HZ)
@@ -160,8 +261,7 @@ class Dashboard:
         self._thread: threading.Thread | None = None
 
     def start(self) -> "Dashboard":
-        for p in self.panels:
-            p.refresh()
+        self.refresh()
         self._thread = threading.Thread(target=self._run, name="nbray-dashboard", daemon=True)
         self._thread.start()
         return self
@@ -176,13 +276,25 @@ class Dashboard:
             if self.widget.comm is None or not nbray.is_initialized():
                 break
             started = time.monotonic()
-            for p in self.panels:
-                p.refresh()
+            self.refresh()
             if time.monotonic() - started > self.interval:     # refreshing is slow: back off
                 self._stop.wait(time.monotonic() - started)
 
+    def refresh(self) -> None:
+        from nbray.dashboard.data import Snapshot
+        snapshot = None
+        if any(isinstance(p, PlotPanel) for p in self.panels) and nbray.is_initialized():
+            try:
+                snapshot = Snapshot.take()
+            except Exception:           # each plot then says what went wrong
+                snapshot = None
+        for p in self.panels:
+            p.refresh(snapshot)
+
     def _ipython_display_(self):
         from IPython.display import display
+        if any(isinstance(p, PlotPanel) for p in self.panels):
+            load_bokehjs()
         display(self.widget)
 
 

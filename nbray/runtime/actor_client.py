@@ -133,7 +133,7 @@ class ActorCalls:
             c._send(node, P.ReturnLease(msg.worker_id, kill=True))
             return
         lease = c.Lease(msg.worker_id, msg.address, ("actor",), idle_since=time.monotonic(),
-                        node=node)
+                        node=node, placed=msg.placed, granted_at=time.time())
         lease.actor = actor
         c.leases[msg.worker_id] = lease
         actor.lease = lease

@@ -72,6 +72,8 @@ class ClusterRecord:
     #: the interface this machine's processes of the cluster bind for TCP ("": ipc only, a
     #: cluster of one machine); drivers joining here bind it too, so remote workers reach them
     host: str = ""
+    #: the URL of the dashboard's bokeh server ("": none; ``nbray start --dashboard-port``)
+    dashboard: str = ""
 
     def __post_init__(self):
         self.name = self.name or self.session
@@ -91,6 +93,14 @@ class ClusterRecord:
             json.dump(asdict(self), f)
         return path
 
+    def rewrite(self) -> None:
+        """Save a changed record in place of the old one (atomically)."""
+        tmp = f"{self.path}.{os.getpid()}.tmp"
+        fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(asdict(self), f)
+        os.replace(tmp, self.path)
+
     def live_pids(self) -> list[int]:
         """The recorded pids that are still this cluster's processes: a pid of a record whose
         processes died may have been reused by something unrelated, which must not be killed."""
@@ -104,7 +114,8 @@ class ClusterRecord:
                 cmd = p.cmdline()
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 continue
-            if self.name in cmd and any(c.startswith("nbray.runtime.") for c in cmd):
+            if self.name in cmd and any(c.startswith(("nbray.runtime.", "nbray.dashboard."))
+                                        for c in cmd):
                 alive.append(pid)
         return alive
 
@@ -272,6 +283,27 @@ def start(*, num_workers: int, resources: dict | None = None, host: str | None =
     record = ClusterRecord(session, key.hex(), head_bind[0], node_bind[0], tcp,
                            [p.pid for p in procs.values()], host=host or "")
     return record, procs
+
+
+def start_dashboard(record: ClusterRecord, procs: dict, host: str, port: int) -> str:
+    """Start the dashboard's bokeh server (``nbray.dashboard.app``) for a saved cluster; it is
+    one of the cluster's processes from then on (in ``procs`` and the record). Returns its
+    URL."""
+    log = os.path.join(record.rundir, "dashboard.log")
+    proc = _spawn("nbray.dashboard.app", ["--session", record.name, "--host", host,
+                                          "--port", str(port),
+                                          "--watch-pid", str(procs["head"].pid)],
+                  bytes.fromhex(record.key), log)
+    try:
+        url = _await_ready({"dashboard": proc}, timeout=60)["dashboard"]
+    except BaseException:
+        _kill_group(proc)
+        raise
+    procs["dashboard"] = proc
+    record.pids.append(proc.pid)
+    record.dashboard = url
+    record.rewrite()
+    return url
 
 
 def join(address: str, key: bytes, *, num_workers: int, resources: dict | None = None,

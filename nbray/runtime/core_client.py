@@ -102,7 +102,8 @@ class Task:
     t_push: float = 0.0
     t_start: float = 0.0            # on the worker
     run_s: float = 0.0
-    ran_on: tuple = ()              # (node id, worker pid)
+    inputs_s: float = 0.0           # of run_s, reading its arguments
+    ran_on: tuple = ()              # (node id, worker pid, its lease's placement, granted at)
 
 
 @dataclass(eq=False)
@@ -119,6 +120,8 @@ class Lease:
     node: str = ""                  # the node that granted it (ours, or one spilled to)
     pid: int = 0
     node_id: bytes = b""
+    placed: str = ""                # why the global scheduler put it there ("": kept local)
+    granted_at: float = 0.0         # seconds since the epoch
 
 
 @dataclass(eq=False)
@@ -551,7 +554,7 @@ class CoreClient:
             return
         self.stats["leases_spilled"] += 1
         self._lease_targets[msg.request_id] = msg.address
-        self._send(msg.address, request._replace(spilled=True))
+        self._send(msg.address, request._replace(spilled=True, placed=msg.why))
 
     def _on_node_died(self, peer, msg: P.NodeDied) -> None:
         """A node died: our leases there are dead workers (their tasks are retried, our actors
@@ -600,7 +603,7 @@ class CoreClient:
             task = self.tasks.get(res.task_id)
             if task is None:
                 continue
-            task.t_start, task.run_s = res.started, res.run_s
+            task.t_start, task.run_s, task.inputs_s = res.started, res.run_s, res.inputs_s
             if task.actor is not None:
                 if task.spec.kind == P.ACTOR_CREATE:
                     self.actors.creation_done(task, res.values)
@@ -609,7 +612,7 @@ class CoreClient:
                 continue
             lease = task.worker
             if lease is not None:
-                task.ran_on = (lease.node_id, lease.pid)
+                task.ran_on = (lease.node_id, lease.pid, lease.placed, lease.granted_at)
                 lease.inflight.pop(res.task_id, None)
                 lease.progress_at = now
                 if not lease.inflight:
@@ -746,7 +749,8 @@ class CoreClient:
         shape.requests -= 1
         key = next(k for k, s in self.shapes.items() if s is shape)
         lease = Lease(msg.worker_id, msg.address, key, idle_since=time.monotonic(), node=node,
-                      pid=msg.pid, node_id=msg.node_id)
+                      pid=msg.pid, node_id=msg.node_id, placed=msg.placed,
+                      granted_at=time.time())
         self.leases[msg.worker_id] = lease
         shape.leases.append(lease)
 
@@ -1405,6 +1409,16 @@ class CoreClient:
         if self.head_address and self.events:
             self._send(self.head_address, P.ReportEvents(*self.events.take()))
 
+    def _report_unfinished(self) -> None:
+        """Tell the head of our unfinished tasks (the newest few hundred), for the state API
+        of other processes: a message about once a second while there are any."""
+        from nbray.runtime import task_log
+        rows = task_log.unfinished(self, task_log.UNFINISHED_MAX)
+        blob, count = self.events.take_unfinished(rows, len(rows) and len(self.tasks))
+        events, tasks, n = self.events.take()
+        self._send(self.head_address, P.ReportEvents(events, tasks, n, blob, count,
+                                                     self.address))
+
     def _kick(self) -> None:
         """Dispatch now, in this thread: a task for an idle leased worker goes straight out."""
         with self.lock:
@@ -1456,6 +1470,9 @@ class CoreClient:
             self._dispatch()
             if self.events and self.events.due():
                 self._flush_events()
+            if CONFIG.task_events and self.head_address and \
+                    self.events.unfinished_due(bool(self.tasks)):
+                self._report_unfinished()
             if self._notify and self._waiters:
                 self.cv.notify_all()
 

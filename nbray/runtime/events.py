@@ -37,6 +37,8 @@ import time
 MAX_PENDING = 20_000
 TASK_FLUSH_S = 1.0
 TASK_BATCH = 5000
+#: clients whose unfinished tasks the head keeps at most
+MAX_OWNERS = 1000
 
 KINDS = ("task_retried", "task_failed", "object_lost", "task_reconstructed",
          "reconstruction_failed", "actor_restarted", "actor_replayed", "actor_restarted_fresh",
@@ -56,6 +58,8 @@ class EventBuffer:
         self.pid = os.getpid()
         self.urgent = False
         self.first_at = 0.0
+        self.unfinished_at = 0.0        # when it last reported its unfinished tasks
+        self.unfinished_sent = False    # and whether it had any then
 
     def emit(self, kind: str, **fields) -> None:
         if len(self.pending) < MAX_PENDING:     # more than the head keeps: it would drop them
@@ -75,6 +79,17 @@ class EventBuffer:
     def due(self) -> bool:
         return self.urgent or len(self.records) >= TASK_BATCH or (
             bool(self.records) and time.monotonic() - self.first_at >= TASK_FLUSH_S)
+
+    def unfinished_due(self, has_unfinished: bool) -> bool:
+        """Whether to report the unfinished tasks now: about once a second while there are
+        any, and once more when there are none left."""
+        return (has_unfinished or self.unfinished_sent) and \
+            time.monotonic() - self.unfinished_at >= TASK_FLUSH_S
+
+    def take_unfinished(self, rows: list, count: int) -> tuple[bytes, int]:
+        self.unfinished_at = time.monotonic()
+        self.unfinished_sent = count > 0
+        return pickle.dumps(rows, protocol=5), count
 
     def take(self) -> tuple[list, bytes, int]:
         """(events, the task records pickled as one batch, how many)."""
@@ -97,6 +112,8 @@ class EventLog:
         self.seq = 0
         self.total = 0
         self.tasks_total = 0
+        #: per client address: its unfinished tasks as it last reported them (pickled)
+        self.unfinished: dict[str, bytes] = {}
 
     def add(self, events: list) -> None:
         for event in events:
@@ -119,14 +136,41 @@ class EventLog:
         while self.batches and self.tasks_kept - self.batches[0][1] >= self.task_maxlen:
             self.tasks_kept -= self.batches.popleft()[1]
 
-    def query(self, kinds=None, since_seq: int = 0, limit: int | None = None) -> dict:
+    def set_unfinished(self, owner: str, blob: bytes, count: int) -> None:
+        if count > 0 and blob:
+            if owner in self.unfinished or len(self.unfinished) < MAX_OWNERS:
+                self.unfinished[owner] = blob
+        else:
+            self.unfinished.pop(owner, None)
+
+    def owner_gone(self, owner: str) -> None:
+        self.unfinished.pop(owner, None)
+
+    def query(self, kinds=None, since_seq: int = 0, limit: int | None = None,
+              unfinished_except: str | None = None) -> dict:
         if kinds and "task" in kinds:
-            return self._query_tasks(since_seq, limit)
+            out = self._query_tasks(since_seq, limit)
+            if unfinished_except is not None:
+                out["unfinished"] = self._unfinished(unfinished_except, limit)
+            return out
         rows = [e for e in self.ring if e["seq"] > since_seq and (not kinds or e["kind"] in kinds)]
         if limit is not None:
             rows = rows[-limit:] if limit > 0 else []
         return {"events": rows, "total": self.total, "kept": len(self.ring),
                 "dropped": self.total - len(self.ring)}
+
+    def _unfinished(self, skip: str, limit: int | None) -> list:
+        from nbray.runtime.task_log import unfinished_dict
+        rows: list = []
+        for owner, blob in self.unfinished.items():
+            if owner == skip:
+                continue
+            try:
+                rows.extend(unfinished_dict(r) for r in pickle.loads(blob))
+            except Exception:           # a malformed report from a peer: skip it
+                continue
+        rows.sort(key=lambda r: r["submitted"])
+        return rows[-limit:] if limit is not None and limit > 0 else rows
 
     def _query_tasks(self, since_seq: int, limit: int | None) -> dict:
         from nbray.runtime.task_log import as_dict

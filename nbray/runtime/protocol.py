@@ -133,6 +133,9 @@ class TaskResult(NamedTuple):
     run_s: float
     #: when it started on the worker (seconds since the epoch; 0 if not known)
     started: float = 0.0
+    #: of ``run_s``, the time spent reading its arguments (fetching them from another node,
+    #: mapping shared memory, unpickling)
+    inputs_s: float = 0.0
 
 
 # ---- client <-> node -------------------------------------------------------------------------
@@ -171,6 +174,9 @@ class RequestLease(NamedTuple):
     prefer_node: bytes = b""
     #: the node of the client asking: its leases end if that node dies
     client_node: bytes = b""
+    #: why the global scheduler placed it here ("" when the first node kept it); see
+    #: ``LeaseGranted.placed``
+    placed: str = ""
 
 
 class LeaseSpilled(NamedTuple):
@@ -193,6 +199,11 @@ class LeaseGranted(NamedTuple):
     address: str
     pid: int = 0
     node_id: bytes = b""
+    #: "" when the node first asked kept the request; else "<reason>: <why>", the reason
+    #: the first node spilled it to the global scheduler (``resources``: it has not got them,
+    #: ``queue``: they are busy there, ``locality``: the inputs are elsewhere), then why the
+    #: global scheduler chose this node
+    placed: str = ""
 
 
 class LeaseRejected(NamedTuple):
@@ -365,6 +376,12 @@ class ReportEvents(NamedTuple):
     events: list
     tasks: bytes = b""
     task_count: int = 0
+    #: the newest of its unfinished tasks (``task_log.unfinished``), pickled, and how many it
+    #: has in all; -1: no news of them in this report
+    unfinished: bytes = b""
+    unfinished_count: int = -1
+    #: the reporting client's address (its unfinished tasks go when it does: ``ClientGone``)
+    owner: str = ""
 
 
 class ListEvents(NamedTuple):
@@ -374,6 +391,9 @@ class ListEvents(NamedTuple):
     kinds: tuple = ()
     since_seq: int = 0
     limit: int | None = None
+    #: with kind "task": also the unfinished tasks other clients last reported (not those of
+    #: the client at this address), under ``"unfinished"``
+    unfinished_except: str | None = None
 
 
 class ClientGone(NamedTuple):

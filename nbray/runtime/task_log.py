@@ -10,8 +10,17 @@ It travels, and the head keeps it, as a tuple (``FIELDS``); the state API shows 
 dict: ``kind`` ("task"), ``seq``, ``task_id``, ``name``, ``state`` (``finished``,
 ``failed``, ``cancelled``), ``error`` (its first line, if it failed), ``attempts``,
 ``submitted``, ``ready``, ``dispatched``, ``started``, ``ended`` (seconds since the epoch; 0
-when not known), ``node_id``, ``worker_pid``, ``actor_id``, ``deps`` (the ids of the tasks
-whose results it took), ``arg_bytes``, ``result_bytes``, ``owner_pid``, ``scope``.
+when not known), ``inputs_s`` (of its run, the time reading its arguments), ``lease_at``
+(when the worker lease it ran on was granted), ``placement`` (``""`` when the node first asked
+kept the lease; else why it was spilled, ``resources: ...``, ``queue: ...`` or
+``locality: ...``, and why the global scheduler chose the node that ran it), ``node_id``,
+``worker_pid``, ``actor_id``, ``deps`` (the ids of the tasks whose results it took),
+``arg_bytes``, ``result_bytes``, ``owner_pid``, ``scope``.
+
+``phases(record)`` splits its time from submission to its end into ``inputs`` (waiting for the
+tasks whose results it takes), ``scheduling`` (waiting for a worker lease), ``queueing``
+(behind other tasks, on the owner and on the worker, and on the wire), ``transfer`` (reading its
+arguments on the worker) and ``execution``.
 """
 from __future__ import annotations
 
@@ -24,7 +33,8 @@ STATES = ("finished", "failed", "cancelled")
 #: keep); ``as_dict`` makes the dict the state API shows
 FIELDS = ("task_id", "name", "state", "error", "attempts", "submitted", "ready", "dispatched",
           "started", "run_s", "node_id", "worker_pid", "actor_id", "deps", "arg_bytes",
-          "result_bytes", "owner_pid", "scope")
+          "result_bytes", "owner_pid", "scope", "inputs_s", "lease_at", "placement")
+PHASES = ("inputs", "scheduling", "queueing", "transfer", "execution")
 TAG = "task"
 
 
@@ -38,17 +48,59 @@ def record(task, values, client) -> tuple:
         elif not error:
             state, error = _failure(v)
     if task.ran_on:
-        node_id, pid = task.ran_on
+        node_id, pid, placed, lease_at = task.ran_on
     elif task.actor is not None:
+        lease = task.actor.lease
         node_id, pid = b"", task.actor.worker_pid
+        placed, lease_at = (lease.placed, lease.granted_at) if lease is not None else ("", 0.0)
     else:
-        node_id, pid = b"", 0
+        node_id, pid, placed, lease_at = b"", 0, "", 0.0
     blob = spec.args_blob
     return (TAG, spec.task_id, spec.name, state, error, task.attempts, task.t_submit,
             task.t_ready or task.t_submit, task.t_push, task.t_start, task.run_s, node_id, pid,
             spec.actor_id, [a[:16] for a in task.arg_ids],
             blob.payload.size if type(blob) is P.Value else len(blob), size, client.events.pid,
-            spec.origin[1] if spec.origin else 0)
+            spec.origin[1] if spec.origin else 0, task.inputs_s, lease_at, placed)
+
+
+#: an unfinished task, as its owner reports it (about once a second, the newest
+#: ``UNFINISHED_MAX``) and the head keeps it until the next report
+UNFINISHED = ("task_id", "name", "state", "attempts", "submitted", "ready", "dispatched",
+              "node_id", "worker_pid", "actor_id", "deps", "owner_pid", "scope")
+UNFINISHED_MAX = 500
+
+
+def unfinished(client, limit: int | None = None) -> list[tuple]:
+    """The client's unfinished tasks, oldest first (only the newest ``limit``): ``waiting``
+    for inputs, ``queued`` for a worker, ``running``. Called under the client's lock."""
+    out = []
+    pid = client.events.pid
+    for task in reversed(client.tasks.values()):
+        if limit is not None and len(out) >= limit:
+            break
+        spec = task.spec
+        if not task.t_submit:
+            continue
+        state = "running" if task.worker is not None or (
+            task.actor is not None and spec.task_id in task.actor.inflight) else \
+            "queued" if task.t_ready else "waiting"
+        lease = task.worker
+        out.append((spec.task_id, spec.name, state, task.attempts, task.t_submit,
+                    task.t_ready, task.t_push, lease.node_id if lease is not None else b"",
+                    lease.pid if lease is not None else 0, spec.actor_id or b"",
+                    [a[:16] for a in task.arg_ids], pid,
+                    spec.origin[1] if spec.origin else 0))
+    out.reverse()
+    return out
+
+
+def unfinished_dict(rec: tuple) -> dict:
+    d = dict(zip(UNFINISHED, rec))
+    d.update(kind="task", task_id=d["task_id"].hex(), node_id=d["node_id"].hex(),
+             actor_id=d["actor_id"].hex(), deps=[x.hex() for x in d["deps"]], error="",
+             started=0.0, ended=0.0, inputs_s=0.0, lease_at=0.0, placement="",
+             arg_bytes=0, result_bytes=0)
+    return d
 
 
 def as_dict(seq: int, rec: tuple) -> dict:
@@ -59,6 +111,23 @@ def as_dict(seq: int, rec: tuple) -> dict:
              actor_id=d["actor_id"].hex(), deps=[x.hex() for x in d["deps"]],
              ended=started + d.pop("run_s") if started else 0.0)
     return d
+
+
+def phases(r: dict) -> dict | None:
+    """Seconds in each of ``PHASES`` for a record that ran (None if it did not)."""
+    started, ended = r.get("started"), r.get("ended")
+    if not started or not ended:
+        return None
+    submitted = r["submitted"]
+    ready = max(submitted, r.get("ready") or submitted)
+    pushed = max(ready, r.get("dispatched") or ready)
+    lease_at = r.get("lease_at") or 0.0
+    scheduling = max(0.0, min(pushed, lease_at) - ready)
+    run = max(0.0, ended - started)
+    transfer = min(run, max(0.0, r.get("inputs_s") or 0.0))
+    return {"inputs": ready - submitted, "scheduling": scheduling,
+            "queueing": max(0.0, pushed - ready - scheduling) + max(0.0, started - pushed),
+            "transfer": transfer, "execution": run - transfer}
 
 
 def _failure(value) -> tuple[str, str]:

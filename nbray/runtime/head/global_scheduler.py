@@ -63,7 +63,8 @@ class GlobalScheduler:
             chosen = max(free, key=lambda n: (_available(n).get("CPU", 0.0),
                                               -_queue(n), n.node_id == request.origin))
             why = f"load: {_describe(need)} free there" + (
-                f" ({request.why} on the first node)" if chosen.node_id != request.origin
+                f" ({request.why.split(': ', 1)[-1]} on the first node)"
+                if chosen.node_id != request.origin
                 else "")
         else:
             chosen = min(feasible, key=lambda n: (_queue(n), n.node_id != request.origin))

@@ -81,13 +81,17 @@ class HeadServer:
             self.events.add(msg.events)
         if isinstance(msg.tasks, bytes) and isinstance(msg.task_count, int):
             self.events.add_tasks(msg.tasks, msg.task_count)
+        if isinstance(msg.unfinished_count, int) and msg.unfinished_count >= 0 and \
+                isinstance(msg.unfinished, bytes) and isinstance(msg.owner, str):
+            self.events.set_unfinished(msg.owner, msg.unfinished, msg.unfinished_count)
 
     def _on_list_events(self, peer, msg: P.ListEvents) -> None:
         self.ep.reply(peer, P.Reply(msg.request_id, self.events.query(
-            set(msg.kinds or ()), msg.since_seq, msg.limit)))
+            set(msg.kinds or ()), msg.since_seq, msg.limit, msg.unfinished_except)))
 
     def _on_client_gone(self, peer, msg: P.ClientGone) -> None:
         self.tables.owner_gone(msg.address)
+        self.events.owner_gone(msg.address)
         if msg.client_id:       # it may hold leases on other nodes too
             for node in self.tables.nodes.values():
                 if node.alive and node.peer and node.peer != peer:

@@ -18,6 +18,7 @@ class LeaseRequest:
     actor: bool = False
     hold: dict | None = None    # held while the lease lasts (None: ``resources``)
     client_node: bytes = b""    # the node of the client that asks
+    placed: str = ""            # why the global scheduler sent it here ("": it was kept)
 
     @property
     def held(self) -> dict:

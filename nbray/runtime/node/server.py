@@ -183,7 +183,7 @@ class NodeServer:
             self.sched.acquire(req.held)
             self.leases_granted += 1
             self.ep.reply(req.peer, P.LeaseGranted(req.request_id, w.worker_id, w.address,
-                                                   w.pid, self.node_id))
+                                                   w.pid, self.node_id, req.placed))
             if req.actor and len(self.pool.workers) < self.max_workers:
                 self.pool.spawn()       # the actor keeps this worker: stand another in
         if self.sched.queue:
@@ -263,9 +263,9 @@ class NodeServer:
         reason = self.sched.infeasible(msg.resources) or (
             self.sched.infeasible(msg.hold) if msg.hold else None)
         req = LeaseRequest(peer, msg.request_id, msg.resources, msg.actor, msg.hold,
-                           msg.client_node)
+                           msg.client_node, msg.placed)
         if self.multi_node and not msg.spilled:
-            why = f"not feasible here ({reason})" if reason is not None else \
+            why = f"resources: not feasible here ({reason})" if reason is not None else \
                 self._why_not_now(req, msg.prefer_node)
             if why:
                 self._spill(peer, msg, why)
@@ -279,14 +279,14 @@ class NodeServer:
     def _why_not_now(self, req: LeaseRequest, prefer_node: bytes) -> str:
         """Why this node should not keep the request ('' if it should)."""
         if prefer_node and prefer_node != self.node_id and prefer_node in self.nodes:
-            return "the task's input bytes are on another node"
+            return "locality: the task's input bytes are on another node"
         if not self.sched.fits_behind_queue(req.resources):
-            return "its resources are busy here"
+            return "queue: its resources are busy here"
         return ""
 
     def _spill(self, peer, msg: P.RequestLease, why: str) -> None:
         sid = next(self._spill_ids)
-        self._spills[sid] = (peer, msg)
+        self._spills[sid] = (peer, msg._replace(placed=why))
         self.spilled += 1
         self.ep.send(self.head_address, P.SpillLease(
             sid, msg.resources, msg.hold, self.node_id, why, msg.prefer_node))
@@ -295,11 +295,14 @@ class NodeServer:
         client, req = self._spills.pop(msg.spill_id, (None, None))
         if client is None or (client[0] and client[1] in self._gone):
             return
+        placed = f"{req.placed}; the global scheduler chose " + (
+            "this node again" if msg.node_id == self.node_id else
+            f"node {msg.node_id.hex()[:8]}") + f": {msg.why}"
         if msg.node_id == self.node_id:         # the head sends it back: it waits here
-            self._on_request_lease(client, req._replace(spilled=True))
+            self._on_request_lease(client, req._replace(spilled=True, placed=placed))
         else:
             self.ep.reply(client, P.LeaseSpilled(req.request_id, msg.address, msg.node_id,
-                                                 msg.why))
+                                                 placed))
 
     def _on_spill_pending(self, peer, msg: P.SpillPending) -> None:
         client, req = self._spills.get(msg.spill_id, (None, None))

@@ -39,6 +39,7 @@ class Executor:
         self.blobs: dict[bytes, bytes] = {}
         self.cancelled: set = set()
         self.running: bytes | None = None
+        self.inputs_s = 0.0                     # the running task's time reading its args
         self.outgoing: dict = {}
         self.oldest = 0.0
         self.stopping = False
@@ -142,6 +143,7 @@ class Executor:
         client = self.client
         start = time.perf_counter()
         wall = time.time()
+        self.inputs_s = 0.0
         self.running = spec.task_id
         client.cancel_requested = False
         current = (spec.origin, spec.name, spec.task_id) if spec.origin else None
@@ -180,7 +182,7 @@ class Executor:
         if spec.kind == P.ACTOR_CREATE:
             self._created(encoded)
         ran = time.perf_counter() - start
-        self._add_result(owner, P.TaskResult(spec.task_id, encoded, ran, wall))
+        self._add_result(owner, P.TaskResult(spec.task_id, encoded, ran, wall, self.inputs_s))
         return ran
 
     def _run_setups(self) -> None:
@@ -215,11 +217,13 @@ class Executor:
             fn = getattr(self.host.instance, spec.fn_id)
         else:
             fn = self._become_actor(spec)
+        start = time.perf_counter()
         values = [self.client.decode(v) for v in spec.arg_values]
         blob = spec.args_blob
         if type(blob) is P.Value:       # large arguments: in shared memory, maybe elsewhere
             blob = self.client.localize(blob)
         args, kwargs = serialization.unpack_args(blob, values)
+        self.inputs_s = time.perf_counter() - start
         return fn, args, kwargs
 
     def _function(self, fn_id: bytes):
