@@ -12,7 +12,7 @@ Ray::
 
     nbray.get([square.remote(i) for i in range(10)])
 """
-from nbray import chaos, state, util
+from nbray import chaos, dataflow, state, util
 from nbray.actor import ActorHandle, method
 from nbray.api import cancel, get, get_actor, init, is_initialized, kill, put, shutdown, wait
 from nbray.errors import (ActorDiedError, ClusterError, GetTimeoutError, NbrayError,
@@ -41,7 +41,7 @@ __all__ = [
     "remote", "get", "put", "wait", "cancel",
     "kill", "get_actor", "method",
     "ObjectRef", "ActorHandle",
-    "state", "util", "chaos", "timeline",
+    "state", "util", "chaos", "timeline", "dataflow",
     "load_ipython_extension", "unload_ipython_extension",
     "NbrayError", "RemoteError", "GetTimeoutError", "TaskCancelledError", "WorkerCrashedError",
     "ActorDiedError", "ObjectLostError", "OwnerDiedError", "SerializationError", "ClusterError",

@@ -17,7 +17,8 @@ from nbray.remote_function import check_resources
 from nbray.runtime import serialization
 
 _ACTOR_OPTIONS = {"num_cpus", "num_gpus", "resources", "max_restarts", "max_task_retries",
-                  "max_concurrency", "name", "namespace", "get_if_exists", "lifetime"}
+                  "max_concurrency", "name", "namespace", "get_if_exists", "lifetime",
+                  "scheduling_strategy"}
 
 
 def method(*, num_returns: int = 1):
@@ -46,6 +47,8 @@ def _validate(options: dict) -> dict:
         v = options.get(key)
         if v is not None and (not isinstance(v, str) or (key == "name" and not v)):
             raise TypeError(f"{key} must be a non-empty string, got {v!r}")
+    from nbray.util.scheduling_strategies import node_of
+    node_of(options.get("scheduling_strategy"))
     if options.get("lifetime") not in (None, "non_detached"):
         raise NotImplementedError(
             f"lifetime={options['lifetime']!r} is not supported by nbray: an actor lives as "
@@ -100,6 +103,7 @@ class ActorClass:
             found = api._lookup_actor(client, name, namespace)
             if found is not None:
                 return found
+        from nbray.util.scheduling_strategies import node_of
         cls_id, blob = self._pickled()
         resources = {"CPU": opts.get("num_cpus"), "GPU": opts.get("num_gpus", 0),
                      **(opts.get("resources") or {})}
@@ -114,7 +118,8 @@ class ActorClass:
             actor_id, ref = client.create_actor(
                 cls_id, blob, self._name, args, kwargs, placement=placement, hold=hold,
                 max_restarts=opts.get("max_restarts", 0), max_task_retries=retries,
-                name=name, namespace=namespace, meta={"methods": methods})
+                name=name, namespace=namespace, meta={"methods": methods},
+                node=node_of(opts.get("scheduling_strategy")))
         except ClusterError as e:
             if "already exists" in str(e):
                 raise ValueError(str(e)) from None

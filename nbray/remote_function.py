@@ -10,7 +10,7 @@ from nbray.errors import SerializationError
 from nbray.runtime import serialization
 
 _TASK_OPTIONS = {"num_cpus", "num_gpus", "resources", "num_returns", "max_retries", "name",
-                 "retry_exceptions"}
+                 "retry_exceptions", "scheduling_strategy"}
 
 
 def check_resources(options: dict) -> None:
@@ -48,6 +48,8 @@ def _validate(options: dict) -> dict:
             all(isinstance(t, type) and issubclass(t, BaseException) for t in e)):
         raise TypeError(f"retry_exceptions must be True, False or a list of exception types, "
                         f"got {e!r}")
+    from nbray.util.scheduling_strategies import node_of
+    node_of(options.get("scheduling_strategy"))
     return options
 
 
@@ -69,6 +71,8 @@ class RemoteFunction:
         self._name = opts.get("name") or getattr(fn, "__qualname__", repr(fn))
         on = opts.get("retry_exceptions")
         self._retry_on = None if not on else (True if on is True else tuple(on))
+        from nbray.util.scheduling_strategies import node_of
+        self._node = node_of(opts.get("scheduling_strategy"))
 
     def __call__(self, *args, **kwargs):
         raise TypeError(f"remote function {self._name} cannot be called directly; use "
@@ -90,7 +94,8 @@ class RemoteFunction:
         from nbray import api
         fn_id, blob = self._pickled()
         refs = api._client().submit(fn_id, blob, self._name, args, kwargs, self._num_returns,
-                                    self._resources, self._max_retries, self._retry_on)
+                                    self._resources, self._max_retries, self._retry_on,
+                                    self._node)
         return refs[0] if self._num_returns == 1 else refs
 
     def options(self, **options) -> "RemoteFunction":

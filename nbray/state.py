@@ -71,24 +71,31 @@ def events(filters=None, *, kinds=None, since_seq: int = 0, limit: int | None = 
     return _filtered(reply["events"], filters)
 
 
-def tasks(filters=None, *, limit: int | None = None, pending: bool = True) -> list[dict]:
-    """Tasks and actor calls, oldest first: the head's records of those that ended (the newest
-    ``NBRAY_TASK_LOG_MAX``, 20,000; fields in ``nbray.runtime.task_log``), then, with
-    ``pending``, the unfinished ones (``state``: ``waiting`` for inputs, ``queued`` for a
-    worker, ``running``): this process's own as they are now, and those of every other driver
-    and worker as they last reported them (about a second ago; the newest 500 of each). ``filters`` as for ``actors()``, e.g.
-    ``tasks({"state": "failed"})``; ``limit``: the newest so many records."""
+def tasks(filters=None, *, limit: int | None = None, pending: bool = True,
+          finished: bool = True) -> list[dict]:
+    """Tasks and actor calls: with ``finished``, the head's records of those that ended (the
+    newest ``NBRAY_TASK_LOG_MAX``, 20,000; fields in ``nbray.runtime.task_log``), oldest
+    first; then, with ``pending``, the unfinished ones, oldest first (``state``: ``waiting``
+    for inputs, ``queued`` for a worker, ``running``): this process's own as they are now,
+    and those of every other driver and worker as they last reported them (about once a
+    second; the newest 500 of each). ``filters`` as for ``actors()``, e.g.
+    ``tasks({"state": "failed"})``; ``limit``: only the newest so many of the ended ones and
+    the newest so many of the unfinished ones."""
     from nbray import api
     client = api._client()
     with client.lock:
         client._flush_events()
     reply = client.request(client.head_address, lambda r: P.ListEvents(
-        r, ("task",), 0, limit, client.address if pending else None))
-    rows = reply["events"]
+        r, ("task",), 0, limit if finished else 0, client.address if pending else None))
+    rows = reply["events"] if finished else []
     if pending:
-        rows = rows + reply.get("unfinished", []) + _unfinished(client, limit)
+        done = {r["task_id"] for r in rows}
+        unfinished = [r for r in reply.get("unfinished", []) + _unfinished(client, limit)
+                      if r["task_id"] not in done]
+        unfinished.sort(key=lambda r: r["submitted"])
         if limit is not None:
-            rows = rows[-limit:] if limit > 0 else []
+            unfinished = unfinished[-limit:] if limit > 0 else []
+        rows = rows + unfinished
     return _filtered(rows, filters)
 
 

@@ -49,10 +49,11 @@ def join(a, b):
 def fails(x):
     raise ValueError(x)
 
+import os
 bad = fails.remote(0)
 done = 0
 t0 = time.time()
-while time.time() - t0 < 12:
+while not os.path.exists("stop") and time.time() - t0 < 180:   # the test says when
     refs = [join.remote(step.remote(i), step.remote(i)) for i in range(10)]
     done += len(nbray.get(refs, progress=False))
 print('waves done', done)""",
@@ -110,7 +111,7 @@ def jlab(tmp_path_factory):
             return False
     wait_until(up, 90, "JupyterLab to answer", interval=0.2)
     try:
-        yield base, proc
+        yield base, proc, root
     finally:
         leftovers = _children(proc.pid)
         proc.send_signal(signal.SIGTERM)        # it shuts its kernels down, then exits
@@ -152,7 +153,7 @@ def _assert_drawn(page) -> None:
 
 def test_the_dashboard_renders_and_updates_live(jlab, tmp_path):
     from playwright.sync_api import sync_playwright
-    base, _ = jlab
+    base, _, root = jlab
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM,
@@ -205,10 +206,12 @@ def test_the_dashboard_renders_and_updates_live(jlab, tmp_path):
             details.wait_for(state="attached", timeout=10_000)
             assert "arguments:" in details.inner_text()
 
+            (root / "stop").write_text("")
             page.get_by_text(re.compile(r"waves done \d+")).wait_for(timeout=60_000)
             failed = _bokeh(page, "task_graph_nodes", "data")
             assert failed and "failed" in failed["state"] or "fails" in tasks.inner_text()
         finally:
+            (root / "stop").write_text("")
             page.screenshot(path=str(ARTIFACTS / "dashboard-final.png"), full_page=True)
             browser.close()
     assert not [e for e in errors if "Could not create a view" in e], errors

@@ -93,8 +93,12 @@ def test_unfinished_tasks_show_where_they_wait(module_cluster, tmp_path):
 
 
 @nbray.remote
-def parent_of(marker):
-    return nbray.get(wait_for.remote(marker))
+def parent_of(marker, then=None):
+    value = nbray.get(wait_for.remote(marker))
+    if then:                            # busy a while after: it reports nothing meanwhile
+        while not os.path.exists(then):
+            time.sleep(0.01)
+    return value
 
 
 def test_unfinished_tasks_of_other_processes_are_seen_too(module_cluster, tmp_path):
@@ -116,6 +120,39 @@ def test_unfinished_tasks_of_other_processes_are_seen_too(module_cluster, tmp_pa
     wait_until(lambda: not [r for r in nbray.state.tasks({"name": "wait_for"})
                             if r["state"] != "finished"], 10,
                "the child's report to say it is done")
+
+
+def test_an_ended_task_of_another_process_is_not_seen_running(module_cluster, tmp_path):
+    marker, then = str(tmp_path / "go"), str(tmp_path / "then")
+    parent = parent_of.remote(marker, then)
+    wait_until(lambda: [r for r in nbray.state.tasks({"name": "wait_for"})
+                        if r["state"] == "running" and r["owner_pid"] != os.getpid()], 10,
+               "the child to run")
+    Path(marker).touch()                # the child ends; its parent keeps busy
+    child = wait_until(lambda: (lambda rows: rows[-1] if rows and all(
+        r["state"] == "finished" for r in rows) else None)(
+        [r for r in nbray.state.tasks({"name": "wait_for"}) if r["owner_pid"] != os.getpid()]),
+        10, "the child to be seen finished, not running, while its parent is busy")
+    assert child["state"] == "finished"
+    (p,) = [r for r in nbray.state.tasks() if r["task_id"] == parent.binary()[:16].hex()]
+    assert p["state"] == "running"
+    Path(then).touch()
+    assert nbray.get(parent, timeout=30) == "done"
+
+
+def test_unfinished_tasks_do_not_crowd_out_the_ended_ones(module_cluster, tmp_path):
+    from nbray.dashboard.data import Snapshot
+    nbray.get([leaf.remote(i) for i in range(80)])
+    marker = str(tmp_path / "go")
+    held = [wait_for.remote(marker) for _ in range(2)]
+    queued = [leaf.remote(i) for i in range(300)]
+    snap = wait_until(lambda: (lambda s: s if len(s.tasks) == 100 else None)(
+        Snapshot.take(100)), 10, "a full snapshot")
+    states = [r["state"] for r in snap.tasks]
+    assert 0 < states.count("finished") and len(states) - states.count("finished") <= 50
+    assert len(nbray.state.tasks(limit=30, pending=False)) == 30
+    Path(marker).touch()
+    nbray.get(held + queued)
 
 
 def test_the_timeline_is_a_chrome_trace_with_tracks_and_arrows(module_cluster, tmp_path):

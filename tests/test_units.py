@@ -251,3 +251,29 @@ def test_config_from_the_environment_reads_booleans_and_numbers(monkeypatch):
     assert cfg.lineage is False and cfg.node_timeout_s == 2.5
     monkeypatch.setenv("NBRAY_LINEAGE", "yes")
     assert Config.from_env().lineage is True
+
+
+# ---- the head's event log ------------------------------------------------------------------
+def test_reports_of_unfinished_tasks_are_replaced_bounded_and_expire(monkeypatch):
+    from nbray.runtime import events, task_log
+    log = events.EventLog(10)
+    row = lambda i, t: (bytes(16), f"f{i}", "queued", 1, t, t, 0.0, b"", 0, b"", [], 1, 0)  # noqa
+    log.set_unfinished("a", pickle.dumps([row(0, 1.0), row(1, 3.0)]), 2)
+    log.set_unfinished("b", pickle.dumps([row(2, 2.0)]), 1)
+    rows = log.query({"task"}, unfinished_except="")["unfinished"]
+    assert [r["name"] for r in rows] == ["f0", "f2", "f1"]          # oldest first
+    assert [r["name"] for r in log.query({"task"}, limit=2, unfinished_except="b")[
+        "unfinished"]] == ["f0", "f1"]
+    assert log.query({"task"}, limit=0, unfinished_except="")["unfinished"] == []
+    log.set_unfinished("a", b"", 0)                  # none left
+    assert [r["name"] for r in log.query({"task"}, unfinished_except="")["unfinished"]] == \
+        ["f2"]
+    log.set_unfinished("c", b"not a pickle", 1)      # a bad report is ignored
+    monkeypatch.setattr(events, "MAX_OWNERS", 2)
+    log.set_unfinished("d", pickle.dumps([row(3, 4.0)]), 1)
+    log.set_unfinished("e", pickle.dumps([row(4, 5.0)]), 1)         # the stalest (b) goes
+    assert sorted(log.unfinished) == ["d", "e"]
+    monkeypatch.setattr(events, "UNFINISHED_TTL_S", -1.0)
+    assert log.query({"task"}, unfinished_except="")["unfinished"] == []
+    assert log.unfinished == {}
+    assert task_log.UNFINISHED_DEPS >= 1

@@ -1,6 +1,7 @@
 """The dashboard outside Jupyter: a bokeh server showing the notebook's views (the nodes, tasks
-and actors tables, the task graph, the latency phases, the scheduler's decisions), each browser
-tab a document refreshed from the state API by its own periodic callback.
+and actors tables, the task graph, the latency phases, the scheduler's decisions). One thread
+reads the cluster every second (``Feed``); each browser tab is a document that draws the newest
+read.
 
 ``nbray start --head --dashboard-port P`` runs it as a process of the cluster:
 ``python -m nbray.dashboard.app --session S --port P``. It joins the cluster as a driver,
@@ -13,63 +14,105 @@ import argparse
 import os
 import signal
 import sys
+import threading
 
-#: refreshes of one browser tab, at most (ms between them)
-MIN_INTERVAL_MS = 200
+#: how often a browser tab looks for a newer snapshot (ms)
+TAB_POLL_MS = 200
 
 
-def make_document(doc, interval_ms: int = 1000) -> dict:
-    """Fill a bokeh document with the views and refresh them every ``interval_ms``; returns
-    the views (for tests)."""
+class Feed:
+    """One read of the cluster for every browser tab: a thread of its own takes a snapshot
+    and the tables every ``interval_s``; the tabs' callbacks, in the server's event loop, only
+    draw the newest one (so a slow or dead head never blocks the loop)."""
+
+    def __init__(self, interval_s: float = 1.0):
+        from nbray.extension.widgets import ActorPanel, ClusterPanel, TaskPanel
+        self.interval_s = max(0.2, interval_s)
+        self.tables = [ClusterPanel(), TaskPanel(), ActorPanel()]
+        self.latest: tuple = (0, None, ["" for _ in self.tables], "")
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="nbray-dashboard-feed",
+                                        daemon=True)
+
+    def start(self) -> "Feed":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=15)
+
+    def read(self) -> None:
+        from nbray.dashboard.data import Snapshot
+        version = self.latest[0] + 1
+        try:
+            snap = Snapshot.take()
+            self.latest = (version, snap, [t.html() for t in self.tables], "")
+        except Exception as e:          # the cluster is going: say so, and keep serving
+            self.latest = (version, self.latest[1], self.latest[2], f"{type(e).__name__}: {e}")
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.read()
+            self._stop.wait(self.interval_s)
+
+
+def make_document(doc, feed: Feed) -> dict:
+    """Fill a bokeh document with the views, drawn from ``feed`` whenever it has a newer
+    snapshot; returns the views (for tests)."""
     from bokeh.layouts import column
     from bokeh.models import Div
 
-    from nbray.dashboard.data import Snapshot
     from nbray.dashboard.plots import LatencyPlot, SchedulerPlot, TaskGraphPlot
-    from nbray.extension.widgets import ActorPanel, ClusterPanel, TaskPanel
 
-    tables = [ClusterPanel(), TaskPanel(), ActorPanel()]
-    divs = [Div(text=t.html(), name=t.css) for t in tables]
+    divs = [Div(text="", name=t.css) for t in feed.tables]
     plots = [TaskGraphPlot(), LatencyPlot(), SchedulerPlot()]
     status = Div(text="", name="dashboard_status")
+    seen = [0]
 
-    def refresh():
-        try:
-            snap = Snapshot.take()
-            for table, div in zip(tables, divs):
-                div.text = table.html()
+    def draw():
+        version, snap, tables, error = feed.latest
+        if version == seen[0]:
+            return
+        seen[0] = version
+        status.text = f"<i>{error}</i>" if error else ""
+        for div, text in zip(divs, tables):
+            div.text = text
+        if snap is not None:
             for plot in plots:
                 plot.update(snap)
-            status.text = ""
-        except Exception as e:          # the cluster is going: say so, and keep serving
-            status.text = f"<i>{type(e).__name__}: {e}</i>"
 
-    refresh()
-    doc.add_periodic_callback(refresh, max(MIN_INTERVAL_MS, int(interval_ms)))
+    draw()
+    doc.add_periodic_callback(draw, TAB_POLL_MS)
     doc.title = "nbray dashboard"
     doc.add_root(column(Div(text="<h2>nbray</h2>"), status, *divs,
                         *[p.layout for p in plots]))
-    return {"tables": tables, "divs": divs, "plots": plots, "refresh": refresh}
+    return {"divs": divs, "plots": plots, "draw": draw}
 
 
 def serve(host: str, port: int, interval_ms: int = 1000, ready=None, watch_pid: int = 0):
     """Run the bokeh server until SIGTERM or until ``watch_pid`` exits."""
+    import socket
+
     import psutil
     from bokeh.application import Application
     from bokeh.application.handlers.function import FunctionHandler
     from bokeh.server.server import Server
 
-    app = Application(FunctionHandler(lambda doc: make_document(doc, interval_ms)))
-    if not port:
-        import socket
-        with socket.socket() as sock:
+    feed = Feed(interval_ms / 1000).start()
+    app = Application(FunctionHandler(lambda doc: make_document(doc, feed)))
+    if not port:                        # a free port (bokeh needs a number)
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
             sock.bind((host, 0))
             port = sock.getsockname()[1]
-    origins = [f"{h}:{port}" for h in {host, "127.0.0.1", "localhost"}] if port else ["*"]
-    server = Server({"/": app}, address=host, port=port, allow_websocket_origin=origins,
-                    num_procs=1)
+    wildcard = host in ("0.0.0.0", "::", "")
+    # a browser names the page by the host it used: on every interface that is any name
+    origins = ["*"] if wildcard else [f"{h}:{port}" for h in {host, "127.0.0.1", "localhost"}]
+    server = Server({"/": app}, address=None if wildcard else host, port=port,
+                    allow_websocket_origin=origins, num_procs=1)
     server.start()
-    url = f"http://{host}:{port}/"
+    name = socket.getfqdn() if wildcard else host
+    url = f"http://{f'[{name}]' if ':' in name else name}:{port}/"
     if ready is not None:
         ready(url)
 
@@ -82,6 +125,7 @@ def serve(host: str, port: int, interval_ms: int = 1000, ready=None, watch_pid: 
     signal.signal(signal.SIGTERM, lambda *_: loop.call_soon_threadsafe(server.io_loop.stop))
     server.io_loop.start()
     server.stop()
+    feed.stop()
 
 
 def main(argv=None) -> None:

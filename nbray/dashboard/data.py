@@ -17,6 +17,7 @@ MAX_TASKS = 2000
 #: a layer of the task graph taller than this wraps into several columns
 LAYER_ROWS = 40
 
+_ENDED = ("finished", "failed", "cancelled")
 STATE_COLOURS = {"finished": "#2ca02c", "failed": "#d62728", "cancelled": "#7f7f7f",
                  "running": "#ff7f0e", "queued": "#bcbd22", "waiting": "#9ecae1"}
 PHASE_COLOURS = ("#c6dbef", "#fdae6b", "#fdd0a2", "#9e9ac8", "#31a354")
@@ -34,9 +35,18 @@ class Snapshot:
 
     @classmethod
     def take(cls, max_tasks: int = MAX_TASKS, *, scheduler: bool = True) -> "Snapshot":
+        """The newest ``max_tasks`` tasks: the unfinished ones (up to half of them), then
+        the newest of those that ended."""
         import nbray
         rebuilt = nbray.state.events(kinds="task_reconstructed", limit=max_tasks)
-        return cls(tasks=nbray.state.tasks(limit=max_tasks),
+        rows = nbray.state.tasks(limit=max_tasks)
+        unfinished = [r for r in rows if r["state"] not in _ENDED]
+        unfinished = unfinished[len(unfinished) - max(1, max_tasks // 2):] \
+            if len(unfinished) > max(1, max_tasks // 2) else unfinished
+        room = max_tasks - len(unfinished)
+        ended = [r for r in rows if r["state"] in _ENDED]
+        ended = ended[len(ended) - room:] if len(ended) > room else ended
+        return cls(tasks=ended + unfinished,
                    reconstructed={e["task_id"] for e in rebuilt},
                    nodes=nbray.state.nodes(),
                    scheduler=nbray.state.scheduler() if scheduler else {})
@@ -116,7 +126,8 @@ def latency(snap: Snapshot, function: str | None = None, bins: int = 30
             acc[k] += ph[name]
         acc[-1] += 1
         if function is None or r["name"] == function:
-            totals.append(1000 * (r["ended"] - r["submitted"]))
+            end = r.get("returned") or r["ended"]      # the owner's clock, as submitted
+            totals.append(max(0.0, 1000 * (end - r["submitted"])))
     names = sorted(per)
     cols: dict = {"function": names, "count": [per[n][-1] for n in names]}
     for k, name in enumerate(PHASES):
@@ -147,9 +158,9 @@ def placement_kind(placement: str) -> str:
 
 
 def placement(snap: Snapshot) -> tuple[dict, dict]:
-    """(per node, how many of the snapshot's tasks ran there on a lease it kept and how many
-    on one spilled to the global scheduler, by reason; the newest decisions of the global
-    scheduler as table columns)."""
+    """(per node the snapshot's tasks ran on, how many ran on a lease kept by the node first
+    asked and how many on one the global scheduler placed there, by why the first node
+    spilled it; the newest decisions of the global scheduler as table columns)."""
     alias = {n["node_id"]: f"{n['node_id'][:8]} {n.get('host', '')}".strip()
              for n in snap.nodes}
     counts: dict = {}

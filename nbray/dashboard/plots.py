@@ -11,13 +11,16 @@ server). Names given to models (``name=``) are stable handles for tests.
 - ``LatencyPlot``: per function, the mean time in each phase (waiting for inputs, scheduling,
   queueing, input transfer, execution), and a histogram of end-to-end latency with p50/p90/p99
   for one function or all.
-- ``SchedulerPlot``: per node, how many tasks ran on leases it kept and how many on leases it
-  spilled to the global scheduler, by reason (resources, queue, locality), and the global
-  scheduler's latest decisions with their reasons.
+- ``SchedulerPlot``: per node, how many tasks ran there on leases kept by the node first
+  asked and how many on leases the global scheduler placed there, by why the first node spilled
+  them (resources, queue, locality); the lease requests each node kept and spilled; and the
+  global scheduler's latest decisions with their reasons.
 """
 from __future__ import annotations
 
+import contextlib
 import html
+import threading
 
 from bokeh.layouts import column, row
 from bokeh.models import (ColumnDataSource, CustomJS, DataTable, Div, FactorRange, GraphRenderer,
@@ -47,6 +50,24 @@ if (d.error[k]) { out += '<br><span style="color:#d62728">' + esc(d.error[k]) + 
 div.text = out;
 """
 _HINT = "<i>click a task for its details</i>"
+
+#: one plot's changes at a time (a notebook refreshes from a thread of its own)
+_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _changing(layout):
+    """Change a plot's models as one: under a lock, its document's events combined and sent
+    when done (one message to the browser per refresh)."""
+    with _LOCK:
+        doc = layout.document
+        if doc is not None:
+            doc.hold("combine")
+        try:
+            yield
+        finally:
+            if doc is not None:
+                doc.unhold()
 
 
 class TaskGraphPlot:
@@ -84,9 +105,18 @@ class TaskGraphPlot:
 
     def update(self, snap: data.Snapshot) -> None:
         nodes, edges, layout = data.graph(snap)
-        self.layout_provider.graph_layout = layout
-        self.nodes.data = nodes
-        self.edges.data = edges
+        with _changing(self.layout):
+            old = self.nodes.data.get("task_id", [])
+            chosen = [old[i] for i in self.nodes.selected.indices if i < len(old)]
+            self.layout_provider.graph_layout = layout
+            self.nodes.data = nodes
+            self.edges.data = edges
+            where = {t: i for i, t in enumerate(nodes["task_id"])}
+            self.nodes.selected.indices = [where[t] for t in chosen if t in where]
+            self._status(nodes)
+        self.updates += 1
+
+    def _status(self, nodes: dict) -> None:
         states = {}
         for s in nodes["state"]:
             states[s] = states.get(s, 0) + 1
@@ -95,7 +125,6 @@ class TaskGraphPlot:
                             f"{self.max_tasks}): " + ", ".join(
                                 f"{n} {s}" for s, n in sorted(states.items())) +
                             (f"; {rebuilt} reconstructed" if rebuilt else ""))
-        self.updates += 1
 
 
 class LatencyPlot:
@@ -132,6 +161,11 @@ class LatencyPlot:
 
     def update(self, snap: data.Snapshot) -> None:
         cols, hist, pct = data.latency(snap, self.function)
+        with _changing(self.layout):
+            self._show(cols, hist, pct)
+        self.updates += 1
+
+    def _show(self, cols: dict, hist: dict, pct: dict) -> None:
         if list(self.bars.y_range.factors) != cols["function"]:
             self.bars.y_range.factors = list(cols["function"])
         self.phases.data = cols
@@ -143,7 +177,6 @@ class LatencyPlot:
         self.status.text = (f"{html.escape(which)}: {pct['count']} tasks" + (
             f", p50 {pct['p50']:.2f} ms, p90 {pct['p90']:.2f} ms, p99 {pct['p99']:.2f} ms"
             if pct["count"] else ""))
-        self.updates += 1
 
 
 class SchedulerPlot:
@@ -153,8 +186,10 @@ class SchedulerPlot:
         self.decisions = ColumnDataSource(table, name="scheduler_decisions")
         self.bars = figure(width=width, height=240, x_range=FactorRange(factors=[]),
                            name="scheduler_bars",
-                           title="tasks per node: on leases it kept, or spilled to the global "
-                                 "scheduler (by reason)", tools="", toolbar_location=None)
+                           title="tasks by the node they ran on: on a lease the node first "
+                                 "asked kept, or one the global scheduler placed there (by "
+                                 "why the first node spilled it)", tools="",
+                           toolbar_location=None)
         self.bars.vbar_stack(list(data.PLACEMENTS), x="node", width=0.6, source=self.per_node,
                              color=list(data.PLACEMENT_COLOURS),
                              legend_label=list(data.PLACEMENTS))
@@ -175,6 +210,11 @@ class SchedulerPlot:
 
     def update(self, snap: data.Snapshot) -> None:
         per_node, table = data.placement(snap)
+        with _changing(self.layout):
+            self._show(snap, per_node, table)
+        self.updates += 1
+
+    def _show(self, snap, per_node: dict, table: dict) -> None:
         if list(self.bars.x_range.factors) != per_node["node"]:
             self.bars.x_range.factors = list(per_node["node"])
         self.per_node.data = per_node
@@ -185,7 +225,6 @@ class SchedulerPlot:
         self.status.text = (f"lease requests per node: {leases or 'none yet'}" +
                             (f"; {pending} waiting for a node with the resources"
                              if pending else ""))
-        self.updates += 1
 
 
 def _legend_below(p) -> None:

@@ -67,6 +67,7 @@ class Actor:
     fn_blob: bytes = b""
     placement: dict = field(default_factory=dict)
     hold: dict = field(default_factory=dict)
+    prefer_node: bytes = b""            # scheduling_strategy: the node it should live on
     lease: object = None
     subscribers: set = field(default_factory=set)
     max_restarts: int = 0
@@ -124,8 +125,8 @@ class ActorCalls:
             self._request_lease(actor)
 
     def _request_lease(self, actor: Actor) -> None:
-        self.client.ask_lease(actor, lambda rid: P.RequestLease(rid, actor.placement, True,
-                                                                actor.hold))
+        self.client.ask_lease(actor, lambda rid: P.RequestLease(
+            rid, actor.placement, True, actor.hold, prefer_node=actor.prefer_node))
 
     def lease_granted(self, actor: Actor, msg: P.LeaseGranted, node: str) -> None:
         c = self.client

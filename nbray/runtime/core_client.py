@@ -122,6 +122,7 @@ class Lease:
     node_id: bytes = b""
     placed: str = ""                # why the global scheduler put it there ("": kept local)
     granted_at: float = 0.0         # seconds since the epoch
+    off_target: bool = False        # not on the node its tasks prefer: returned once idle
 
 
 @dataclass(eq=False)
@@ -175,6 +176,8 @@ class CoreClient:
         self._lease_msgs: dict[int, P.RequestLease] = {}
         self._lease_targets: dict[int, str] = {}    # request id -> the node it was spilled to
         self._warned: set = set()
+        self._groups = 0                # nbray.util.group() blocks open: dispatch waits
+        self._groups_by: int | None = None
         self._replies: dict[int, P.Reply | None] = {}
         self._pending_acks: set = set()
         self._held: list = []
@@ -281,9 +284,12 @@ class CoreClient:
 
     def submit(self, fn_id: bytes, fn_blob: bytes, name: str, args: tuple, kwargs: dict,
                num_returns: int, resources: dict, max_retries: int,
-               retry_on=None) -> list[ObjectRef]:
+               retry_on=None, node: bytes = b"") -> list[ObjectRef]:
+        """Submit a task; ``node``: run it there if that node can take it (soft affinity)."""
         task_id, blob, top, arg_ids, pinned, args_id = self._pack(name, args, kwargs)
         key = tuple(sorted(resources.items()))
+        if node:
+            key = key + ((_LOCALITY, node),)
         origin, parent = self._origin()
         with self.lock:
             rids = tuple(self.return_id(task_id, i) for i in range(num_returns))
@@ -325,7 +331,8 @@ class CoreClient:
     # ---- actors ----------------------------------------------------------------------------
     def create_actor(self, cls_id: bytes, cls_blob: bytes, class_name: str, args: tuple,
                      kwargs: dict, *, placement: dict, hold: dict, max_restarts: int,
-                     max_task_retries: int, name: str, namespace: str, meta: dict):
+                     max_task_retries: int, name: str, namespace: str, meta: dict,
+                     node: bytes = b""):
         """Create an actor we own; returns (actor id, the ref that stands for its handles).
         A name is registered with the head first: a taken name raises ClusterError."""
         task_name = f"{class_name}.__init__"
@@ -347,7 +354,8 @@ class CoreClient:
             self._keep_args(task, args_id)
             actor = Actor(task_id, self.address, True, class_name, max_task_retries,
                           name=name, fn_blob=cls_blob, placement=placement, hold=hold,
-                          max_restarts=max_restarts, restartable=max_restarts != 0)
+                          max_restarts=max_restarts, restartable=max_restarts != 0,
+                          prefer_node=node)
             self.actors.create(task, actor, top)
             ref = self._make_ref(rid)
         self._kick()
@@ -443,7 +451,8 @@ class CoreClient:
                 return
         if values:
             task.spec = task.spec._replace(arg_values=tuple(values))
-            prefer = self._where_inputs_are(task)
+            prefer = self._where_inputs_are(task) if task.key[-1:] == () or \
+                task.key[-1][0] != _LOCALITY else b""
             if prefer:      # leases for it are asked for on that node (locality)
                 task.key = task.key + ((_LOCALITY, prefer),)
         task.t_ready = time.time()
@@ -474,7 +483,27 @@ class CoreClient:
         return node
 
     # ---- dispatch (I/O thread, or the worker's one thread) ---------------------------------
+    def hold_dispatch(self) -> None:
+        """Until ``release_dispatch``, what is submitted waits to be scheduled together."""
+        with self.lock:
+            self._groups += 1
+            self._groups_by = threading.get_ident()
+
+    def release_dispatch(self) -> None:
+        with self.lock:
+            self._groups = max(0, self._groups - 1)
+            if not self._groups:
+                self._groups_by = None
+        self._kick()
+
+    def _check_not_held(self) -> None:
+        if self._groups and self._groups_by == threading.get_ident():
+            raise RuntimeError("get or wait inside nbray.util.group() would wait for tasks "
+                               "the group holds back until it ends; get after the block")
+
     def _dispatch(self, eager: bool = True) -> None:
+        if self._groups:
+            return                      # nbray.util.group(): all together when it ends
         if self.actors.dirty:
             self.actors.dispatch()
         now = time.monotonic()
@@ -584,7 +613,8 @@ class CoreClient:
         for lease in list(shape.leases):
             if lease.inflight:
                 continue
-            if lease.returning or (expired_ok and now - lease.idle_since >= CONFIG.lease_idle_s):
+            if lease.returning or (expired_ok and (
+                    lease.off_target or now - lease.idle_since >= CONFIG.lease_idle_s)):
                 shape.leases.remove(lease)
                 del self.leases[lease.worker_id]
                 self._send(lease.node, P.ReturnLease(lease.worker_id))
@@ -750,7 +780,9 @@ class CoreClient:
         key = next(k for k, s in self.shapes.items() if s is shape)
         lease = Lease(msg.worker_id, msg.address, key, idle_since=time.monotonic(), node=node,
                       pid=msg.pid, node_id=msg.node_id, placed=msg.placed,
-                      granted_at=time.time())
+                      granted_at=time.time(), off_target=bool(
+                          shape.prefer_node and msg.node_id and
+                          msg.node_id != shape.prefer_node))
         self.leases[msg.worker_id] = lease
         shape.leases.append(lease)
 
@@ -1078,6 +1110,7 @@ class CoreClient:
         return encoded
 
     def get_values(self, refs: list, timeout: float | None) -> list:
+        self._check_not_held()
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -1153,6 +1186,7 @@ class CoreClient:
         return value._replace(payload=loc._replace(node_id=self.node_id, path=path))
 
     def wait(self, refs: list, num_returns: int, timeout: float | None) -> tuple[list, list]:
+        self._check_not_held()
         values = self._wait_values(refs, num_returns, timeout, need_all=False)
         ready, not_ready = [], []
         for ref in refs:

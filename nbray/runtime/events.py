@@ -37,8 +37,11 @@ import time
 MAX_PENDING = 20_000
 TASK_FLUSH_S = 1.0
 TASK_BATCH = 5000
-#: clients whose unfinished tasks the head keeps at most
+#: clients whose unfinished tasks the head keeps at most (the stalest go first)
 MAX_OWNERS = 1000
+#: a client's report of its unfinished tasks is forgotten after this long without another
+#: (a live client with unfinished tasks reports about once a second)
+UNFINISHED_TTL_S = 10.0
 
 KINDS = ("task_retried", "task_failed", "object_lost", "task_reconstructed",
          "reconstruction_failed", "actor_restarted", "actor_replayed", "actor_restarted_fresh",
@@ -82,9 +85,10 @@ class EventBuffer:
 
     def unfinished_due(self, has_unfinished: bool) -> bool:
         """Whether to report the unfinished tasks now: about once a second while there are
-        any, and once more when there are none left."""
-        return (has_unfinished or self.unfinished_sent) and \
-            time.monotonic() - self.unfinished_at >= TASK_FLUSH_S
+        any, and at once when there are none left (so nobody sees them as still running)."""
+        if not has_unfinished:
+            return self.unfinished_sent
+        return time.monotonic() - self.unfinished_at >= TASK_FLUSH_S
 
     def take_unfinished(self, rows: list, count: int) -> tuple[bytes, int]:
         self.unfinished_at = time.monotonic()
@@ -112,8 +116,8 @@ class EventLog:
         self.seq = 0
         self.total = 0
         self.tasks_total = 0
-        #: per client address: its unfinished tasks as it last reported them (pickled)
-        self.unfinished: dict[str, bytes] = {}
+        #: per client address: (when, its unfinished tasks as it last reported them)
+        self.unfinished: dict[str, tuple[float, list]] = {}
 
     def add(self, events: list) -> None:
         for event in events:
@@ -137,11 +141,18 @@ class EventLog:
             self.tasks_kept -= self.batches.popleft()[1]
 
     def set_unfinished(self, owner: str, blob: bytes, count: int) -> None:
-        if count > 0 and blob:
-            if owner in self.unfinished or len(self.unfinished) < MAX_OWNERS:
-                self.unfinished[owner] = blob
-        else:
-            self.unfinished.pop(owner, None)
+        self.unfinished.pop(owner, None)
+        if count <= 0 or not blob:
+            return
+        try:
+            rows = pickle.loads(blob)
+        except Exception:               # a malformed report from a peer: ignore it
+            return
+        if not isinstance(rows, list):
+            return
+        if len(self.unfinished) >= MAX_OWNERS:      # the stalest report goes
+            del self.unfinished[min(self.unfinished, key=lambda o: self.unfinished[o][0])]
+        self.unfinished[owner] = (time.monotonic(), rows)
 
     def owner_gone(self, owner: str) -> None:
         self.unfinished.pop(owner, None)
@@ -160,17 +171,28 @@ class EventLog:
                 "dropped": self.total - len(self.ring)}
 
     def _unfinished(self, skip: str, limit: int | None) -> list:
+        """The newest ``limit`` unfinished tasks of the clients other than ``skip``, oldest
+        first (reports older than ``UNFINISHED_TTL_S`` are dropped: their client is gone,
+        or its node died)."""
+        import heapq
         from nbray.runtime.task_log import unfinished_dict
-        rows: list = []
-        for owner, blob in self.unfinished.items():
-            if owner == skip:
-                continue
+        now = time.monotonic()
+        for owner in [o for o, (at, _) in self.unfinished.items()
+                      if now - at > UNFINISHED_TTL_S]:
+            del self.unfinished[owner]
+        if limit is not None and limit <= 0:
+            return []
+        rows = (r for owner, (_, recs) in self.unfinished.items() if owner != skip
+                for r in recs)
+        chosen = heapq.nlargest(limit, rows, key=_submitted) if limit is not None else \
+            sorted(rows, key=_submitted, reverse=True)
+        out = []
+        for r in reversed(chosen):
             try:
-                rows.extend(unfinished_dict(r) for r in pickle.loads(blob))
-            except Exception:           # a malformed report from a peer: skip it
+                out.append(unfinished_dict(r))
+            except Exception:           # a malformed row from a peer: skip it
                 continue
-        rows.sort(key=lambda r: r["submitted"])
-        return rows[-limit:] if limit is not None and limit > 0 else rows
+        return out
 
     def _query_tasks(self, since_seq: int, limit: int | None) -> dict:
         from nbray.runtime.task_log import as_dict
@@ -195,3 +217,10 @@ class EventLog:
         kept = min(self.tasks_kept, self.task_maxlen)
         return {"events": rows, "total": self.tasks_total, "kept": kept,
                 "dropped": self.tasks_total - kept}
+
+
+def _submitted(row) -> float:
+    try:
+        return float(row[4])
+    except Exception:
+        return 0.0

@@ -15,7 +15,9 @@ when not known), ``inputs_s`` (of its run, the time reading its arguments), ``le
 kept the lease; else why it was spilled, ``resources: ...``, ``queue: ...`` or
 ``locality: ...``, and why the global scheduler chose the node that ran it), ``node_id``,
 ``worker_pid``, ``actor_id``, ``deps`` (the ids of the tasks whose results it took),
-``arg_bytes``, ``result_bytes``, ``owner_pid``, ``scope``.
+``arg_bytes``, ``result_bytes``, ``owner_pid``, ``scope``, ``returned`` (when the owner had
+its result, on the owner's clock, as ``submitted`` is: ``started`` and ``ended`` are the
+worker's).
 
 ``phases(record)`` splits its time from submission to its end into ``inputs`` (waiting for the
 tasks whose results it takes), ``scheduling`` (waiting for a worker lease), ``queueing``
@@ -23,6 +25,8 @@ tasks whose results it takes), ``scheduling`` (waiting for a worker lease), ``qu
 arguments on the worker) and ``execution``.
 """
 from __future__ import annotations
+
+import time
 
 from nbray.runtime import protocol as P
 
@@ -33,7 +37,8 @@ STATES = ("finished", "failed", "cancelled")
 #: keep); ``as_dict`` makes the dict the state API shows
 FIELDS = ("task_id", "name", "state", "error", "attempts", "submitted", "ready", "dispatched",
           "started", "run_s", "node_id", "worker_pid", "actor_id", "deps", "arg_bytes",
-          "result_bytes", "owner_pid", "scope", "inputs_s", "lease_at", "placement")
+          "result_bytes", "owner_pid", "scope", "inputs_s", "lease_at", "placement",
+          "returned")
 PHASES = ("inputs", "scheduling", "queueing", "transfer", "execution")
 TAG = "task"
 
@@ -60,7 +65,8 @@ def record(task, values, client) -> tuple:
             task.t_ready or task.t_submit, task.t_push, task.t_start, task.run_s, node_id, pid,
             spec.actor_id, [a[:16] for a in task.arg_ids],
             blob.payload.size if type(blob) is P.Value else len(blob), size, client.events.pid,
-            spec.origin[1] if spec.origin else 0, task.inputs_s, lease_at, placed)
+            spec.origin[1] if spec.origin else 0, task.inputs_s, lease_at, placed,
+            time.time())
 
 
 #: an unfinished task, as its owner reports it (about once a second, the newest
@@ -68,6 +74,8 @@ def record(task, values, client) -> tuple:
 UNFINISHED = ("task_id", "name", "state", "attempts", "submitted", "ready", "dispatched",
               "node_id", "worker_pid", "actor_id", "deps", "owner_pid", "scope")
 UNFINISHED_MAX = 500
+#: an unfinished task's ``deps`` are reported up to this many (a reduce over many inputs)
+UNFINISHED_DEPS = 16
 
 
 def unfinished(client, limit: int | None = None) -> list[tuple]:
@@ -88,7 +96,7 @@ def unfinished(client, limit: int | None = None) -> list[tuple]:
         out.append((spec.task_id, spec.name, state, task.attempts, task.t_submit,
                     task.t_ready, task.t_push, lease.node_id if lease is not None else b"",
                     lease.pid if lease is not None else 0, spec.actor_id or b"",
-                    [a[:16] for a in task.arg_ids], pid,
+                    [a[:16] for a in task.arg_ids[:UNFINISHED_DEPS]], pid,
                     spec.origin[1] if spec.origin else 0))
     out.reverse()
     return out
@@ -99,7 +107,7 @@ def unfinished_dict(rec: tuple) -> dict:
     d.update(kind="task", task_id=d["task_id"].hex(), node_id=d["node_id"].hex(),
              actor_id=d["actor_id"].hex(), deps=[x.hex() for x in d["deps"]], error="",
              started=0.0, ended=0.0, inputs_s=0.0, lease_at=0.0, placement="",
-             arg_bytes=0, result_bytes=0)
+             arg_bytes=0, result_bytes=0, returned=0.0)
     return d
 
 

@@ -1,0 +1,21 @@
+"""``nbray.util.group()``: tasks and actor calls submitted inside the block are scheduled as
+one unit when it ends: one pass of the scheduler, the tasks for each worker pushed in one
+message, rather than each leaving as it is submitted.
+
+    with nbray.util.group():
+        refs = [f.remote(x) for x in xs]
+"""
+from __future__ import annotations
+
+import contextlib
+
+
+@contextlib.contextmanager
+def group():
+    from nbray import api
+    client = api._client()
+    client.hold_dispatch()
+    try:
+        yield
+    finally:
+        client.release_dispatch()
