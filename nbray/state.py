@@ -123,23 +123,36 @@ def scheduler() -> dict:
 
 
 def summary() -> dict:
-    """Counts: tasks by function and state (with mean run and wait times, from the task
-    log), actors by state, nodes by state, and the objects this process holds."""
+    """Counts: tasks by function and state (every task any process recorded since the cluster
+    started, with mean run and wait times, and the unfinished ones now), actors by state,
+    nodes by state, and the objects this process holds."""
     from nbray import api
-    funcs: dict = {}
-    for r in tasks():
-        f = funcs.setdefault(r["name"], {"finished": 0, "failed": 0, "cancelled": 0,
-                                         "running": 0, "queued": 0, "waiting": 0,
-                                         "run_s": 0.0, "wait_s": 0.0})
-        f[r["state"]] = f.get(r["state"], 0) + 1
-        if r.get("ended") and r.get("started"):
-            f["run_s"] += r["ended"] - r["started"]
-            f["wait_s"] += max(0.0, r["started"] - r["submitted"])
-    for f in funcs.values():
-        done = f["finished"] + f["failed"]
-        f["mean_run_s"] = round(f.pop("run_s") / done, 6) if done else None
-        f["mean_wait_s"] = round(f.pop("wait_s") / done, 6) if done else None
     client = api._client()
+    with client.lock:
+        client._flush_events()
+    totals = client.request(client.head_address, lambda r: P.TaskSummary(r))
+    funcs: dict = {}
+
+    def row(name):
+        return funcs.setdefault(name, {"finished": 0, "failed": 0, "cancelled": 0,
+                                       "running": 0, "queued": 0, "waiting": 0,
+                                       "mean_run_s": None, "mean_wait_s": None})
+    for name, (finished, failed, cancelled, run_s, wait_s, timed) in totals.items():
+        f = row(name)
+        f.update(finished=finished, failed=failed, cancelled=cancelled)
+        if timed:
+            f["mean_run_s"] = round(run_s / timed, 6)
+            f["mean_wait_s"] = round(wait_s / timed, 6)
+    reply = client.request(client.head_address, lambda r: P.ListEvents(
+        r, ("task",), 0, 0, client.address))
+    for r in reply.get("unfinished", []):       # other processes' (their newest 500 each)
+        f = row(r["name"])
+        f[r["state"]] += 1
+    from nbray.runtime.task_log import task_state
+    with client.lock:                           # ours, all of them, without a dict each
+        for task in client.tasks.values():
+            if task.t_submit:
+                row(task.spec.name)[task_state(task)] += 1
     with client.lock:
         objs = list(client.objects.values())
     return {"tasks": funcs,

@@ -131,7 +131,12 @@ def _bokeh(page, name: str, attr: str):
     return page.evaluate("""([name, attr]) => {
         for (const d of window.Bokeh.documents) {
             const m = d.get_model_by_name(name);
-            if (m) { const v = m[attr]; return (v instanceof Map) ? Object.fromEntries(v) : v; }
+            if (m) {
+                const v = m[attr];
+                if (!(v instanceof Map)) { return v; }
+                const out = {};          // columns may be typed arrays (numpy on the kernel)
+                for (const [k, c] of v) { out[k] = ArrayBuffer.isView(c) ? Array.from(c) : c; }
+                return out; }
         }
         return null; }""", [name, attr])
 

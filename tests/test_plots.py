@@ -76,9 +76,8 @@ def test_the_task_graph_draws_the_dag_by_state(module_cluster):
     x = {k: plot.layout_provider.graph_layout[i][0] for k, i in at.items()}
     assert x["a"] < x["b"] < x["d"] < x["bad"] and x["b"] == x["c"]
     assert nodes["state"][at["bad"]] == "failed"
-    assert nodes["colour"][at["bad"]] == data.STATE_COLOURS["failed"]
     assert "ValueError: bad 5" in nodes["error"][at["bad"]]
-    assert nodes["colour"][at["d"]] == data.STATE_COLOURS["finished"]
+    assert nodes["state"][at["d"]] == "finished"
     assert "1 failed" in plot.status.text
 
 
@@ -93,7 +92,6 @@ def test_a_reconstructed_task_is_ringed(module_cluster):
     nodes = plot.nodes.data
     i = nodes["task_id"].index(ref.hex()[:32])
     assert nodes["reconstructed"][i] == "yes" and nodes["width"][i] == 3
-    assert nodes["outline"][i] == "#000000"
     assert "1 reconstructed" in plot.status.text
 
 

@@ -82,7 +82,7 @@ def graph(snap: Snapshot) -> tuple[dict, dict, dict]:
         for k, i in enumerate(members):
             layout[i] = (d + 0.8 * (k // LAYER_ROWS) / cols, -(k % LAYER_ROWS))
     nodes = {"index": list(range(len(ids))), "task_id": ids, "name": [], "state": [],
-             "colour": [], "outline": [], "width": [], "reconstructed": [], "node": [],
+             "width": [], "reconstructed": [], "node": [],
              "worker": [], "attempts": [], "arg_bytes": [], "result_bytes": [], "ran_ms": [],
              "waited_ms": [], "error": [], "placement": []}
     for tid in ids:
@@ -92,8 +92,6 @@ def graph(snap: Snapshot) -> tuple[dict, dict, dict]:
         waited = (r["started"] - r["submitted"]) if r.get("started") else None
         nodes["name"].append(r["name"])
         nodes["state"].append(r["state"])
-        nodes["colour"].append(STATE_COLOURS.get(r["state"], "#cccccc"))
-        nodes["outline"].append("#000000" if rebuilt else "#ffffff")
         nodes["width"].append(3 if rebuilt else 1)
         nodes["reconstructed"].append("yes" if rebuilt else "no")
         nodes["node"].append((r.get("node_id") or "")[:8])
@@ -183,8 +181,10 @@ def placement(snap: Snapshot) -> tuple[dict, dict]:
     return per_node, table
 
 
-def _ms(seconds) -> str:
-    return "" if seconds is None else f"{1000 * seconds:.3f} ms"
+def _ms(seconds) -> float:
+    """Milliseconds, -1 when not known (numbers travel to the browser as one binary
+    buffer; text would be encoded item by item)."""
+    return -1.0 if seconds is None else round(1000 * seconds, 3)
 
 
 def _clock(t: float) -> str:

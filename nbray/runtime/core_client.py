@@ -241,7 +241,8 @@ class CoreClient:
         io_done = self._io_thread is None or not self._io_thread.is_alive()
         if self._welcomed.is_set() and io_done:
             if self.events and self.head_address:
-                self.ep.send(self.head_address, P.ReportEvents(*self.events.take()))
+                self.ep.send(self.head_address, P.ReportEvents(
+                    *self.events.take(), summary=self.events.take_summary()))
             nodes = {self.node_address}
             for lease in list(self.leases.values()):
                 nodes.add(lease.node)
@@ -1441,7 +1442,8 @@ class CoreClient:
     def _flush_events(self) -> None:
         """Send the events recorded since the last turn to the head, in one message."""
         if self.head_address and self.events:
-            self._send(self.head_address, P.ReportEvents(*self.events.take()))
+            self._send(self.head_address, P.ReportEvents(
+                *self.events.take(), summary=self.events.take_summary()))
 
     def _report_unfinished(self) -> None:
         """Tell the head of our unfinished tasks (the newest few hundred), for the state API
@@ -1451,7 +1453,8 @@ class CoreClient:
         blob, count = self.events.take_unfinished(rows, len(rows) and len(self.tasks))
         events, tasks, n = self.events.take()
         self._send(self.head_address, P.ReportEvents(events, tasks, n, blob, count,
-                                                     self.address))
+                                                     self.address,
+                                                     self.events.take_summary()))
 
     def _kick(self) -> None:
         """Dispatch now, in this thread: a task for an idle leased worker goes straight out."""

@@ -37,6 +37,9 @@ import time
 MAX_PENDING = 20_000
 TASK_FLUSH_S = 1.0
 TASK_BATCH = 5000
+#: functions whose totals the head keeps at most
+MAX_FUNCTIONS = 10_000
+_STATE_SLOT = {"finished": 0, "failed": 1, "cancelled": 2}
 #: clients whose unfinished tasks the head keeps at most (the stalest go first)
 MAX_OWNERS = 1000
 #: a client's report of its unfinished tasks is forgotten after this long without another
@@ -61,6 +64,7 @@ class EventBuffer:
         self.pid = os.getpid()
         self.urgent = False
         self.first_at = 0.0
+        self.summary: dict = {}         # per function, since the last report
         self.unfinished_at = 0.0        # when it last reported its unfinished tasks
         self.unfinished_sent = False    # and whether it had any then
 
@@ -75,6 +79,17 @@ class EventBuffer:
             self.first_at = time.monotonic()
         if len(self.records) < MAX_PENDING:
             self.records.append(rec)
+        # per-function totals travel with the records, so the head can sum every task ever
+        # recorded without reading a record (rec: TAG, id, name, state, error, attempts,
+        # submitted, ready, dispatched, started, run_s, ...)
+        acc = self.summary.get(rec[2])
+        if acc is None:
+            acc = self.summary[rec[2]] = [0, 0, 0, 0.0, 0.0, 0]
+        acc[_STATE_SLOT.get(rec[3], 0)] += 1
+        if rec[9] and rec[3] != "cancelled":
+            acc[3] += rec[10]
+            acc[4] += max(0.0, rec[9] - rec[6])
+            acc[5] += 1
 
     def __bool__(self) -> bool:
         return bool(self.pending or self.records)
@@ -94,6 +109,10 @@ class EventBuffer:
         self.unfinished_at = time.monotonic()
         self.unfinished_sent = count > 0
         return pickle.dumps(rows, protocol=5), count
+
+    def take_summary(self) -> dict | None:
+        out, self.summary = self.summary, {}
+        return out or None
 
     def take(self) -> tuple[list, bytes, int]:
         """(events, the task records pickled as one batch, how many)."""
@@ -116,6 +135,8 @@ class EventLog:
         self.seq = 0
         self.total = 0
         self.tasks_total = 0
+        #: per function: totals of every task record ever reported (see ``add_summary``)
+        self.totals: dict = {}
         #: per client address: (when, its unfinished tasks as it last reported them)
         self.unfinished: dict[str, tuple[float, list]] = {}
 
@@ -139,6 +160,19 @@ class EventLog:
         self.tasks_kept += count
         while self.batches and self.tasks_kept - self.batches[0][1] >= self.task_maxlen:
             self.tasks_kept -= self.batches.popleft()[1]
+
+    def add_summary(self, summary) -> None:
+        if not isinstance(summary, dict):
+            return
+        for name, acc in summary.items():
+            if not isinstance(acc, list) or len(acc) != 6 or len(self.totals) > MAX_FUNCTIONS:
+                continue
+            mine = self.totals.setdefault(str(name), [0, 0, 0, 0.0, 0.0, 0])
+            try:
+                for i in range(6):
+                    mine[i] += acc[i]
+            except TypeError:           # a malformed summary from a peer
+                continue
 
     def set_unfinished(self, owner: str, blob: bytes, count: int) -> None:
         self.unfinished.pop(owner, None)

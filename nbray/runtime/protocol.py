@@ -382,6 +382,15 @@ class ReportEvents(NamedTuple):
     unfinished_count: int = -1
     #: the reporting client's address (its unfinished tasks go when it does: ``ClientGone``)
     owner: str = ""
+    #: per function, what its task records since the last report add up to:
+    #: ``{name: [finished, failed, cancelled, run seconds, wait seconds, timed]}``
+    summary: dict | None = None
+
+
+class TaskSummary(NamedTuple):
+    """Client -> head: the per-function totals of every task record reported so far, as a
+    Reply: ``{name: [finished, failed, cancelled, run seconds, wait seconds, timed]}``."""
+    request_id: int
 
 
 class ListEvents(NamedTuple):

@@ -89,9 +89,7 @@ def unfinished(client, limit: int | None = None) -> list[tuple]:
         spec = task.spec
         if not task.t_submit:
             continue
-        state = "running" if task.worker is not None or (
-            task.actor is not None and spec.task_id in task.actor.inflight) else \
-            "queued" if task.t_ready else "waiting"
+        state = task_state(task)
         lease = task.worker
         out.append((spec.task_id, spec.name, state, task.attempts, task.t_submit,
                     task.t_ready, task.t_push, lease.node_id if lease is not None else b"",
@@ -100,6 +98,15 @@ def unfinished(client, limit: int | None = None) -> list[tuple]:
                     spec.origin[1] if spec.origin else 0))
     out.reverse()
     return out
+
+
+def task_state(task) -> str:
+    """An unfinished task's state: ``running``, ``queued`` (for a worker) or ``waiting`` (for
+    its inputs)."""
+    if task.worker is not None or (task.actor is not None and
+                                   task.spec.task_id in task.actor.inflight):
+        return "running"
+    return "queued" if task.t_ready else "waiting"
 
 
 def unfinished_dict(rec: tuple) -> dict:

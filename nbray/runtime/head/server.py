@@ -84,6 +84,11 @@ class HeadServer:
         if isinstance(msg.unfinished_count, int) and msg.unfinished_count >= 0 and \
                 isinstance(msg.unfinished, bytes) and isinstance(msg.owner, str):
             self.events.set_unfinished(msg.owner, msg.unfinished, msg.unfinished_count)
+        if msg.summary:
+            self.events.add_summary(msg.summary)
+
+    def _on_task_summary(self, peer, msg: P.TaskSummary) -> None:
+        self.ep.reply(peer, P.Reply(msg.request_id, self.events.totals))
 
     def _on_list_events(self, peer, msg: P.ListEvents) -> None:
         self.ep.reply(peer, P.Reply(msg.request_id, self.events.query(
@@ -169,6 +174,7 @@ class HeadServer:
         P.ActorUpdate: _on_actor_update,
         P.ReportEvents: _on_report_events,
         P.ListEvents: _on_list_events,
+        P.TaskSummary: _on_task_summary,
         P.LookupActor: _on_lookup_actor,
         P.ListActors: _on_list_actors,
         P.ListNodes: _on_list_nodes,
