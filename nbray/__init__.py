@@ -16,7 +16,8 @@ from nbray import chaos, dataflow, state, util
 from nbray.actor import ActorHandle, method
 from nbray.api import cancel, get, get_actor, init, is_initialized, kill, put, shutdown, wait
 from nbray.errors import (ActorDiedError, ClusterError, GetTimeoutError, NbrayError,
-                          ObjectLostError, OwnerDiedError, RemoteError, SerializationError,
+                          ObjectLostError, ObjectStoreFullError, OverloadedError,
+                          OwnerDiedError, RemoteError, SerializationError,
                           TaskCancelledError, WorkerCrashedError)
 from nbray.object_ref import ObjectRef
 from nbray.remote_function import remote
@@ -45,4 +46,5 @@ __all__ = [
     "load_ipython_extension", "unload_ipython_extension",
     "NbrayError", "RemoteError", "GetTimeoutError", "TaskCancelledError", "WorkerCrashedError",
     "ActorDiedError", "ObjectLostError", "OwnerDiedError", "SerializationError", "ClusterError",
+    "OverloadedError", "ObjectStoreFullError",
 ]

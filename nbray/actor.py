@@ -18,7 +18,8 @@ from nbray.runtime import serialization
 
 _ACTOR_OPTIONS = {"num_cpus", "num_gpus", "resources", "max_restarts", "max_task_retries",
                   "max_concurrency", "name", "namespace", "get_if_exists", "lifetime",
-                  "scheduling_strategy"}
+                  "scheduling_strategy", "max_pending_calls", "on_overload",
+                  "overload_timeout"}
 
 
 def method(*, num_returns: int = 1):
@@ -49,6 +50,9 @@ def _validate(options: dict) -> dict:
             raise TypeError(f"{key} must be a non-empty string, got {v!r}")
     from nbray.util.scheduling_strategies import node_of
     node_of(options.get("scheduling_strategy"))
+    from nbray.runtime import admission
+    admission.check(options.get("max_pending_calls"), options.get("on_overload"),
+                    options.get("overload_timeout"), name="max_pending_calls")
     if options.get("lifetime") not in (None, "non_detached"):
         raise NotImplementedError(
             f"lifetime={options['lifetime']!r} is not supported by nbray: an actor lives as "
@@ -124,7 +128,10 @@ class ActorClass:
             if "already exists" in str(e):
                 raise ValueError(str(e)) from None
             raise
-        return ActorHandle(actor_id, client.address, self._name, methods, retries, ref)
+        bound = opts.get("max_pending_calls")
+        bound = None if bound in (None, -1) else (bound, opts.get("on_overload") or "block",
+                                                  opts.get("overload_timeout"))
+        return ActorHandle(actor_id, client.address, self._name, methods, retries, ref, bound)
 
     def options(self, **options) -> "ActorClass":
         """A copy with some options changed, e.g. ``Cls.options(name="learner").remote()``."""
@@ -137,12 +144,19 @@ class ActorClass:
 class ActorHandle:
     """A reference to an actor: ``handle.method.remote(...)`` calls it."""
     __slots__ = ("_actor_id", "_owner", "_class_name", "_methods", "_retries", "_ref",
-                 "__weakref__")
+                 "_bound", "_limit", "__weakref__")
 
     def __init__(self, actor_id: bytes, owner: str, class_name: str, methods: dict,
-                 retries: int, ref: ObjectRef):
+                 retries: int, ref: ObjectRef, bound: tuple | None = None):
         self._actor_id, self._owner, self._class_name = actor_id, owner, class_name
         self._methods, self._retries, self._ref = methods, retries, ref
+        self._bound = bound             # (max_pending_calls, on_overload, overload_timeout)
+        if bound is None:
+            self._limit = None
+        else:
+            from nbray.runtime.admission import Limit
+            self._limit = Limit(("actor", actor_id), bound[0], bound[1], bound[2],
+                                f"actor {class_name}")
 
     def __getattr__(self, name: str) -> "ActorMethod":
         if name.startswith("__") and name != "__call__":
@@ -158,7 +172,7 @@ class ActorHandle:
 
     def __reduce__(self):
         return (_rebuild, (self._actor_id, self._owner, self._class_name, self._methods,
-                           self._retries, self._ref))
+                           self._retries, self._ref, self._bound))
 
     def __eq__(self, other) -> bool:
         return isinstance(other, ActorHandle) and other._actor_id == self._actor_id
@@ -170,12 +184,12 @@ class ActorHandle:
         return f"Actor({self._class_name}, {self._actor_id.hex()})"
 
 
-def _rebuild(actor_id, owner, class_name, methods, retries, ref) -> ActorHandle:
+def _rebuild(actor_id, owner, class_name, methods, retries, ref, bound=None) -> ActorHandle:
     from nbray.runtime import core_client
     client = core_client.current()
     if client is not None:      # ask where the actor is now, before the first call needs it
         client.adopt_actor(actor_id, owner, class_name, retries)
-    return ActorHandle(actor_id, owner, class_name, methods, retries, ref)
+    return ActorHandle(actor_id, owner, class_name, methods, retries, ref, bound)
 
 
 class ActorMethod:
@@ -193,7 +207,8 @@ class ActorMethod:
         from nbray import api
         h = self._handle
         refs = api._client().call_actor(h._actor_id, h._owner, h._class_name, h._retries,
-                                        self._name, args, kwargs, self._num_returns)
+                                        self._name, args, kwargs, self._num_returns,
+                                        h._limit)
         return refs[0] if self._num_returns == 1 else refs
 
     def options(self, *, num_returns: int | None = None, **other) -> "ActorMethod":

@@ -43,6 +43,7 @@ class _Driver:
         self.record: cluster.ClusterRecord | None = None
         self.procs: dict | None = None
         self.context: ClusterContext | None = None
+        self.restore: tuple | None = None   # (env, config) an init() changed, for shutdown
 
 
 _driver = _Driver()
@@ -50,14 +51,26 @@ _driver = _Driver()
 
 def init(address: str | None = None, *, num_workers: int | None = None,
          num_cpus: int | None = None, resources: dict | None = None,
-         ignore_reinit_error: bool = False, key: str | None = None) -> ClusterContext:
+         ignore_reinit_error: bool = False, key: str | None = None,
+         max_pending: int | None = None, on_overload: str = "block",
+         overload_timeout: float | None = None,
+         object_store_memory: int | None = None) -> ClusterContext:
     """Start an embedded cluster (no address) or join a running one (``address``).
 
     ``num_workers`` (or Ray's ``num_cpus``) sets the worker processes and CPUs of the embedded
     node; the default is the machine's cores. ``resources`` adds custom resources to it.
     ``address`` is ``"auto"``, ``"host:port"`` printed by ``nbray start --head`` or a session
     id; the key comes from the cluster's record on this machine, ``key=`` or ``NBRAY_KEY``.
+
+    ``max_pending``: at most so many of this driver's tasks unfinished at once (those of a
+    function without a ``max_pending`` of its own); past it ``.remote()`` waits for room
+    (``on_overload="block"``, at most ``overload_timeout`` seconds if given) or raises
+    ``OverloadedError`` (``"raise"``). ``object_store_memory``: bytes of shared memory the
+    embedded cluster's objects may take (Ray's name); a put or task result beyond it fails
+    with ``ObjectStoreFullError``.
     """
+    from nbray.runtime import admission
+    admission.check(max_pending, on_overload, overload_timeout)
     with _lock:
         if _driver.client is not None:
             if ignore_reinit_error:
@@ -72,6 +85,18 @@ def init(address: str | None = None, *, num_workers: int | None = None,
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             raise ValueError(f"num_workers must be a positive integer, got {n!r}")
         _check_resources(resources)
+        if object_store_memory is not None:
+            if address is not None:
+                raise ValueError("object_store_memory configures a new cluster (for one "
+                                 "started with `nbray start`: NBRAY_OBJECT_STORE_MEMORY)")
+            if isinstance(object_store_memory, bool) or \
+                    not isinstance(object_store_memory, int) or object_store_memory < 1:
+                raise ValueError(f"object_store_memory must be a positive number of bytes, "
+                                 f"got {object_store_memory!r}")
+            _driver.restore = (os.environ.get("NBRAY_OBJECT_STORE_MEMORY"),
+                               CONFIG.object_store_memory)
+            os.environ["NBRAY_OBJECT_STORE_MEMORY"] = str(object_store_memory)  # the workers
+            CONFIG.object_store_memory = object_store_memory
         if address is None:
             record, procs = cluster.start(num_workers=n, resources=resources,
                                           watch_pid=os.getpid())
@@ -96,6 +121,9 @@ def init(address: str | None = None, *, num_workers: int | None = None,
                 cluster.stop(record, procs)
             raise
         _driver.client, _driver.record, _driver.procs = client, record, procs
+        if max_pending is not None and max_pending > 0:
+            client.default_limit = admission.Limit(("*",), max_pending, on_overload,
+                                                   overload_timeout, "this driver")
         res = dict(client.node_resources)
         _driver.context = ClusterContext(record.session, record.tcp_address or record.head_address,
                                          record.node_address, int(res.get("CPU", 0)), res,
@@ -133,6 +161,13 @@ def shutdown() -> None:
         client.printer.finish_all()         # what was held back of a flood of output
         if procs is not None:
             cluster.stop(record, procs)
+        if _driver.restore is not None:
+            env, CONFIG.object_store_memory = _driver.restore
+            _driver.restore = None
+            if env is None:
+                os.environ.pop("NBRAY_OBJECT_STORE_MEMORY", None)
+            else:
+                os.environ["NBRAY_OBJECT_STORE_MEMORY"] = env
 
 
 atexit.register(shutdown)

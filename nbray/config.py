@@ -20,6 +20,9 @@ class Config:
     lease_idle_s: float = 0.2
     #: at most this many tasks are pushed to one leased worker ahead of its results
     max_tasks_in_flight: int = 64
+    #: a caller pushes at most this many calls to one actor before their results come back
+    #: (the actor's mailbox); the rest wait with the caller
+    actor_inflight_max: int = 1000
     #: pipelining aims to keep about this much work (seconds) queued at each worker
     pipeline_target_s: float = 0.002
     #: the node starts at most this many workers per CPU, and at least ``min_worker_cap``
@@ -68,6 +71,9 @@ class Config:
     #: a driver's get of at least this many refs not all ready after ``progress_after_s``
     #: shows a progress bar
     progress_min_refs: int = 100
+    #: bytes of shared memory a cluster's objects may take on a node (0: no limit but the
+    #: machine's); a put or a result beyond it fails with ObjectStoreFullError
+    object_store_memory: int = 0
     progress_after_s: float = 1.0
 
     @classmethod

@@ -80,6 +80,17 @@ class ActorDiedError(NbrayError):
     to it was dropped); calls to it fail with this error, which says why."""
 
 
+class OverloadedError(NbrayError):
+    """A submission was refused: its caller already has ``max_pending`` unfinished tasks (or
+    ``max_pending_calls`` calls to the actor) and its policy says raise, or the wait for room
+    ran past ``overload_timeout``. Nothing was submitted."""
+
+
+class ObjectStoreFullError(NbrayError):
+    """The node's object store cannot hold the value (``object_store_memory``, or the shared
+    memory left on the machine), even after freeing what it could. Nothing was stored."""
+
+
 class ObjectLostError(NbrayError):
     """The object's only copy is gone and it cannot be rebuilt."""
 

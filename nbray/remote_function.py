@@ -10,7 +10,8 @@ from nbray.errors import SerializationError
 from nbray.runtime import serialization
 
 _TASK_OPTIONS = {"num_cpus", "num_gpus", "resources", "num_returns", "max_retries", "name",
-                 "retry_exceptions", "scheduling_strategy"}
+                 "retry_exceptions", "scheduling_strategy", "max_pending", "on_overload",
+                 "overload_timeout"}
 
 
 def check_resources(options: dict) -> None:
@@ -50,7 +51,21 @@ def _validate(options: dict) -> dict:
                         f"got {e!r}")
     from nbray.util.scheduling_strategies import node_of
     node_of(options.get("scheduling_strategy"))
+    from nbray.runtime import admission
+    admission.check(options.get("max_pending"), options.get("on_overload"),
+                    options.get("overload_timeout"))
     return options
+
+
+def _limit(opts: dict, key: tuple, what: str):
+    """The admission limit that options ``max_pending``/``on_overload``/``overload_timeout``
+    set (None: no limit of its own; -1: none at all, not even the process's)."""
+    from nbray.runtime.admission import Limit
+    n = opts.get("max_pending")
+    if n is None:
+        return None
+    return Limit(key, n, opts.get("on_overload") or "block", opts.get("overload_timeout"),
+                 what)
 
 
 class RemoteFunction:
@@ -73,6 +88,7 @@ class RemoteFunction:
         self._retry_on = None if not on else (True if on is True else tuple(on))
         from nbray.util.scheduling_strategies import node_of
         self._node = node_of(opts.get("scheduling_strategy"))
+        self._limit = _limit(opts, ("fn", self._name), f"remote function {self._name}")
 
     def __call__(self, *args, **kwargs):
         raise TypeError(f"remote function {self._name} cannot be called directly; use "
@@ -95,7 +111,7 @@ class RemoteFunction:
         fn_id, blob = self._pickled()
         refs = api._client().submit(fn_id, blob, self._name, args, kwargs, self._num_returns,
                                     self._resources, self._max_retries, self._retry_on,
-                                    self._node)
+                                    self._node, self._limit)
         return refs[0] if self._num_returns == 1 else refs
 
     def options(self, **options) -> "RemoteFunction":

@@ -293,7 +293,9 @@ class ActorCalls:
             if not actor.address or actor.state == P.RESTARTING:
                 continue
             batch = self._replays(actor) if actor.replay_due else []
-            while actor.pending and actor.pending[0].ready:
+            room = CONFIG.actor_inflight_max - len(actor.inflight)
+            while actor.pending and actor.pending[0].ready and room > 0:
+                room -= 1
                 task = actor.pending.popleft()
                 if task.cancelled:
                     continue
@@ -335,6 +337,8 @@ class ActorCalls:
                 task.spec.num_returns
         elif actor.restartable and task.spec.fn_id != TERMINATE:
             self._log(actor, task)
+        if actor.pending:
+            self.dirty.add(actor)       # room in its mailbox for the next calls
         self.client._finish(task, values)
 
     def _log(self, actor: Actor, task) -> None:

@@ -38,11 +38,12 @@ import time
 from dataclasses import dataclass, field
 
 from nbray.config import CONFIG
-from nbray.errors import (ClusterError, GetTimeoutError, ObjectLostError, RemoteError,
-                          TaskCancelledError, WorkerCrashedError)
+from nbray.errors import (ClusterError, GetTimeoutError, ObjectLostError, OverloadedError,
+                          RemoteError, TaskCancelledError, WorkerCrashedError)
 from nbray.object_ref import ObjectRef
 from nbray.runtime import object_store, output, protocol as P, serialization, task_log
 from nbray.runtime.actor_client import Actor, ActorCalls, cancelled_value
+from nbray.runtime import admission
 from nbray.runtime.events import EventBuffer
 from nbray.runtime.lineage import Lineage
 from nbray.runtime.transport import Endpoint, guarded
@@ -104,6 +105,7 @@ class Task:
     run_s: float = 0.0
     inputs_s: float = 0.0           # of run_s, reading its arguments
     ran_on: tuple = ()              # (node id, worker pid, its lease's placement, granted at)
+    admitted: tuple | None = None   # its admission key, given back when it is over
 
 
 @dataclass(eq=False)
@@ -176,6 +178,11 @@ class CoreClient:
         self._lease_msgs: dict[int, P.RequestLease] = {}
         self._lease_targets: dict[int, str] = {}    # request id -> the node it was spilled to
         self._warned: set = set()
+        self.admission = admission.Counts()
+        self.lost_seq = 0               # objects lost so far (a get's scan starts over)
+        object_store.FREE_HOOKS.append(self.free_released)
+        #: the process's own limit on its unfinished tasks (nbray.init(max_pending=...))
+        self.default_limit: admission.Limit | None = None
         self._groups = 0                # nbray.util.group() blocks open: dispatch waits
         self._groups_by: int | None = None
         self._replies: dict[int, P.Reply | None] = {}
@@ -229,6 +236,10 @@ class CoreClient:
 
     def close(self) -> None:
         self._closing = True
+        try:
+            object_store.FREE_HOOKS.remove(self.free_released)
+        except ValueError:
+            pass
         if self._io_thread is not None:
             with self.lock:
                 self._io_cv.notify_all()
@@ -283,11 +294,55 @@ class CoreClient:
             self.objects[args_id] = Obj(self.address, True, value=task.spec.args_blob)
             task.pinned.append(args_id)
 
+    def admit(self, limit: "admission.Limit | None") -> tuple | None:
+        """Count a submission against ``limit`` (waiting for room, or refusing, as its policy
+        says); returns the key to give back when it is over (None: not counted)."""
+        if limit is None or limit.max_pending < 1:
+            return None
+        with self.lock:
+            if self.admission.take(limit):
+                return limit.key
+        if limit.policy == "raise" or limit.timeout == 0:
+            self._refuse(limit, "")
+        self._check_not_held()
+        deadline = None if limit.timeout is None else time.monotonic() + limit.timeout
+        while True:
+            self.wait_for(lambda: True if self.admission.room(limit) else None, deadline,
+                          lend_cpu=True)
+            with self.lock:
+                if self.admission.take(limit):
+                    return limit.key
+            if deadline is not None and time.monotonic() >= deadline:
+                self._refuse(limit, f" for {limit.timeout:g}s")
+
+    def _refuse(self, limit, waited: str) -> None:
+        with self.lock:
+            self.admission.refused += 1
+        raise OverloadedError(
+            f"{limit.what or 'this process'} already has {limit.max_pending} unfinished "
+            f"{'calls' if limit.key[0] == 'actor' else 'tasks'} (max_pending"
+            f"{'_calls' if limit.key[0] == 'actor' else ''}={limit.max_pending}); nothing was "
+            f"submitted{' after waiting' + waited if waited else ''}")
+
+    def _release(self, task: "Task") -> None:
+        if task.admitted is not None:
+            self.admission.give_back(task.admitted)
+            task.admitted = None
+            self._notify = True         # a submitter may be waiting for room
+
     def submit(self, fn_id: bytes, fn_blob: bytes, name: str, args: tuple, kwargs: dict,
                num_returns: int, resources: dict, max_retries: int,
-               retry_on=None, node: bytes = b"") -> list[ObjectRef]:
-        """Submit a task; ``node``: run it there if that node can take it (soft affinity)."""
-        task_id, blob, top, arg_ids, pinned, args_id = self._pack(name, args, kwargs)
+               retry_on=None, node: bytes = b"", limit=None) -> list[ObjectRef]:
+        """Submit a task; ``node``: run it there if that node can take it (soft affinity);
+        ``limit``: its admission limit (None: the process's own, if it set one)."""
+        admitted = self.admit(limit if limit is not None else self.default_limit)
+        try:
+            task_id, blob, top, arg_ids, pinned, args_id = self._pack(name, args, kwargs)
+        except BaseException:
+            if admitted is not None:
+                with self.lock:
+                    self.admission.give_back(admitted)
+            raise
         key = tuple(sorted(resources.items()))
         if node:
             key = key + ((_LOCALITY, node),)
@@ -297,7 +352,7 @@ class CoreClient:
             spec = P.TaskSpec(task_id, fn_id, name, blob, (), num_returns, rids, P.TASK, b"",
                               origin)
             task = Task(spec, fn_blob, key, arg_ids, pinned, max_retries, retry_on=retry_on,
-                        parent=parent, t_submit=time.time())
+                        parent=parent, t_submit=time.time(), admitted=admitted)
             for rid in rids:
                 self.objects[rid] = Obj(self.address, True, refs=1, producing=True)
             self._keep_args(task, args_id)
@@ -363,10 +418,19 @@ class CoreClient:
         return task_id, ref
 
     def call_actor(self, actor_id: bytes, owner: str, class_name: str, retries: int,
-                   method: str, args: tuple, kwargs: dict, num_returns: int) -> list:
-        """Call a method of an actor; returns the refs of its results."""
+                   method: str, args: tuple, kwargs: dict, num_returns: int,
+                   limit=None) -> list:
+        """Call a method of an actor; returns the refs of its results. ``limit``: the
+        handle's bound on this process's unfinished calls to the actor."""
         name = f"{class_name}.{method}"
-        task_id, blob, top, arg_ids, pinned, args_id = self._pack(name, args, kwargs)
+        admitted = self.admit(limit)
+        try:
+            task_id, blob, top, arg_ids, pinned, args_id = self._pack(name, args, kwargs)
+        except BaseException:
+            if admitted is not None:
+                with self.lock:
+                    self.admission.give_back(admitted)
+            raise
         origin, parent = self._origin()
         with self.lock:
             actor = self.actors.known(actor_id, owner, class_name, retries)
@@ -374,7 +438,7 @@ class CoreClient:
             spec = P.TaskSpec(task_id, method, name, blob, (), num_returns, rids,
                               P.ACTOR_CALL, actor_id, origin)
             task = Task(spec, b"", ("actor",), arg_ids, pinned, actor.max_task_retries,
-                        parent=parent, t_submit=time.time())
+                        parent=parent, t_submit=time.time(), admitted=admitted)
             task.actor = actor
             for rid in rids:
                 self.objects[rid] = Obj(self.address, True, refs=1, producing=True)
@@ -725,6 +789,8 @@ class CoreClient:
     def _finish(self, task: Task, values) -> None:
         """The task is over: store its return values, wake who waits, unpin its arguments."""
         self.tasks.pop(task.spec.task_id, None)
+        if task.admitted is not None:
+            self._release(task)
         if CONFIG.task_events and task.t_submit:
             values = list(itertools.islice(values, task.spec.num_returns)) \
                 if type(values) is itertools.repeat else values
@@ -1009,6 +1075,15 @@ class CoreClient:
                 self._post(obj.owner, P.AddBorrower((ref._id,), self.client_id, ack))
             obj.refs += 1
 
+    def free_released(self) -> None:
+        """Free now the objects whose last ref was dropped (a full store asks, before it
+        refuses a write)."""
+        if self.lock.acquire(timeout=1.0):
+            try:
+                self._drain_released()
+            finally:
+                self.lock.release()
+
     def _drain_released(self) -> None:
         released = self.released
         objects = self.objects
@@ -1210,10 +1285,27 @@ class CoreClient:
                 if obj.value is None and not obj.owned:
                     self._subscribe(ref._id, obj)
 
+        everything = num_returns >= len({oid for oid, _ in objs})
+        scan = [0, self.lost_seq]       # objects before scan[0] were seen ready
+
         def ready():
-            done = {oid: o.value for oid, o in objs if o.value is not None}
-            if len(done) >= num_returns:
-                return done
+            if everything:
+                # a get of all of them: look on from the first one not seen ready (each
+                # wake-up costs what arrived, not the whole list); a loss starts over
+                if scan[1] != self.lost_seq:
+                    scan[0], scan[1] = 0, self.lost_seq
+                i = scan[0]
+                while i < len(objs) and objs[i][1].value is not None:
+                    i += 1
+                scan[0] = i
+                if i == len(objs):
+                    return {oid: o.value for oid, o in objs}
+                if not objs[i][1].lost and scan[1] == 0:
+                    return None
+            else:
+                done = {oid: o.value for oid, o in objs if o.value is not None}
+                if len(done) >= num_returns:
+                    return done
             if any(o.lost for _, o in objs):        # lost while we waited: make it again
                 with self.lock:
                     for oid, o in objs:

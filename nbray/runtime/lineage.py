@@ -99,6 +99,7 @@ class Lineage:
         events.emit("object_lost", object_id=oid.hex(), cause=why)
         if oid in self.tasks:
             obj.value, obj.lost = None, why
+            self.client.lost_seq += 1       # a get that saw it ready must look again
         else:
             why_not = self._why_not(oid)
             events.emit("reconstruction_failed", object_id=oid.hex(), cause=why, why=why_not)

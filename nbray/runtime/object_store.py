@@ -34,6 +34,53 @@ def segment_path(session: str, object_id: bytes) -> str:
     return os.path.join(store_dir(), f"{PREFIX}{session}_{object_id.hex()}")
 
 
+#: shared memory left free on the machine, whatever the store's own limit
+RESERVE_BYTES = 64 * 1024 * 1024
+#: called before a full store refuses a write: each frees what its process can (the client
+#: registers one that frees the objects whose refs were dropped)
+FREE_HOOKS: list = []
+
+
+def ensure_room(path: str, size: int) -> None:
+    """Refuse a segment of ``size`` bytes that the store cannot hold: more than
+    ``object_store_memory`` in all for this session (when set), or more than the machine's
+    shared memory has left. Raises ``ObjectStoreFullError``; a process first frees what it
+    can (its unreferenced objects) and tries once more."""
+    import gc
+
+    from nbray.config import CONFIG
+    from nbray.errors import ObjectStoreFullError
+    why = _no_room(path, size, CONFIG.object_store_memory)
+    if why:
+        gc.collect()                    # refs nobody holds any more free their segments
+        for hook in list(FREE_HOOKS):
+            hook()
+        why = _no_room(path, size, CONFIG.object_store_memory)
+    if why:
+        raise ObjectStoreFullError(f"the object store cannot hold {size:,} more bytes: {why}")
+
+
+def _no_room(path: str, size: int, capacity: int) -> str:
+    directory, name = os.path.split(path)
+    st = os.statvfs(directory)
+    free = st.f_bavail * st.f_frsize
+    if size > free - RESERVE_BYTES:
+        return (f"{directory} has {free:,} bytes free and keeps {RESERVE_BYTES:,} for the "
+                f"machine")
+    if capacity > 0:
+        session = name[len(PREFIX):].rsplit("_", 1)[0]
+        used = 0
+        for p in glob.glob(os.path.join(directory, f"{PREFIX}{session}_*")):
+            try:
+                used += os.stat(p).st_size
+            except FileNotFoundError:
+                continue
+        if used + size > capacity:
+            return (f"{used:,} of its {capacity:,} bytes (object_store_memory) are in use; "
+                    f"free objects (drop their refs) or start it with more")
+    return ""
+
+
 def _aligned(n: int) -> int:
     return (n + _ALIGN - 1) // _ALIGN * _ALIGN
 
@@ -48,6 +95,7 @@ def write_segment(path: str, data: bytes, buffers: list) -> int:
         table.append((offset, v.nbytes))
         offset = _aligned(offset + v.nbytes)
     size = max(offset, 1)
+    ensure_room(path, size)
     head = _HEAD.pack(MAGIC, len(data), len(views)) + b"".join(_BUF.pack(*t) for t in table)
     try:
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)

@@ -204,14 +204,18 @@ class NodeServer:
                   f"NBRAY_MIN_WORKER_CAP to allow more)", file=sys.stderr, flush=True)
 
     def _reclaim(self) -> None:
-        """Ask the clients holding leases to give back the ones they are not using."""
+        """Another client waits: ask the clients holding leases to give them back (idle ones at
+        once, busy ones once drained). A lessee that also waits for more is asked too when
+        someone else waits: otherwise a client flooding the node would keep every worker,
+        and another client's first task would wait for the whole flood."""
         now = time.monotonic()
         if now - self._last_reclaim < 0.01:
             return
         self._last_reclaim = now
         waiting = {r.peer for r in self.sched.queue}
-        for peer in {w.lessee for w in self.pool.by_state("leased")} - waiting:
-            self.ep.reply(peer, P.ReclaimLeases())
+        for peer in {w.lessee for w in self.pool.by_state("leased")}:
+            if waiting - {peer}:
+                self.ep.reply(peer, P.ReclaimLeases())
 
     def _release(self, w, retire: bool = False) -> None:
         if w.state == "leased" and not w.blocked:

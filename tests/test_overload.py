@@ -1,0 +1,214 @@
+"""Admission control and a full object store, on a real cluster: each overload policy (block,
+raise, block with a timeout) for a driver, a function and an actor's calls; that a refused
+submission submits nothing and an admitted one completes; a store that cannot hold a value
+refuses it with ObjectStoreFullError, frees what it can first, and the cluster goes on."""
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import nbray
+from conftest import shutdown_and_check, wait_until
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@nbray.remote
+def wait_for(marker, value=None):
+    while not os.path.exists(marker):
+        time.sleep(0.01)
+    return value
+
+
+@nbray.remote
+def quick(x):
+    return x
+
+
+@nbray.remote
+class Gate:
+    def wait(self, marker, value):
+        while not os.path.exists(marker):
+            time.sleep(0.01)
+        return value
+
+
+@nbray.remote
+def nested(marker, n):
+    inner = wait_for.options(max_pending=1)
+    refs = [inner.remote(marker, i) for i in range(n)]      # blocks for room, in a worker
+    return nbray.get(refs)
+
+
+@pytest.fixture
+def limited(no_cluster):
+    nbray.init(num_workers=2, max_pending=3, on_overload="raise")
+    yield
+    shutdown_and_check()
+
+
+def _records(name):
+    return [r for r in nbray.state.tasks(pending=False) if r["name"] == name]
+
+
+def test_a_driver_over_its_limit_is_refused_and_nothing_is_submitted(limited, tmp_path):
+    marker = str(tmp_path / "go")
+    held = [wait_for.remote(marker, i) for i in range(3)]
+    with pytest.raises(nbray.OverloadedError, match="this driver already has 3 unfinished"):
+        quick.remote("refused")
+    assert len(nbray.state.tasks(finished=False)) == 3           # the refused one is not there
+    Path(marker).touch()
+    assert nbray.get(held) == [0, 1, 2]
+    assert nbray.get(quick.remote("room again")) == "room again"
+    assert nbray.get(quick.options(max_pending=-1).remote(1)) == 1   # no limit at all
+
+
+def test_block_waits_for_room_then_submits(cluster, tmp_path):
+    marker = str(tmp_path / "go")
+    f = wait_for.options(max_pending=2)                         # on_overload="block"
+    first = [f.remote(marker, i) for i in range(2)]
+    out, started = [], threading.Event()
+
+    def third():
+        started.set()
+        out.append(f.remote(marker, 2))
+    t = threading.Thread(target=third)
+    t.start()
+    started.wait(10)
+    t.join(0.5)
+    assert t.is_alive() and not out                             # still waiting for room
+    Path(marker).touch()
+    t.join(30)
+    assert not t.is_alive()
+    assert nbray.get(first + out) == [0, 1, 2]
+
+
+def test_block_with_a_timeout_raises_when_it_runs_out(cluster, tmp_path):
+    marker = str(tmp_path / "go")
+    f = wait_for.options(max_pending=1, overload_timeout=0.2)
+    held = f.remote(marker, 1)
+    t0 = time.monotonic()
+    with pytest.raises(nbray.OverloadedError, match="after waiting for 0.2s"):
+        f.remote(marker, 2)
+    assert time.monotonic() - t0 >= 0.2
+    Path(marker).touch()
+    assert nbray.get(held) == 1
+
+
+def test_an_actors_calls_are_bounded_per_handle(cluster, tmp_path):
+    marker = str(tmp_path / "go")
+    gate = Gate.options(max_pending_calls=2, on_overload="raise").remote()
+    calls = [gate.wait.remote(marker, i) for i in range(2)]
+    with pytest.raises(nbray.OverloadedError, match="actor Gate already has 2 unfinished "
+                                                    "calls"):
+        gate.wait.remote(marker, 3)
+    Path(marker).touch()
+    assert nbray.get(calls) == [0, 1]
+    assert nbray.get(gate.wait.remote(marker, 4)) == 4
+
+
+def test_a_task_that_blocks_for_room_in_a_worker_does_not_deadlock(cluster, tmp_path):
+    marker = tmp_path / "go"
+    marker.touch()
+    assert nbray.get(nested.remote(str(marker), 5), timeout=60) == [0, 1, 2, 3, 4]
+
+
+def test_bad_admission_options_are_clear_errors(cluster):
+    with pytest.raises(ValueError, match="max_pending must be a positive integer"):
+        quick.options(max_pending=0)
+    with pytest.raises(ValueError, match="on_overload must be one of"):
+        quick.options(max_pending=2, on_overload="drop")
+    with pytest.raises(ValueError, match="overload_timeout"):
+        quick.options(max_pending=2, overload_timeout=-1)
+    with pytest.raises(ValueError, match="max_pending_calls"):
+        Gate.options(max_pending_calls=0)
+
+
+# ---- the object store --------------------------------------------------------------------------
+@nbray.remote
+def make_array(n):
+    return np.ones(n)
+
+
+def test_a_full_store_refuses_with_a_clear_error_and_frees_what_it_can(no_cluster):
+    nbray.init(num_workers=1, object_store_memory=50_000_000)
+    try:
+        a = nbray.put(np.ones(2_000_000))                       # 16 MB each
+        b = nbray.put(np.ones(2_000_000))
+        with pytest.raises(nbray.ObjectStoreFullError, match="object_store_memory"):
+            nbray.put(np.ones(4_000_000))                       # 32 MB more: refused
+        del a                                                   # freed before refusing
+        c = nbray.put(np.ones(3_000_000))
+        with pytest.raises(nbray.ObjectStoreFullError):         # a result too big for it
+            nbray.get(make_array.remote(5_000_000))
+        assert nbray.get(make_array.remote(10)).sum() == 10     # the cluster goes on
+        assert nbray.get(b).sum() == 2_000_000 and nbray.get(c).sum() == 3_000_000
+    finally:
+        shutdown_and_check()
+    assert "NBRAY_OBJECT_STORE_MEMORY" not in os.environ       # back as it was
+    wait_until(lambda: not nbray.is_initialized(), 5, "shutdown")
+
+
+def test_an_actors_mailbox_holds_a_bounded_number_of_calls(cluster, tmp_path, monkeypatch):
+    from nbray.config import CONFIG
+    monkeypatch.setattr(CONFIG, "actor_inflight_max", 5)
+    marker = str(tmp_path / "go")
+    gate = Gate.remote()
+    calls = [gate.wait.remote(marker, i) for i in range(40)]
+    client = nbray.runtime.core_client.current()
+    actor = client.actors.actors[gate._actor_id]
+    wait_until(lambda: len(actor.inflight) == 5, 10, "five calls pushed to the actor")
+    assert len(actor.pending) == 35                 # the rest wait with the caller
+    Path(marker).touch()
+    assert nbray.get(calls, timeout=60) == list(range(40))     # in order, none lost
+
+
+FLOOD = """
+import sys, time, nbray
+nbray.init(address=sys.argv[1])
+
+@nbray.remote
+def work():
+    time.sleep(0.005)
+
+refs = [work.remote() for _ in range(20000)]        # far more than the cluster does in 30 s
+print("FLOODING", flush=True)
+nbray.get(refs, progress=False)
+"""
+
+
+def test_a_flooded_cluster_still_answers_status_and_another_drivers_tasks(tmp_path,
+                                                                         monkeypatch,
+                                                                         no_cluster):
+    import subprocess
+    import sys
+    from test_multinode import MultiNode
+    from nbray.config import CONFIG
+    root = str(tmp_path / "run")
+    monkeypatch.setattr(CONFIG, "run_root", root)
+    m = MultiNode(root)
+    m.start(num_workers=2)
+    script = tmp_path / "flood.py"
+    script.write_text(FLOOD)
+    env = dict(os.environ, NBRAY_RUN_ROOT=root)
+    flood = subprocess.Popen([sys.executable, str(script), m.address], env=env,
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert flood.stdout.readline().strip() == "FLOODING"
+        status = subprocess.run([sys.executable, "-m", "nbray.cli", "status"], env=env,
+                                capture_output=True, text=True, timeout=30)
+        assert status.returncode == 0 and "1 node" in status.stdout
+        nbray.init(address=m.address)
+        # another driver's small tasks get workers within seconds, not after the flood
+        assert nbray.get([quick.remote(i) for i in range(10)], timeout=20) == list(range(10))
+        assert flood.poll() is None                 # the flood goes on meanwhile
+    finally:
+        flood.kill()
+        flood.wait()
+        flood.stdout.close()
+        m.stop()
