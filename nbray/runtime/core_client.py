@@ -324,6 +324,18 @@ class CoreClient:
             f"{'_calls' if limit.key[0] == 'actor' else ''}={limit.max_pending}); nothing was "
             f"submitted{' after waiting' + waited if waited else ''}")
 
+    def _admit_and_pack(self, limit, name: str, args: tuple, kwargs: dict) -> tuple:
+        """(admission key, ``_pack``'s result): admitted first, the room given back if the
+        arguments cannot be packed."""
+        admitted = self.admit(limit)
+        try:
+            return admitted, self._pack(name, args, kwargs)
+        except BaseException:
+            if admitted is not None:
+                with self.lock:
+                    self.admission.give_back(admitted)
+            raise
+
     def _release(self, task: "Task") -> None:
         if task.admitted is not None:
             self.admission.give_back(task.admitted)
@@ -335,14 +347,8 @@ class CoreClient:
                retry_on=None, node: bytes = b"", limit=None) -> list[ObjectRef]:
         """Submit a task; ``node``: run it there if that node can take it (soft affinity);
         ``limit``: its admission limit (None: the process's own, if it set one)."""
-        admitted = self.admit(limit if limit is not None else self.default_limit)
-        try:
-            task_id, blob, top, arg_ids, pinned, args_id = self._pack(name, args, kwargs)
-        except BaseException:
-            if admitted is not None:
-                with self.lock:
-                    self.admission.give_back(admitted)
-            raise
+        admitted, (task_id, blob, top, arg_ids, pinned, args_id) = self._admit_and_pack(
+            limit if limit is not None else self.default_limit, name, args, kwargs)
         key = tuple(sorted(resources.items()))
         if node:
             key = key + ((_LOCALITY, node),)
@@ -423,14 +429,8 @@ class CoreClient:
         """Call a method of an actor; returns the refs of its results. ``limit``: the
         handle's bound on this process's unfinished calls to the actor."""
         name = f"{class_name}.{method}"
-        admitted = self.admit(limit)
-        try:
-            task_id, blob, top, arg_ids, pinned, args_id = self._pack(name, args, kwargs)
-        except BaseException:
-            if admitted is not None:
-                with self.lock:
-                    self.admission.give_back(admitted)
-            raise
+        admitted, (task_id, blob, top, arg_ids, pinned, args_id) = self._admit_and_pack(
+            limit, name, args, kwargs)
         origin, parent = self._origin()
         with self.lock:
             actor = self.actors.known(actor_id, owner, class_name, retries)
