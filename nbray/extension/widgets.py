@@ -43,7 +43,10 @@ class Panel:
     css = ""
 
     def __init__(self):
-        self.widget = W.HTML(value=self._table([], []))
+        self._show(W.HTML(value=self._table([], [])))
+
+    def _show(self, widget) -> None:
+        self.widget = widget
         self.widget.add_class(self.css)         # a stable selector for tests
         self.refreshes = 0
         self.error = ""
@@ -169,17 +172,14 @@ class TaskPanel(Panel):
 class PlotPanel(Panel):
     """A bokeh plot of ``nbray.dashboard.plots`` as a widget (jupyter_bokeh)."""
 
-    plot_class = None
+    plot = ""           # the name of its class in nbray.dashboard.plots
 
     def __init__(self, **options):
         from jupyter_bokeh import BokehModel
-        self.plot = self.plot_class(**options)
-        self.widget = BokehModel(self.plot.layout)
-        self.widget.add_class(self.css)
-        self.refreshes = 0
-        self.error = ""
-        self._stop = threading.Event()
-        self._thread = None
+
+        from nbray.dashboard import plots
+        self.plot = getattr(plots, self.plot)(**options)
+        self._show(BokehModel(self.plot.layout))
 
     def refresh(self, snapshot=None) -> None:
         """Read the cluster (unless given a ``Snapshot``) and redraw (from any thread)."""
@@ -206,30 +206,15 @@ class PlotPanel(Panel):
 
 
 class TaskGraph(PlotPanel):
-    css = "nbray-task-graph"
-
-    @property
-    def plot_class(self):
-        from nbray.dashboard.plots import TaskGraphPlot
-        return TaskGraphPlot
+    css, plot = "nbray-task-graph", "TaskGraphPlot"
 
 
 class LatencyHistogram(PlotPanel):
-    css = "nbray-latency"
-
-    @property
-    def plot_class(self):
-        from nbray.dashboard.plots import LatencyPlot
-        return LatencyPlot
+    css, plot = "nbray-latency", "LatencyPlot"
 
 
 class SchedulerView(PlotPanel):
-    css = "nbray-scheduler"
-
-    @property
-    def plot_class(self):
-        from nbray.dashboard.plots import SchedulerPlot
-        return SchedulerPlot
+    css, plot = "nbray-scheduler", "SchedulerPlot"
 
 
 _bokehjs_loaded = False

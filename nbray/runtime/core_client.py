@@ -516,8 +516,8 @@ class CoreClient:
                 return
         if values:
             task.spec = task.spec._replace(arg_values=tuple(values))
-            prefer = self._where_inputs_are(task) if task.key[-1:] == () or \
-                task.key[-1][0] != _LOCALITY else b""
+            pinned = task.key and task.key[-1][0] == _LOCALITY   # scheduling_strategy
+            prefer = b"" if pinned else self._where_inputs_are(task)
             if prefer:      # leases for it are asked for on that node (locality)
                 task.key = task.key + ((_LOCALITY, prefer),)
         task.t_ready = time.time()
