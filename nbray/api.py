@@ -10,7 +10,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from nbray import progress as progress_bar
+from nbray import config, progress as progress_bar
 from nbray.config import CONFIG
 from nbray.object_ref import ObjectRef
 from nbray.runtime import cluster, core_client, protocol as P
@@ -43,7 +43,8 @@ class _Driver:
         self.record: cluster.ClusterRecord | None = None
         self.procs: dict | None = None
         self.context: ClusterContext | None = None
-        self.restore: tuple | None = None   # (env, config) an init() changed, for shutdown
+        self.restore: dict | None = None    # the knobs an init() changed, for shutdown
+        self.adopted: dict = {}             # the bounds as they were before the cluster's
 
 
 _driver = _Driver()
@@ -54,7 +55,8 @@ def init(address: str | None = None, *, num_workers: int | None = None,
          ignore_reinit_error: bool = False, key: str | None = None,
          max_pending: int | None = None, on_overload: str = "block",
          overload_timeout: float | None = None,
-         object_store_memory: int | None = None) -> ClusterContext:
+         object_store_memory: int | None = None,
+         _system_config: dict | None = None) -> ClusterContext:
     """Start an embedded cluster (no address) or join a running one (``address``).
 
     ``num_workers`` (or Ray's ``num_cpus``) sets the worker processes and CPUs of the embedded
@@ -68,6 +70,12 @@ def init(address: str | None = None, *, num_workers: int | None = None,
     ``OverloadedError`` (``"raise"``). ``object_store_memory``: bytes of shared memory the
     embedded cluster's objects may take (Ray's name); a put or task result beyond it fails
     with ``ObjectStoreFullError``.
+
+    ``_system_config`` (Ray's name): knobs of ``nbray.config.Config`` by name, for this
+    process and, for an embedded cluster, its nodes and workers; among them the bounds of the
+    queues: ``max_pending`` (every process's own bound), ``node_queue_max``,
+    ``max_tasks_in_flight``, ``actor_inflight_max``. A driver joining a cluster takes the
+    cluster's bounds; it may set its own, but not those only the nodes read.
     """
     from nbray.runtime import admission
     admission.check(max_pending, on_overload, overload_timeout)
@@ -85,28 +93,21 @@ def init(address: str | None = None, *, num_workers: int | None = None,
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             raise ValueError(f"num_workers must be a positive integer, got {n!r}")
         _check_resources(resources)
-        if object_store_memory is not None:
-            if address is not None:
-                raise ValueError("object_store_memory configures a new cluster (for one "
-                                 "started with `nbray start`: NBRAY_OBJECT_STORE_MEMORY)")
-            if isinstance(object_store_memory, bool) or \
-                    not isinstance(object_store_memory, int) or object_store_memory < 1:
-                raise ValueError(f"object_store_memory must be a positive number of bytes, "
-                                 f"got {object_store_memory!r}")
-            _driver.restore = (os.environ.get("NBRAY_OBJECT_STORE_MEMORY"),
-                               CONFIG.object_store_memory)
-            os.environ["NBRAY_OBJECT_STORE_MEMORY"] = str(object_store_memory)  # the workers
-            CONFIG.object_store_memory = object_store_memory
-        if address is None:
-            record, procs = cluster.start(num_workers=n, resources=resources,
-                                          watch_pid=os.getpid())
-            embedded = True
-        else:
-            if num_workers is not None or num_cpus is not None or resources:
-                raise ValueError("num_workers/num_cpus/resources configure a new cluster; "
-                                 "they cannot be given when joining one at an address")
-            record, procs, embedded = _join_record(address, key), None, False
+        if address is not None and (num_workers is not None or num_cpus is not None or
+                                    resources):
+            raise ValueError("num_workers/num_cpus/resources configure a new cluster; "
+                             "they cannot be given when joining one at an address")
+        overrides = _system_overrides(_system_config, object_store_memory, address)
+        _driver.restore = config.apply(overrides)
+        record = procs = None
+        embedded = address is None
+        _driver.adopted = config.limits()   # joining, the client takes the cluster's
         try:
+            if embedded:
+                record, procs = cluster.start(num_workers=n, resources=resources,
+                                              watch_pid=os.getpid())
+            else:
+                record = _join_record(address, key)
             client = core_client.CoreClient(
                 key=bytes.fromhex(record.key), session=record.name,
                 node_address=record.node_address,
@@ -117,13 +118,17 @@ def init(address: str | None = None, *, num_workers: int | None = None,
             client.connect()
         except BaseException:
             core_client.set_current(None)
-            if embedded:
+            if procs is not None:
                 cluster.stop(record, procs)
+            for name, value in _driver.adopted.items():
+                setattr(CONFIG, name, value)
+            config.restore(_driver.restore)
+            _driver.restore = None
             raise
         _driver.client, _driver.record, _driver.procs = client, record, procs
-        if max_pending is not None and max_pending > 0:
-            client.default_limit = admission.Limit(("*",), max_pending, on_overload,
-                                                   overload_timeout, "this driver")
+        if max_pending is not None:
+            client.default_limit = None if max_pending == -1 else admission.Limit(
+                ("*",), max_pending, on_overload, overload_timeout, "this driver")
         res = dict(client.node_resources)
         _driver.context = ClusterContext(record.session, record.tcp_address or record.head_address,
                                          record.node_address, int(res.get("CPU", 0)), res,
@@ -136,6 +141,23 @@ def _join_record(address: str, key: str | None) -> cluster.ClusterRecord:
     if key is not None or os.environ.get("NBRAY_KEY"):
         record.key = cluster.check_key(key or os.environ["NBRAY_KEY"])
     return record
+
+
+def _system_overrides(system_config, object_store_memory, address) -> dict:
+    overrides = config.check_overrides(system_config or {})
+    if object_store_memory is not None:
+        if isinstance(object_store_memory, bool) or \
+                not isinstance(object_store_memory, int) or object_store_memory < 1:
+            raise ValueError(f"object_store_memory must be a positive number of bytes, "
+                             f"got {object_store_memory!r}")
+        overrides["object_store_memory"] = object_store_memory
+    if address is not None:
+        wide = sorted(set(overrides) & set(config.CLUSTER_WIDE))
+        if wide:
+            raise ValueError(f"{', '.join(wide)} configure{'s' if len(wide) == 1 else ''} a "
+                             f"new cluster, not one joined at an address (for one started "
+                             f"with `nbray start`: its --system-config)")
+    return overrides
 
 
 def _check_resources(resources) -> None:
@@ -161,13 +183,11 @@ def shutdown() -> None:
         client.printer.finish_all()         # what was held back of a flood of output
         if procs is not None:
             cluster.stop(record, procs)
+        for name, value in _driver.adopted.items():
+            setattr(CONFIG, name, value)
         if _driver.restore is not None:
-            env, CONFIG.object_store_memory = _driver.restore
+            config.restore(_driver.restore)
             _driver.restore = None
-            if env is None:
-                os.environ.pop("NBRAY_OBJECT_STORE_MEMORY", None)
-            else:
-                os.environ["NBRAY_OBJECT_STORE_MEMORY"] = env
 
 
 atexit.register(shutdown)

@@ -91,6 +91,28 @@ def _join_key(args) -> str:
                           f"the key file `nbray start --head` wrote, or set NBRAY_KEY", code=2))
 
 
+def _system_config(args) -> dict:
+    """--system-config and --object-store-memory, checked; the knobs of the processes this
+    command starts (they inherit them), told to the drivers that join."""
+    from nbray import config
+    raw = {}
+    if args.system_config:
+        try:
+            raw = json.loads(args.system_config)
+        except ValueError as e:
+            raise SystemExit(_err(f"--system-config is not valid JSON: {e}", code=2))
+    try:
+        overrides = config.check_overrides(raw)
+    except (TypeError, ValueError) as e:
+        raise SystemExit(_err(f"--system-config: {e}", code=2))
+    if args.object_store_memory is not None:
+        if args.object_store_memory < 1:
+            raise SystemExit(_err(f"--object-store-memory must be a positive number of bytes, "
+                                  f"got {args.object_store_memory}", code=2))
+        overrides["object_store_memory"] = args.object_store_memory
+    return overrides
+
+
 def _node_options(args) -> tuple[int, dict] | int:
     n = args.num_workers if args.num_workers is not None else (os.cpu_count() or 1)
     if n < 1:
@@ -116,6 +138,8 @@ def cmd_start(args) -> int:
         return options
     n, resources = options
     res = {"CPU": float(n), **{k: float(v) for k, v in resources.items()}}
+    from nbray import config
+    config.apply(_system_config(args))      # this command's children inherit them
     if args.address is not None:
         if args.dashboard_port is not None:
             return _err("--dashboard-port goes with --head: the dashboard is served by the "
@@ -446,6 +470,14 @@ def build_parser() -> argparse.ArgumentParser:
                     help="GPUs the node declares (a logical resource, as in Ray)")
     st.add_argument("--resources", metavar="JSON",
                     help='custom resources of the node, e.g. \'{"GPU": 1}\'')
+    st.add_argument("--object-store-memory", type=int, default=None, metavar="BYTES",
+                    help="shared memory the node's objects may take; a put beyond it fails "
+                         "with ObjectStoreFullError (default: no limit but the machine's)")
+    st.add_argument("--system-config", metavar="JSON", default=None,
+                    help='knobs of nbray.config.Config by name, e.g. the bounds of the '
+                         'queues: \'{"max_pending": 10000, "node_queue_max": 1000, '
+                         '"max_tasks_in_flight": 64, "actor_inflight_max": 1000}\'; drivers '
+                         'that join take the bounds')
     st.set_defaults(func=cmd_start)
 
     ss = sub.add_parser("status", help="show the clusters running on this machine")

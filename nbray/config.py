@@ -9,6 +9,10 @@ import os
 from dataclasses import dataclass, fields
 
 
+def env_name(name: str) -> str:
+    return f"NBRAY_{name.upper()}"
+
+
 @dataclass
 class Config:
     #: values whose pickle is at most this many bytes travel inline in messages; larger ones
@@ -18,10 +22,19 @@ class Config:
     heartbeat_s: float = 0.5
     #: how long a client keeps an idle worker lease before giving it back (seconds)
     lease_idle_s: float = 0.2
-    #: at most this many tasks are pushed to one leased worker ahead of its results
+    #: a process (driver or task) has at most this many tasks and actor calls unfinished at
+    #: once (those without a ``max_pending`` of their own); past it ``.remote()`` waits for
+    #: room. The bound of the submitter's queue (-1: none)
+    max_pending: int = 100_000
+    #: at most this many lease requests wait at a node; past it the node answers "busy" and
+    #: the client asks again later, its tasks waiting with it. The bound of the node queue
+    node_queue_max: int = 10_000
+    #: at most this many tasks are pushed to one leased worker ahead of its results (the
+    #: bound of a worker's inbox)
     max_tasks_in_flight: int = 64
     #: a caller pushes at most this many calls to one actor before their results come back
-    #: (the actor's mailbox); the rest wait with the caller
+    #: (its share of the actor's mailbox); the rest wait with the caller, within its
+    #: ``max_pending``
     actor_inflight_max: int = 1000
     #: pipelining aims to keep about this much work (seconds) queued at each worker
     pipeline_target_s: float = 0.002
@@ -80,7 +93,7 @@ class Config:
     def from_env(cls) -> "Config":
         cfg = cls()
         for f in fields(cls):
-            raw = os.environ.get(f"NBRAY_{f.name.upper()}")
+            raw = os.environ.get(env_name(f.name))
             if raw is not None:
                 kind = type(getattr(cfg, f.name))
                 if kind is bool:            # bool("0") is True
@@ -92,3 +105,65 @@ class Config:
 
 
 CONFIG = Config.from_env()
+
+#: the bounds of the queues (and of the object store) that a cluster's nodes tell the drivers
+#: joining it, unless the driver's own environment sets them
+LIMITS = ("max_pending", "node_queue_max", "max_tasks_in_flight", "actor_inflight_max",
+          "object_store_memory")
+#: of those, the ones that only a cluster's nodes read: set where the cluster starts
+CLUSTER_WIDE = ("node_queue_max", "object_store_memory")
+
+
+def check_overrides(overrides) -> dict:
+    """``overrides`` (``nbray.init(_system_config=...)``, ``nbray start --system-config``)
+    checked: known names, values of the knob's type; a clear error otherwise."""
+    if not isinstance(overrides, dict):
+        raise TypeError(f"the system config is a dict of name -> value, got {overrides!r}")
+    known = {f.name: type(getattr(CONFIG, f.name)) for f in fields(Config)}
+    out = {}
+    for name, value in overrides.items():
+        kind = known.get(name)
+        if kind is None:
+            raise ValueError(f"unknown system config {name!r}; the names are: "
+                             f"{', '.join(sorted(known))}")
+        ok = isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value, ok = float(value), True
+        if not ok:
+            raise ValueError(f"system config {name} takes a {kind.__name__}, got {value!r}")
+        if kind in (int, float) and value < 0 and not (name == "max_pending" and value == -1):
+            raise ValueError(f"system config {name} must be >= 0, got {value!r}")
+        out[name] = value
+    return out
+
+
+def apply(overrides: dict) -> dict:
+    """Set ``overrides`` in this process and in the environment its children inherit;
+    returns what to pass to ``restore`` to undo it."""
+    before = {name: (os.environ.get(env_name(name)), getattr(CONFIG, name))
+              for name in overrides}
+    for name, value in overrides.items():
+        setattr(CONFIG, name, value)
+        os.environ[env_name(name)] = str(int(value) if type(value) is bool else value)
+    return before
+
+
+def restore(before: dict) -> None:
+    for name, (env, value) in before.items():
+        setattr(CONFIG, name, value)
+        if env is None:
+            os.environ.pop(env_name(name), None)
+        else:
+            os.environ[env_name(name)] = env
+
+
+def limits() -> dict:
+    """This process's bounds, as a node tells them to the clients that join it."""
+    return {name: getattr(CONFIG, name) for name in LIMITS}
+
+
+def adopt(cluster_limits: dict) -> None:
+    """A client takes its cluster's bounds, but those its own environment sets."""
+    for name, value in cluster_limits.items():
+        if name in LIMITS and env_name(name) not in os.environ:
+            setattr(CONFIG, name, value)

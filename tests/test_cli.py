@@ -361,7 +361,31 @@ def test_start_head_with_a_dashboard_serves_it_until_stopped(cli):
     assert cli.records() == []
 
 
+@nbray.remote
+def bounds():
+    from nbray.config import CONFIG
+    return CONFIG.max_pending, CONFIG.node_queue_max, CONFIG.object_store_memory
+
+
+def test_start_sets_the_bounds_and_a_driver_that_joins_takes_them(cli):
+    import numpy as np
+    from nbray.config import CONFIG
+    cli("start", "--head", "--num-workers", "1", "--object-store-memory", "40000000",
+        "--system-config", '{"max_pending": 7, "node_queue_max": 20}')
+    nbray.init(address=cli.record("head")["tcp_address"])
+    assert nbray.get(bounds.remote()) == (7, 20, 40_000_000)            # its workers
+    assert (CONFIG.max_pending, CONFIG.object_store_memory) == (7, 40_000_000)     # we
+    assert nbray.runtime.core_client.current().default_limit.max_pending == 7
+    with pytest.raises(nbray.ObjectStoreFullError, match="object_store_memory"):
+        nbray.put(np.ones(6_000_000))                   # 48 MB: more than the cluster's 40
+    nbray.shutdown()
+    assert (CONFIG.max_pending, CONFIG.object_store_memory) == (100_000, 0)        # as before
+
+
 @pytest.mark.parametrize("args, message", [
+    (["start", "--head", "--system-config", "{bad"], "--system-config is not valid JSON"),
+    (["start", "--head", "--system-config", '{"nope": 1}'], "unknown system config 'nope'"),
+    (["start", "--head", "--object-store-memory", "0"], "--object-store-memory must be"),
     (["start"], "needs --head"),
     (["start", "--head", "--address", "127.0.0.1:1"], "either --head"),
     (["start", "--head", "--num-workers", "0"], "--num-workers must be at least 1"),

@@ -129,6 +129,93 @@ def test_bad_admission_options_are_clear_errors(cluster):
         Gate.options(max_pending_calls=0)
 
 
+# ---- the bounds of the queues ----------------------------------------------------------------
+@nbray.remote
+def knobs():
+    from nbray.config import CONFIG
+    return CONFIG.max_pending, CONFIG.node_queue_max, CONFIG.max_tasks_in_flight
+
+
+@nbray.remote
+def fan_out(marker, n):
+    refs = [wait_for.remote(marker, i) for i in range(n)]   # the process bound: 3 at a time
+    return nbray.get(refs)
+
+
+def _node_stats():
+    from nbray import api
+    from nbray.runtime import cluster, protocol as P
+    record = api._driver.record
+    return cluster.ask(record, record.node_address, P.NodeInfoRequest(), 10).info
+
+
+def test_every_process_of_a_cluster_has_the_bounds_init_sets(no_cluster, tmp_path):
+    from nbray.config import CONFIG
+    nbray.init(num_workers=2, _system_config={"max_pending": 3, "node_queue_max": 50,
+                                              "max_tasks_in_flight": 8})
+    try:
+        assert nbray.get(knobs.remote()) == (3, 50, 8)              # in the workers too
+        assert _node_stats()["lease_queue_max"] == 50               # and in the node
+        client = nbray.runtime.core_client.current()
+        assert client.default_limit.max_pending == 3
+        marker = tmp_path / "go"
+        marker.touch()
+        # a task submitting more than its bound waits for room, and all of it runs
+        assert nbray.get(fan_out.remote(str(marker), 10), timeout=60) == list(range(10))
+        held = [wait_for.remote(str(tmp_path / "later"), i) for i in range(3)]
+        t = threading.Thread(target=lambda: held.append(quick.remote("fourth")))
+        t.start()
+        t.join(0.5)
+        assert t.is_alive() and len(held) == 3                      # the driver's bound
+        (tmp_path / "later").touch()
+        t.join(30)
+        assert nbray.get(held, timeout=30) == [0, 1, 2, "fourth"]
+    finally:
+        shutdown_and_check()
+    assert (CONFIG.max_pending, CONFIG.node_queue_max) == (100_000, 10_000)    # as before
+    assert "NBRAY_MAX_PENDING" not in os.environ
+
+
+def test_by_default_a_process_has_a_bound(cluster):
+    client = nbray.runtime.core_client.current()
+    assert client.default_limit.max_pending == 100_000 and client.default_limit.policy == "block"
+    assert nbray.get(knobs.remote())[0] == 100_000
+
+
+def test_a_full_node_queue_answers_busy_and_every_task_still_runs(no_cluster, tmp_path):
+    nbray.init(num_workers=2, resources={"slot": 10}, _system_config={"node_queue_max": 1})
+    try:
+        marker = str(tmp_path / "go")
+        held = [wait_for.remote(marker, i) for i in range(2)]       # both CPUs taken
+        wait_until(lambda: _node_stats()["resources_available"]["CPU"] == 0, 20,
+                   "both workers leased")
+        # five task shapes ask for leases the node cannot grant yet: one request waits in
+        # its queue, the others are answered busy and asked again until there is room
+        shapes = [quick.options(resources={"slot": (k + 1) / 10}) for k in range(5)]
+        refs = [f.remote(k * 10 + i) for k, f in enumerate(shapes) for i in range(4)]
+        client = nbray.runtime.core_client.current()
+        wait_until(lambda: client.stats["leases_busy"] >= 2, 20, "busy answers")
+        stats = _node_stats()
+        assert stats["lease_queue"] <= 1 and stats["leases_busy"] >= 2
+        Path(marker).touch()
+        assert nbray.get(refs, timeout=60) == [k * 10 + i for k in range(5) for i in range(4)]
+        assert nbray.get(held) == [0, 1]
+    finally:
+        shutdown_and_check()
+
+
+def test_bad_system_config_is_a_clear_error(no_cluster):
+    with pytest.raises(ValueError, match="unknown system config 'max_pendin'"):
+        nbray.init(num_workers=1, _system_config={"max_pendin": 3})
+    with pytest.raises(ValueError, match="node_queue_max takes a int"):
+        nbray.init(num_workers=1, _system_config={"node_queue_max": "many"})
+    with pytest.raises(ValueError, match="must be >= 0"):
+        nbray.init(num_workers=1, _system_config={"node_queue_max": -5})
+    with pytest.raises(ValueError, match="node_queue_max configures a new cluster"):
+        nbray.init(address="127.0.0.1:1", _system_config={"node_queue_max": 5})
+    assert not nbray.is_initialized()
+
+
 # ---- the object store --------------------------------------------------------------------------
 @nbray.remote
 def make_array(n):

@@ -28,15 +28,18 @@ baton holder.
 from __future__ import annotations
 
 import collections
+import heapq
 import itertools
 import logging
 import os
 import pickle
+import random
 import signal
 import threading
 import time
 from dataclasses import dataclass, field
 
+from nbray import config
 from nbray.config import CONFIG
 from nbray.errors import (ClusterError, GetTimeoutError, ObjectLostError, OverloadedError,
                           RemoteError, TaskCancelledError, WorkerCrashedError)
@@ -177,12 +180,15 @@ class CoreClient:
         self._lease_requests: dict[int, tuple] = {}
         self._lease_msgs: dict[int, P.RequestLease] = {}
         self._lease_targets: dict[int, str] = {}    # request id -> the node it was spilled to
+        self._lease_retry: list = []    # heap of (when, request id): asked again, a node busy
+        self._busy_backoff = 0.0
         self._warned: set = set()
         self.admission = admission.Counts()
         self.lost_seq = 0               # objects lost so far (a get's scan starts over)
         object_store.FREE_HOOKS.append(self.free_released)
-        #: the process's own limit on its unfinished tasks (nbray.init(max_pending=...))
-        self.default_limit: admission.Limit | None = None
+        #: the process's own limit on its unfinished tasks and actor calls (the cluster's
+        #: ``max_pending``, or nbray.init(max_pending=...))
+        self.default_limit: admission.Limit | None = _process_limit()
         self._groups = 0                # nbray.util.group() blocks open: dispatch waits
         self._groups_by: int | None = None
         self._replies: dict[int, P.Reply | None] = {}
@@ -430,7 +436,7 @@ class CoreClient:
         handle's bound on this process's unfinished calls to the actor."""
         name = f"{class_name}.{method}"
         admitted, (task_id, blob, top, arg_ids, pinned, args_id) = self._admit_and_pack(
-            limit, name, args, kwargs)
+            limit if limit is not None else self.default_limit, name, args, kwargs)
         origin, parent = self._origin()
         with self.lock:
             actor = self.actors.known(actor_id, owner, class_name, retries)
@@ -572,6 +578,8 @@ class CoreClient:
         if self.actors.dirty:
             self.actors.dispatch()
         now = time.monotonic()
+        if self._lease_retry and self._lease_retry[0][0] <= now:
+            self._retry_leases(now)
         for shape in self.shapes.values():
             if shape.ready:
                 self._dispatch_shape(shape, eager)
@@ -662,6 +670,24 @@ class CoreClient:
             if target == msg.address and rid in self._lease_msgs:
                 del self._lease_targets[rid]
                 self._send(self.node_address, self._lease_msgs[rid])
+
+    def _on_lease_busy(self, peer, msg: P.LeaseBusy) -> None:
+        """The node's queue is full: ask again after a while (longer while it stays full);
+        what waits for the lease waits here, within this process's own bound."""
+        if msg.request_id not in self._lease_msgs:
+            return
+        self.stats["leases_busy"] += 1
+        self._lease_targets.pop(msg.request_id, None)
+        self._busy_backoff = min(1.0, max(0.01, 2 * self._busy_backoff))
+        delay = self._busy_backoff * (0.5 + random.random())    # not all at once
+        heapq.heappush(self._lease_retry, (time.monotonic() + delay, msg.request_id))
+
+    def _retry_leases(self, now: float) -> None:
+        while self._lease_retry and self._lease_retry[0][0] <= now:
+            _, rid = heapq.heappop(self._lease_retry)
+            msg = self._lease_msgs.get(rid)
+            if msg is not None:
+                self._send(self.node_address, msg)
 
     def _on_lease_pending(self, peer, msg: P.LeasePending) -> None:
         wants = self._lease_requests.get(msg.request_id)
@@ -837,6 +863,7 @@ class CoreClient:
         shape = self._lease_requests.pop(msg.request_id, None)
         self._lease_msgs.pop(msg.request_id, None)
         self._lease_targets.pop(msg.request_id, None)
+        self._busy_backoff = 0.0
         if shape is None:
             self._send(node, P.ReturnLease(msg.worker_id))
             return
@@ -917,6 +944,8 @@ class CoreClient:
         self.node_resources = msg.resources
         self.cluster_resources = dict(msg.cluster_resources or msg.resources)
         self.head_address = msg.head_address
+        config.adopt(msg.limits)        # the cluster's bounds, but what our environment sets
+        self.default_limit = _process_limit()
         self._welcomed.set()
 
     def _on_cluster_resources(self, peer, msg: P.ClusterResources) -> None:
@@ -1027,6 +1056,7 @@ class CoreClient:
         P.LeaseRejected: _on_lease_rejected,
         P.LeaseSpilled: _on_lease_spilled,
         P.LeasePending: _on_lease_pending,
+        P.LeaseBusy: _on_lease_busy,
         P.ClusterResources: _on_cluster_resources,
         P.NodeDied: _on_node_died,
         P.ReclaimLeases: _on_reclaim,
@@ -1285,8 +1315,10 @@ class CoreClient:
                 if obj.value is None and not obj.owned:
                     self._subscribe(ref._id, obj)
 
-        everything = num_returns >= len({oid for oid, _ in objs})
-        scan = [0, self.lost_seq]       # objects before scan[0] were seen ready
+            everything = num_returns >= len({oid for oid, _ in objs})
+            # objects before scan[0] were seen ready, as of loss number scan[1]; the lost
+            # among them were sent to be rebuilt as of loss number scan[2]
+            scan = [0, self.lost_seq, self.lost_seq]
 
         def ready():
             if everything:
@@ -1300,14 +1332,13 @@ class CoreClient:
                 scan[0] = i
                 if i == len(objs):
                     return {oid: o.value for oid, o in objs}
-                if not objs[i][1].lost and scan[1] == 0:
-                    return None
             else:
                 done = {oid: o.value for oid, o in objs if o.value is not None}
                 if len(done) >= num_returns:
                     return done
-            if any(o.lost for _, o in objs):        # lost while we waited: make it again
+            if scan[2] != self.lost_seq:    # lost while we waited: make them again
                 with self.lock:
+                    scan[2] = self.lost_seq
                     for oid, o in objs:
                         if o.lost:
                             self.lineage.rebuild(oid)
@@ -1652,7 +1683,10 @@ class CoreClient:
         queued behind busy workers are looked at again soon (a worker may have stalled)."""
         if any(shape.ready for shape in self.shapes.values()):
             return 10
-        return 1000 * CONFIG.lease_idle_s if self.leases else 1000
+        ms = 1000 * CONFIG.lease_idle_s if self.leases else 1000
+        if self._lease_retry:
+            ms = min(ms, max(0.0, 1000 * (self._lease_retry[0][0] - time.monotonic())))
+        return ms
 
     def _timer_ms(self) -> float:
         return 0 if self._outbox or self.released else self.idle_timeout_ms()
@@ -1661,6 +1695,12 @@ class CoreClient:
 _PUSHED = (P.PushTasks, P.CancelTasks)
 _MAIN_POLL_MS = 100
 _LOCALITY = "@node"      # a scheduling key's entry for the node its tasks' inputs are on
+
+
+def _process_limit() -> "admission.Limit | None":
+    """A process's own bound on its unfinished tasks and calls (``CONFIG.max_pending``)."""
+    n = CONFIG.max_pending
+    return admission.Limit(("*",), n, "block", None, "this process") if n > 0 else None
 
 
 def _describe(resources: dict) -> str:

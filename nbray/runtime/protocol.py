@@ -11,7 +11,8 @@ Who sends what:
                                          Goodbye, FetchObject -> Reply
     node -> node                         PullChunk -> Chunk, FreeCopies, FreeObjects
     node -> client                       Welcome, LeaseGranted, LeaseRejected, ReclaimLeases,
-                                         WorkerDied, NodeInfo, LeaseSpilled, LeasePending
+                                         WorkerDied, NodeInfo, LeaseSpilled, LeasePending,
+                                         LeaseBusy
     client -> leased worker              PushTasks, CancelTasks, ActorInfoRequest
     worker -> client                     TaskResults, Reply
     worker -> driver                     TaskOutput, SetupDone
@@ -34,7 +35,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 
 # How an object's value travels (first field of a ``Value``).
 INLINE = 0      # payload: pickle bytes (protocol 5, in-band)
@@ -154,6 +155,8 @@ class Welcome(NamedTuple):
     store_dir: str
     head_address: str = ""
     cluster_resources: dict = {}
+    #: the bounds of the cluster's queues and object store (``config.LIMITS``)
+    limits: dict = {}
 
 
 class Goodbye(NamedTuple):
@@ -209,6 +212,13 @@ class LeaseGranted(NamedTuple):
 class LeaseRejected(NamedTuple):
     request_id: int
     reason: str
+
+
+class LeaseBusy(NamedTuple):
+    """Node -> client: its queue of lease requests is full (``node_queue_max``); ask again
+    later. The request is not kept."""
+    request_id: int
+    queued: int
 
 
 class ReturnLease(NamedTuple):

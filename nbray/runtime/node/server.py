@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import psutil
 
+from nbray import config
 from nbray.config import CONFIG
 from nbray.errors import ClusterError
 from nbray.runtime import object_store, protocol as P
@@ -57,6 +58,7 @@ class NodeServer:
         self._spill_ids = itertools.count(1)
         self.kept_local = 0
         self.spilled = 0
+        self.busy = 0                   # requests answered "busy": the queue was full
         self.transfers = Transfers(self)
         self.sched = LocalScheduler(resources)
         self.num_workers = num_workers
@@ -158,6 +160,8 @@ class NodeServer:
             "leases_granted": self.leases_granted,
             "leases_kept_local": self.kept_local,
             "leases_spilled": self.spilled,
+            "leases_busy": self.busy,
+            "lease_queue_max": CONFIG.node_queue_max,
             "bytes_pulled": self.transfers.bytes_in,
             "bytes_served": self.transfers.bytes_out,
             "object_copies": len(self.transfers.copies),
@@ -239,7 +243,7 @@ class NodeServer:
             self.clients[msg.client_id] = ClientInfo(msg.client_id, msg.pid, msg.address)
         self.ep.reply(peer, P.Welcome(self.node_id, self.session, dict(self.sched.total),
                                       object_store.store_dir(), self.head_address,
-                                      dict(self.cluster_total)))
+                                      dict(self.cluster_total), config.limits()))
         if msg.worker_id is not None:       # a new worker runs the setups drivers asked for
             for setups in self.setups.values():
                 for setup in setups.values():
@@ -276,6 +280,10 @@ class NodeServer:
                 return
         elif reason is not None:
             self.ep.reply(peer, P.LeaseRejected(msg.request_id, reason))
+            return
+        if len(self.sched.queue) >= CONFIG.node_queue_max:
+            self.busy += 1              # bounded: the client asks again later
+            self.ep.reply(peer, P.LeaseBusy(msg.request_id, len(self.sched.queue)))
             return
         self.kept_local += 1
         self.sched.queue.append(req)
