@@ -4,7 +4,7 @@
     nbray start --address HOST:PORT [--key-file F] [--num-workers N] [--num-gpus G] [...]
     nbray status [--address A]
     nbray stop [--address A | --all]
-    nbray demo [--tasks N]
+    nbray demo [--iterations N] [--rollouts N] [--episodes N] [--out DIR]
     nbray --version
 
 A cluster started here runs detached (its own session), so it outlives this command. Its record,
@@ -430,9 +430,11 @@ def cmd_stop(args) -> int:
 # ---- demo ----------------------------------------------------------------------------------------
 def cmd_demo(args) -> int:
     from nbray import demo
-    if args.tasks < 1:
-        return _err(f"--tasks must be at least 1, got {args.tasks}", code=2)
-    return demo.main(num_tasks=args.tasks, num_workers=args.num_workers) or 0
+    for name in ("iterations", "rollouts", "episodes"):
+        if getattr(args, name) < 1:
+            return _err(f"--{name} must be at least 1, got {getattr(args, name)}", code=2)
+    return demo.main(iterations=args.iterations, rollouts=args.rollouts,
+                     episodes=args.episodes, num_workers=args.num_workers, out=args.out) or 0
 
 
 # ---- main ----------------------------------------------------------------------------------------
@@ -499,11 +501,18 @@ def build_parser() -> argparse.ArgumentParser:
     sl.add_argument("--json", action="store_true", help="every field, as JSON")
     sl.set_defaults(func=cmd_list)
 
-    sd = sub.add_parser("demo", help="run a short demo workload on an embedded cluster")
-    sd.add_argument("--tasks", type=int, default=200,
-                    help="number of Monte Carlo tasks (default: 200)")
+    sd = sub.add_parser("demo", help="train a policy on cart-pole with rollout tasks and a "
+                                     "learner actor, on an embedded cluster; write a report")
+    sd.add_argument("--iterations", type=int, default=40,
+                    help="policy-gradient iterations (default: 40)")
+    sd.add_argument("--rollouts", type=int, default=8,
+                    help="rollout tasks per iteration (default: 8)")
+    sd.add_argument("--episodes", type=int, default=16,
+                    help="episodes per rollout task (default: 16)")
     sd.add_argument("--num-workers", type=int, default=None,
                     help="workers of the demo's cluster (default: the machine's cores)")
+    sd.add_argument("--out", default="nbray-demo", metavar="DIR",
+                    help="where the HTML report and the timeline go (default: ./nbray-demo)")
     sd.set_defaults(func=cmd_demo)
     return ap
 

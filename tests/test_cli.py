@@ -418,10 +418,22 @@ def test_stop_with_several_clusters_asks_which(cli):
 
 
 # ---- demo ----------------------------------------------------------------------------------------
-def test_demo_runs_and_leaves_nothing(cli):
-    out = cli("demo", "--tasks", "8", "--num-workers", "2")
+def test_demo_trains_writes_its_report_and_timeline_and_leaves_nothing(cli, tmp_path):
+    out_dir = tmp_path / "demo"
+    out = cli("demo", "--iterations", "4", "--rollouts", "4", "--episodes", "4",
+              "--num-workers", "2", "--out", str(out_dir))
     assert "Summary" in out.stdout
-    assert "pi estimate:     3.1" in out.stdout
-    assert "matches the local result" in out.stdout
-    assert "results" in out.stderr                  # the progress bar
+    assert re.search(r"mean return: +\d+\.\d at the start, \d+\.\d at the end", out.stdout)
+    assert re.search(r"speedup: .*\(\d+\.\d\dx\)", out.stdout)
+    assert "training" in out.stderr and "4/4" in out.stderr        # the progress bar
+    report = (out_dir / "report.html").read_text()
+    assert "learning curve" in report and "Bokeh" in report
+    trace = json.loads((out_dir / "timeline.json").read_text())
+    slices = [e for e in trace["traceEvents"] if e.get("ph") == "X"]
+    assert sum(e["name"] == "rollout" for e in slices) >= 4 * 4
     assert os.listdir(cli.root) == [] if os.path.isdir(cli.root) else True
+
+
+def test_demo_bad_sizes_are_clear_errors(cli):
+    out = cli("demo", "--iterations", "0", check=False)
+    assert out.returncode == 2 and "--iterations must be at least 1" in out.stderr

@@ -206,3 +206,20 @@ def test_the_widgets_and_the_dashboard_hold_the_plots(module_cluster):
         assert all(p.error == "" for p in board.panels)
     finally:
         board.stop()
+
+
+def test_bokehjs_is_not_loaded_again_after_the_user_loaded_it_inline(monkeypatch):
+    import bokeh.io
+    import bokeh.io.notebook
+    from bokeh.resources import CDN, INLINE
+    from nbray.extension import widgets
+    calls = []
+    monkeypatch.setattr(bokeh.io, "output_notebook", lambda **kw: calls.append(kw))
+    monkeypatch.setattr(widgets, "_bokehjs_loaded", False)
+    monkeypatch.setattr(bokeh.io.notebook, "_NOTEBOOK_LOADED", INLINE)   # output_notebook(INLINE)
+    widgets.load_bokehjs()
+    assert calls == []
+    monkeypatch.setattr(widgets, "_bokehjs_loaded", False)
+    monkeypatch.setattr(bokeh.io.notebook, "_NOTEBOOK_LOADED", CDN)      # unreachable offline
+    widgets.load_bokehjs()
+    assert len(calls) == 1 and calls[0]["resources"] is INLINE

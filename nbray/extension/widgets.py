@@ -225,9 +225,12 @@ def load_bokehjs() -> None:
     widgets need it there, and from this package (no CDN: the machine may be offline)."""
     global _bokehjs_loaded
     if not _bokehjs_loaded:
-        from bokeh.io import output_notebook
-        from bokeh.resources import INLINE
-        output_notebook(resources=INLINE, hide_banner=True)
+        import bokeh.io.notebook
+        loaded = getattr(bokeh.io.notebook, "_NOTEBOOK_LOADED", None)   # by the user, inline:
+        if getattr(loaded, "mode", None) != "inline":                   # not 1 MB twice
+            from bokeh.io import output_notebook
+            from bokeh.resources import INLINE
+            output_notebook(resources=INLINE, hide_banner=True)
         _bokehjs_loaded = True
 
 
