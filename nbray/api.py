@@ -99,13 +99,17 @@ def init(address: str | None = None, *, num_workers: int | None = None,
                              "they cannot be given when joining one at an address")
         overrides = _system_overrides(_system_config, object_store_memory, address)
         _driver.restore = config.apply(overrides)
-        record = procs = None
+        record = procs = client = None
         embedded = address is None
         _driver.adopted = config.limits()   # joining, the client takes the cluster's
         try:
             if embedded:
                 record, procs = cluster.start(num_workers=n, resources=resources,
                                               watch_pid=os.getpid())
+                # findable (a Jupyter server lists its kernels' clusters; a dashboard joins
+                # one by its session), never stopped by `nbray stop`: it is this driver's
+                record.role, record.driver_pid = "embedded", os.getpid()
+                record.save()
             else:
                 record = _join_record(address, key)
             client = core_client.CoreClient(
@@ -118,6 +122,8 @@ def init(address: str | None = None, *, num_workers: int | None = None,
             client.connect()
         except BaseException:
             core_client.set_current(None)
+            if client is not None:
+                client.close()          # its I/O thread and sockets, if it got that far
             if procs is not None:
                 cluster.stop(record, procs)
             for name, value in _driver.adopted.items():
@@ -126,9 +132,11 @@ def init(address: str | None = None, *, num_workers: int | None = None,
             _driver.restore = None
             raise
         _driver.client, _driver.record, _driver.procs = client, record, procs
-        if max_pending is not None:
-            client.default_limit = None if max_pending == -1 else admission.Limit(
-                ("*",), max_pending, on_overload, overload_timeout, "this driver")
+        bound = max_pending if max_pending is not None else CONFIG.max_pending
+        if max_pending is not None or on_overload != "block" or overload_timeout is not None:
+            # this driver's own bound, or the cluster's with this driver's policy
+            client.default_limit = None if bound < 1 else admission.Limit(
+                ("*",), bound, on_overload, overload_timeout, "this driver")
         res = dict(client.node_resources)
         _driver.context = ClusterContext(record.session, record.tcp_address or record.head_address,
                                          record.node_address, int(res.get("CPU", 0)), res,

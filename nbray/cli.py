@@ -14,7 +14,6 @@ prints the key.
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import os
 import socket
@@ -217,7 +216,8 @@ def query_head(record: cluster.ClusterRecord, timeout: float = STATUS_TIMEOUT_S)
 
 
 def _records_for(address: str | None) -> list[cluster.ClusterRecord]:
-    records = cluster.ClusterRecord.load_all()
+    # not the clusters that drivers embed: each is its driver's, stopped with it
+    records = [r for r in cluster.ClusterRecord.load_all() if r.role != "embedded"]
     if address is None:
         return records
     out = [r for r in records if r.matches(address)]
@@ -339,7 +339,7 @@ _LIST_COLUMNS = {
 def cmd_list(args) -> int:
     """What a cluster holds, from its head: tasks (the task log), actors, nodes, events; and
     the shared-memory segments it has on this machine (objects)."""
-    from nbray.runtime import object_store, protocol as P
+    from nbray.runtime import remote_state
     try:
         records = [r for r in _records_for(args.address) if r.live_pids()]
     except ClusterError as e:
@@ -351,25 +351,15 @@ def cmd_list(args) -> int:
         return _err(f"{len(sessions)} clusters are running here: say which with --address")
     record = sorted(records, key=lambda r: r.role != "head")[0]
     what = args.what
-    if what == "objects":
-        rows = []
-        for r in records:
-            prefix = os.path.join(object_store.store_dir(),
-                                  f"{object_store.PREFIX}{r.name or r.session}_")
-            for path in sorted(glob.glob(prefix + "*")):
-                rows.append({"object_id": path[len(prefix):], "size": os.path.getsize(path),
-                             "segment": path})
-    else:
-        make = {"tasks": lambda: P.ListEvents(1, ("task",), 0, args.limit),
-                "events": lambda: P.ListEvents(1, (), 0, args.limit),
-                "actors": lambda: P.ListActors(1), "nodes": lambda: P.ListNodes(1)}[what]
-        reply = cluster.ask(record, record.head_address, make(), STATUS_TIMEOUT_S)
-        if reply is None:
-            return _err(f"the head did not answer within {STATUS_TIMEOUT_S:g}s")
-        rows = reply.value["events"] if what in ("tasks", "events") else reply.value
-        rows = [_listed(what, dict(r)) for r in rows]
-    if args.limit is not None:
-        rows = rows[-args.limit:] if args.limit > 0 else []
+    try:
+        if what == "objects":       # the segments of the head's node and of joined nodes here
+            rows = [row for r in records for row in remote_state.objects(r)]
+            if args.limit is not None:
+                rows = rows[-args.limit:] if args.limit > 0 else []
+        else:
+            rows = remote_state.query(record, what, args.limit)
+    except ClusterError as e:
+        return _err(str(e))
     if args.json:
         print(json.dumps(rows, default=str, indent=1))
         return 0
@@ -378,16 +368,6 @@ def cmd_list(args) -> int:
                  [[_cell(r.get(c)) for c in columns] for r in rows], indent=""))
     print(f"{len(rows)} {what}")
     return 0
-
-
-def _listed(what: str, r: dict) -> dict:
-    for k, v in list(r.items()):
-        if isinstance(v, bytes):
-            r[k] = v.hex()
-    if what == "tasks" and r.get("ended"):
-        r["run_ms"] = round(1000 * (r["ended"] - r["started"]), 3)
-        r["wait_ms"] = round(1000 * max(0.0, r["started"] - r["submitted"]), 3)
-    return r
 
 
 def _cell(v) -> str:

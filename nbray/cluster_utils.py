@@ -43,7 +43,11 @@ class Cluster:
         if initialize_head:
             self.add_node(**(head_node_args or {}))
             if connect:
-                self.connect()
+                try:
+                    self.connect()
+                except BaseException:
+                    self.shutdown()     # nobody else holds it: stop it
+                    raise
         elif connect:
             raise ValueError("connect=True needs initialize_head=True: there is no head yet")
 
@@ -56,13 +60,14 @@ class Cluster:
     def add_node(self, num_cpus: int = 1, resources: dict | None = None, num_gpus: float = 0,
                  wait: bool = True, _system_config: dict | None = None) -> ClusterNode:
         """Start the head (the first call) or a node that joins it; returns the node once the
-        head lists it (``wait``). ``_system_config``: knobs of ``nbray.config`` for the
+        head lists it (``wait``; without it ``node_id`` is "" until ``wait_for_nodes``). ``_system_config``: knobs of ``nbray.config`` for the
         processes of this node (of the head too, for the first), e.g.
         ``{"node_timeout_s": 2.0}``."""
         res = dict(resources or {})
         if num_gpus:
             res["GPU"] = num_gpus
-        before = config.apply(config.check_overrides(_system_config or {}))
+        # for the node's processes only: a driver connected here keeps its own knobs
+        before = config.apply(config.check_overrides(_system_config or {}), here=False)
         try:
             return self._add_node(num_cpus, res, wait)
         finally:
@@ -114,6 +119,9 @@ class Cluster:
                 raise TimeoutError(f"nodes {sorted(want - self._alive_pids())} did not join "
                                    f"within {timeout}s")
             time.sleep(0.05)
+        ids = {n["pid"]: n["node_id"] for n in self._nodes()}
+        for node in self.list_all_nodes():
+            node.node_id = node.node_id or ids.get(node.pid, "")
 
     def connect(self):
         """``nbray.init(address=self.address)``: this process drives the cluster."""

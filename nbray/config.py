@@ -9,6 +9,11 @@ import os
 from dataclasses import dataclass, fields
 
 
+#: knobs that would stop everything at 0 (a queue that holds nothing)
+_LEAST = {"max_pending": 1, "node_queue_max": 1, "max_tasks_in_flight": 1,
+          "actor_inflight_max": 1}
+
+
 def env_name(name: str) -> str:
     return f"NBRAY_{name.upper()}"
 
@@ -131,19 +136,24 @@ def check_overrides(overrides) -> dict:
             value, ok = float(value), True
         if not ok:
             raise ValueError(f"system config {name} takes a {kind.__name__}, got {value!r}")
-        if kind in (int, float) and value < 0 and not (name == "max_pending" and value == -1):
-            raise ValueError(f"system config {name} must be >= 0, got {value!r}")
+        least = _LEAST.get(name, 0)
+        if kind in (int, float) and value < least and not (name == "max_pending" and
+                                                           value == -1):
+            raise ValueError(f"system config {name} must be >= {least}"
+                             f"{' (or -1: no bound)' if name == 'max_pending' else ''}, "
+                             f"got {value!r}")
         out[name] = value
     return out
 
 
-def apply(overrides: dict) -> dict:
-    """Set ``overrides`` in this process and in the environment its children inherit;
-    returns what to pass to ``restore`` to undo it."""
+def apply(overrides: dict, here: bool = True) -> dict:
+    """Set ``overrides`` in the environment this process's children inherit and (``here``)
+    in this process; returns what to pass to ``restore`` to undo it."""
     before = {name: (os.environ.get(env_name(name)), getattr(CONFIG, name))
               for name in overrides}
     for name, value in overrides.items():
-        setattr(CONFIG, name, value)
+        if here:
+            setattr(CONFIG, name, value)
         os.environ[env_name(name)] = str(int(value) if type(value) is bool else value)
     return before
 

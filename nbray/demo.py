@@ -128,7 +128,8 @@ def speedup(weights: np.ndarray, rollouts: int, episodes: int, rounds: int = 3) 
     serial = time.perf_counter() - t
     ref = nbray.put(weights)
     t = time.perf_counter()
-    nbray.get([rollout.remote(ref, seed, episodes) for seed in seeds], timeout=600)
+    timed = rollout.options(name="rollout (speedup run)")  # apart from training's, in the log
+    nbray.get([timed.remote(ref, seed, episodes) for seed in seeds], timeout=600)
     return serial, time.perf_counter() - t
 
 

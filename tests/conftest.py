@@ -57,6 +57,19 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
+def processes_under(root: str) -> list[int]:
+    """Pids of the processes whose command line names ``root`` (a run root: a cluster's
+    processes name their sockets and directories under it), wherever they were started."""
+    out = []
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            if any(root in arg for arg in p.info["cmdline"] or ()):
+                out.append(p.info["pid"])
+        except psutil.Error:
+            pass
+    return out
+
+
 def descendants() -> list[psutil.Process]:
     """Live descendant processes of this (the test) process."""
     out = []

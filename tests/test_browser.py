@@ -222,9 +222,32 @@ def test_the_dashboard_renders_and_updates_live(jlab, tmp_path):
     assert not [e for e in errors if "Could not create a view" in e], errors
 
 
+def _page_follows_the_tasks(url: str, work, screenshot: str) -> None:
+    """The dashboard page at ``url`` draws, then shows 100 ``work`` tasks run meanwhile."""
+    from playwright.sync_api import sync_playwright
+    import nbray
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM,
+                                     args=["--no-sandbox", "--disable-dev-shm-usage"])
+        page = browser.new_page(viewport={"width": 1000, "height": 2400})
+        try:
+            page.goto(url)
+            page.locator(".bk-Div .bk-clearfix", has_text="drawn").first.wait_for(
+                state="attached", timeout=60_000)
+            before = _bokeh(page, "task_graph_status", "text")
+            assert nbray.get([work.remote(i) for i in range(100)]) == list(range(100))
+            wait_until(lambda: _bokeh(page, "task_graph_status", "text") != before and
+                       "100 finished" in _bokeh(page, "task_graph_status", "text"), 30,
+                       "the page to show the 100 tasks")
+            assert "work" in (_bokeh(page, "nbray-tasks", "text") or "")
+            _assert_drawn(page)
+        finally:
+            page.screenshot(path=str(ARTIFACTS / screenshot), full_page=True)
+            browser.close()
+
+
 def test_the_dashboard_server_outside_jupyter(tmp_path, monkeypatch):
     """``nbray start --head --dashboard-port``: the same views in a bokeh server page."""
-    from playwright.sync_api import sync_playwright
     import nbray
     from nbray.config import CONFIG
     root = str(tmp_path / "run")
@@ -244,24 +267,7 @@ def test_the_dashboard_server_outside_jupyter(tmp_path, monkeypatch):
         def work(x):
             time.sleep(0.01)
             return x
-        with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=CHROMIUM,
-                                         args=["--no-sandbox", "--disable-dev-shm-usage"])
-            page = browser.new_page(viewport={"width": 1000, "height": 2400})
-            try:
-                page.goto(url)
-                page.locator(".bk-Div .bk-clearfix", has_text="drawn").first.wait_for(
-                    state="attached", timeout=60_000)
-                before = _bokeh(page, "task_graph_status", "text")
-                assert nbray.get([work.remote(i) for i in range(100)]) == list(range(100))
-                wait_until(lambda: _bokeh(page, "task_graph_status", "text") != before and
-                           "100 finished" in _bokeh(page, "task_graph_status", "text"), 30,
-                           "the page to show the 100 tasks")
-                assert "work" in (_bokeh(page, "nbray-tasks", "text") or "")
-                _assert_drawn(page)
-            finally:
-                page.screenshot(path=str(ARTIFACTS / "dashboard-server.png"), full_page=True)
-                browser.close()
+        _page_follows_the_tasks(url, work, "dashboard-server.png")
     finally:
         if nbray.is_initialized():
             nbray.shutdown()
@@ -271,3 +277,28 @@ def test_the_dashboard_server_outside_jupyter(tmp_path, monkeypatch):
     wait_until(lambda: not [p for p in record["pids"] if psutil.pid_exists(p) and
                             psutil.Process(p).status() != "zombie"], 15,
                "the cluster and its dashboard to exit")
+
+
+def test_the_dashboard_page_of_the_jupyter_server(tmp_path, monkeypatch):
+    """The same views through Jupyter's own port and login (the server extension): the page
+    loads with the token's cookie and shows the tasks a driver runs meanwhile."""
+    import nbray
+    from nbray.config import CONFIG
+    from test_jupyter_server import TOKEN as JTOKEN, Server
+    server = Server(tmp_path)
+    monkeypatch.setattr(CONFIG, "run_root", server.root)
+    try:
+        server.cli("start", "--head", "--num-workers", "2")
+        (cluster,) = json.loads(server.get("/nbray/api/clusters")[1])
+        nbray.init(address=cluster["address"])
+
+        @nbray.remote
+        def work(x):
+            time.sleep(0.01)
+            return x
+        _page_follows_the_tasks(f"{server.url}{cluster['dashboard']}?token={JTOKEN}", work,
+                                "dashboard-jupyter-server.png")
+    finally:
+        if nbray.is_initialized():
+            nbray.shutdown()
+        server.stop()

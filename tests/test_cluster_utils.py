@@ -52,6 +52,18 @@ def test_nodes_join_run_tasks_die_and_leave_nothing(run_root):
     wait_until(lambda: not os.listdir(run_root), 10, "the run root to be empty")
 
 
+def test_a_cluster_that_cannot_connect_is_stopped(run_root):
+    nbray.init(num_workers=1)               # this process drives another cluster already
+    try:
+        with pytest.raises(RuntimeError, match="already called"):
+            Cluster(connect=True)
+        mine = nbray.api._driver.record.session
+        # its head, node and record are gone; only the embedded cluster's remain
+        assert sorted(os.listdir(run_root)) == [mine, f"{mine}.json"]
+    finally:
+        nbray.shutdown()
+
+
 def test_misuse_is_a_clear_error(run_root):
     with pytest.raises(ValueError, match="needs initialize_head"):
         Cluster(initialize_head=False, connect=True)

@@ -9,11 +9,10 @@ from __future__ import annotations
 import glob
 import os
 
-import psutil
 import pytest
 
 from nbray.runtime import object_store
-from conftest import wait_until
+from conftest import processes_under, wait_until
 
 nbclient = pytest.importorskip("nbclient")
 nbformat = pytest.importorskip("nbformat")
@@ -23,17 +22,6 @@ NOTEBOOKS = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "note
 FULL = os.environ.get("NBRAY_NOTEBOOK_FULL") == "1"
 
 pytestmark = pytest.mark.timeout(3600 if FULL else 300)
-
-
-def _processes_of(root: str) -> list:
-    out = []
-    for p in psutil.process_iter(["pid", "cmdline"]):
-        try:
-            if any(root in arg for arg in p.info["cmdline"] or ()):
-                out.append(p.info["pid"])
-        except psutil.Error:
-            pass
-    return out
 
 
 def _segments() -> set:
@@ -52,8 +40,8 @@ def test_the_notebook_runs(path, no_cluster, tmp_path, monkeypatch):
     errors = [o for cell in nb.cells if cell.cell_type == "code"
               for o in cell.get("outputs", ()) if o.get("output_type") == "error"]
     assert not errors, errors
-    wait_until(lambda: not _processes_of(root), 15,
-               f"the notebook's cluster processes to exit: {_processes_of(root)}")
+    wait_until(lambda: not processes_under(root), 15,
+               f"the notebook's cluster processes to exit: {processes_under(root)}")
     wait_until(lambda: not os.path.isdir(root) or not os.listdir(root), 10,
                f"its run root to be empty: {os.listdir(root) if os.path.isdir(root) else ''}")
     wait_until(lambda: _segments() <= before, 10,

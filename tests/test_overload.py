@@ -133,6 +133,8 @@ def test_bad_admission_options_are_clear_errors(cluster):
 @nbray.remote
 def knobs():
     from nbray.config import CONFIG
+    from nbray.runtime import core_client
+    assert core_client.current().default_limit.max_pending == CONFIG.max_pending
     return CONFIG.max_pending, CONFIG.node_queue_max, CONFIG.max_tasks_in_flight
 
 
@@ -204,13 +206,47 @@ def test_a_full_node_queue_answers_busy_and_every_task_still_runs(no_cluster, tm
         shutdown_and_check()
 
 
+def test_a_full_node_queue_still_grants_what_fits_now(no_cluster, tmp_path):
+    nbray.init(num_workers=2, resources={"slot": 1}, _system_config={"node_queue_max": 1})
+    try:
+        marker = str(tmp_path / "go")
+        slot = wait_for.options(resources={"slot": 1})
+        held = [slot.remote(marker, i) for i in range(2)]   # one runs, one waits: queue full
+        wait_until(lambda: _node_stats()["lease_queue"] == 1, 20, "a request queued")
+        assert nbray.get(quick.remote("a CPU is free"), timeout=20) == "a CPU is free"
+        Path(marker).touch()
+        assert nbray.get(held, timeout=30) == [0, 1]
+    finally:
+        shutdown_and_check()
+
+
+def test_a_group_larger_than_the_process_bound_is_submitted_whole(no_cluster):
+    nbray.init(num_workers=2, _system_config={"max_pending": 3})
+    try:
+        with nbray.util.group():
+            refs = [quick.remote(i) for i in range(10)]     # held: room never comes
+            bounded = quick.options(max_pending=2)
+            refs += [bounded.remote(i) for i in range(10, 12)]
+            with pytest.raises(nbray.OverloadedError, match="inside nbray.util.group"):
+                bounded.remote("a third, past its own bound")
+        assert nbray.get(refs, timeout=30) == list(range(12))
+    finally:
+        shutdown_and_check()
+
+
 def test_bad_system_config_is_a_clear_error(no_cluster):
     with pytest.raises(ValueError, match="unknown system config 'max_pendin'"):
         nbray.init(num_workers=1, _system_config={"max_pendin": 3})
     with pytest.raises(ValueError, match="node_queue_max takes a int"):
         nbray.init(num_workers=1, _system_config={"node_queue_max": "many"})
+    with pytest.raises(ValueError, match="must be >= 1"):
+        nbray.init(num_workers=1, _system_config={"node_queue_max": 0})
+    with pytest.raises(ValueError, match="actor_inflight_max must be >= 1"):
+        nbray.init(num_workers=1, _system_config={"actor_inflight_max": 0})
+    with pytest.raises(ValueError, match=r"max_pending must be >= 1 \(or -1"):
+        nbray.init(num_workers=1, _system_config={"max_pending": 0})
     with pytest.raises(ValueError, match="must be >= 0"):
-        nbray.init(num_workers=1, _system_config={"node_queue_max": -5})
+        nbray.init(num_workers=1, _system_config={"heartbeat_s": -1.0})
     with pytest.raises(ValueError, match="node_queue_max configures a new cluster"):
         nbray.init(address="127.0.0.1:1", _system_config={"node_queue_max": 5})
     assert not nbray.is_initialized()

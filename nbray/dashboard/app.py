@@ -40,7 +40,7 @@ class Feed:
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=15)
+        self._thread.join(timeout=2)      # a daemon: one stuck on a dead head is left
 
     def read(self) -> None:
         from nbray.dashboard.data import Snapshot
@@ -90,10 +90,11 @@ def make_document(doc, feed: Feed) -> dict:
     return {"divs": divs, "plots": plots, "draw": draw}
 
 
-def serve(host: str, port: int, interval_ms: int = 1000, ready=None, watch_pid: int = 0):
-    """Run the bokeh server until SIGTERM or until ``watch_pid`` exits."""
-    import socket
-
+def serve(host: str, port: int, interval_ms: int = 1000, ready=None, watch_pids=(),
+          unix_socket: str = "", prefix: str = ""):
+    """Run the bokeh server until SIGTERM or until one of ``watch_pids`` exits. With ``unix_socket``
+    it listens there instead (for the Jupyter server, which serves it under ``prefix`` to the
+    browsers it has authenticated)."""
     import psutil
     from bokeh.application import Application
     from bokeh.application.handlers.function import FunctionHandler
@@ -101,6 +102,34 @@ def serve(host: str, port: int, interval_ms: int = 1000, ready=None, watch_pid: 
 
     feed = Feed(interval_ms / 1000).start()
     app = Application(FunctionHandler(lambda doc: make_document(doc, feed)))
+    if unix_socket:
+        # only this user reaches the socket (a 0700 directory); the Jupyter server in front
+        # of it checks the browser's credentials and origin, so any origin may pass here
+        server = Server({"/": app}, unix_socket=unix_socket, prefix=prefix,
+                        allow_websocket_origin=["*"], num_procs=1)
+        url = f"unix:{unix_socket}"
+    else:
+        server, url = _tcp_server(app, host, port)
+    server.start()
+    if ready is not None:
+        ready(url)
+
+    def check():
+        if any(not psutil.pid_exists(pid) for pid in watch_pids):
+            server.io_loop.stop()
+    from tornado.ioloop import PeriodicCallback
+    PeriodicCallback(check, 500).start()
+    loop = server.io_loop.asyncio_loop
+    signal.signal(signal.SIGTERM, lambda *_: loop.call_soon_threadsafe(server.io_loop.stop))
+    server.io_loop.start()
+    server.stop()
+    feed.stop()
+
+
+def _tcp_server(app, host: str, port: int) -> tuple:
+    import socket
+
+    from bokeh.server.server import Server
     if not port:                        # a free port (bokeh needs a number)
         with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
             sock.bind((host, 0))
@@ -110,22 +139,8 @@ def serve(host: str, port: int, interval_ms: int = 1000, ready=None, watch_pid: 
     origins = ["*"] if wildcard else [f"{h}:{port}" for h in {host, "127.0.0.1", "localhost"}]
     server = Server({"/": app}, address=None if wildcard else host, port=port,
                     allow_websocket_origin=origins, num_procs=1)
-    server.start()
     name = socket.getfqdn() if wildcard else host
-    url = f"http://{f'[{name}]' if ':' in name else name}:{port}/"
-    if ready is not None:
-        ready(url)
-
-    def check():
-        if watch_pid and not psutil.pid_exists(watch_pid):
-            server.io_loop.stop()
-    from tornado.ioloop import PeriodicCallback
-    PeriodicCallback(check, 500).start()
-    loop = server.io_loop.asyncio_loop
-    signal.signal(signal.SIGTERM, lambda *_: loop.call_soon_threadsafe(server.io_loop.stop))
-    server.io_loop.start()
-    server.stop()
-    feed.stop()
+    return server, f"http://{f'[{name}]' if ':' in name else name}:{port}/"
 
 
 def main(argv=None) -> None:
@@ -137,16 +152,20 @@ def main(argv=None) -> None:
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--interval-ms", type=int, default=1000)
-    ap.add_argument("--watch-pid", type=int, default=0)
+    ap.add_argument("--watch-pid", type=int, action="append", default=[],
+                    help="exit when this process does (repeatable)")
     ap.add_argument("--ready-fd", type=int)
+    ap.add_argument("--unix-socket", default="", help="listen here instead of --host/--port")
+    ap.add_argument("--prefix", default="", help="the URL path it is served under")
     args = ap.parse_args(argv)
     key = os.environ.pop("NBRAY_KEY", None)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     nbray.init(address=args.session, key=key)
     try:
-        serve(args.host, args.port, args.interval_ms, watch_pid=args.watch_pid,
+        serve(args.host, args.port, args.interval_ms, watch_pids=args.watch_pid,
               ready=(lambda url: cluster.announce_ready(args.ready_fd, url))
-              if args.ready_fd is not None else None)
+              if args.ready_fd is not None else None,
+              unix_socket=args.unix_socket, prefix=args.prefix)
     finally:
         nbray.shutdown()
     sys.exit(0)

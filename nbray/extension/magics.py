@@ -58,7 +58,11 @@ class NbrayMagics(Magics):
 
     def _cmd_status(self, args):
         _parse(_NOARGS, args, "status")
-        return views.status()
+        report = views.status()
+        url = _dashboard_url()
+        if url:
+            print(f"nbray dashboard: {url}")
+        return report
 
     def _cmd_shutdown(self, args):
         _parse(_NOARGS, args, "shutdown")
@@ -87,6 +91,8 @@ class NbrayMagics(Magics):
         opts = _parse(_DASHBOARD, args, "dashboard")
         if not nbray.is_initialized():
             raise UsageError("%nbray dashboard: not initialized (%nbray init)")
+        if opts.tab:
+            return views.dashboard_link(_dashboard_url())
         from nbray.extension.widgets import Dashboard
         return Dashboard(opts.interval).start()
 
@@ -172,7 +178,8 @@ _COMMANDS = {
     "shutdown": "leave the cluster (an embedded one stops)",
     "refs": "[--release-history]: the objects this notebook holds, and what keeps each",
     "timeline": "FILE: a Chrome trace of recent tasks",
-    "dashboard": "[--interval S]: live panels of the nodes, tasks and actors",
+    "dashboard": "[--interval S] [--tab]: live panels of the nodes, tasks and actors (--tab: "
+                 "the dashboard page of the Jupyter server, in a browser tab)",
     "help": "this list",
 }
 
@@ -249,7 +256,17 @@ _INIT = _parser("init", (("--workers",), {"type": int, "default": None}),
                 (("--address",), {"default": None}),
                 (("--num-cpus",), {"type": float, "default": None}))
 _REFS = _parser("refs", (("--release-history",), {"action": "store_true"}))
-_DASHBOARD = _parser("dashboard", (("--interval",), {"type": float, "default": 1.0}))
+_DASHBOARD = _parser("dashboard", (("--interval",), {"type": float, "default": 1.0}),
+                     (("--tab",), {"action": "store_true"}))
+
+
+def _dashboard_url() -> str | None:
+    """The dashboard page of this kernel's cluster on its Jupyter server, if it runs under
+    one (nbray's server extension serves it)."""
+    from nbray import api
+    from nbray.jupyter.link import dashboard_url
+    record = api._driver.record
+    return dashboard_url(record.session) if record is not None else None
 _NOARGS = None
 
 

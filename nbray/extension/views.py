@@ -58,6 +58,30 @@ class ClusterView(Table):
         self.ctx = ctx
 
 
+class Link:
+    """A link, as an anchor in Jupyter (a new browser tab) and as the address elsewhere."""
+
+    def __init__(self, text: str, url: str):
+        self.text, self.url = text, url
+
+    def _repr_html_(self) -> str:
+        url = html.escape(self.url, quote=True)
+        return (f"<div>{html.escape(self.text)}: <a href='{url}' target='_blank' "
+                f"rel='noopener'>{url}</a></div>")
+
+    def __repr__(self) -> str:
+        return f"{self.text}: {self.url}"
+
+
+def dashboard_link(url: str | None):
+    """``%nbray dashboard --tab``: the Jupyter server's dashboard page, to open in a tab (a
+    notebook cannot open a JupyterLab tab by itself, so it is a link)."""
+    if url is None:
+        return Table("nbray: this kernel does not run under a Jupyter server with nbray's "
+                     "extension; %nbray dashboard shows the dashboard here", [], [])
+    return Link("nbray dashboard (opens in a new tab)", url)
+
+
 def status() -> Report:
     import nbray
     if not nbray.is_initialized():

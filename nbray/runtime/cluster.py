@@ -74,6 +74,9 @@ class ClusterRecord:
     host: str = ""
     #: the URL of the dashboard's bokeh server ("": none; ``nbray start --dashboard-port``)
     dashboard: str = ""
+    #: role "embedded": the driver (a script, a notebook's kernel) whose ``nbray.init()``
+    #: started it, and that it stops with; such a cluster is that driver's, not the CLI's
+    driver_pid: int = 0
 
     def __post_init__(self):
         self.name = self.name or self.session
@@ -256,6 +259,8 @@ def start(*, num_workers: int, resources: dict | None = None, host: str | None =
         node_bind.append(f"tcp://{host}:*")
         worker_bind = f"tcp://{host}:*"
     watch = ["--watch-pid", str(watch_pid)] if watch_pid else []
+    # a cluster that lives as long as a process: its record goes when it does
+    cleanup = ["--cleanup", os.path.join(run_root(), f"{session}.json")] if watch_pid else []
     logs = {name: os.path.join(rundir, f"{name}.log") for name in ("head", "node")} \
         if detach else {}
     procs = {
@@ -267,7 +272,7 @@ def start(*, num_workers: int, resources: dict | None = None, host: str | None =
                         *sum((["--bind", b] for b in node_bind), []),
                         "--worker-bind", worker_bind,
                         "--num-workers", str(num_workers), "--rundir", rundir,
-                        "--resources", json.dumps(resources or {}), *watch], key,
+                        "--resources", json.dumps(resources or {}), *watch, *cleanup], key,
                        logs.get("node")),
     }
     try:
@@ -289,21 +294,28 @@ def start_dashboard(record: ClusterRecord, procs: dict, host: str, port: int) ->
     """Start the dashboard's bokeh server (``nbray.dashboard.app``) for a saved cluster; it is
     one of the cluster's processes from then on (in ``procs`` and the record). Returns its
     URL."""
-    log = os.path.join(record.rundir, "dashboard.log")
-    proc = _spawn("nbray.dashboard.app", ["--session", record.name, "--host", host,
-                                          "--port", str(port),
-                                          "--watch-pid", str(procs["head"].pid)],
-                  bytes.fromhex(record.key), log)
-    try:
-        url = _await_ready({"dashboard": proc}, timeout=60)["dashboard"]
-    except BaseException:
-        _kill_group(proc)
-        raise
+    proc, url = spawn_dashboard(record, ["--host", host, "--port", str(port)],
+                                os.path.join(record.rundir, "dashboard.log"))
     procs["dashboard"] = proc
     record.pids.append(proc.pid)
     record.dashboard = url
     record.rewrite()
     return url
+
+
+def spawn_dashboard(record: ClusterRecord, args: list, log: str,
+                    watch_pids: tuple = ()) -> tuple:
+    """A dashboard process (``nbray.dashboard.app``) for the cluster of ``record``, which
+    exits with the cluster's head (and with any of ``watch_pids``); returns (Popen, its
+    address) once it serves."""
+    watch = [a for pid in (record.pids[0], *watch_pids) for a in ("--watch-pid", str(pid))]
+    proc = _spawn("nbray.dashboard.app", ["--session", record.name, *args, *watch],
+                  bytes.fromhex(record.key), log)
+    try:
+        return proc, _await_ready({"dashboard": proc}, timeout=60)["dashboard"]
+    except BaseException:
+        _kill_group(proc)
+        raise
 
 
 def join(address: str, key: bytes, *, num_workers: int, resources: dict | None = None,

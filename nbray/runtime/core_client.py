@@ -181,7 +181,7 @@ class CoreClient:
         self._lease_msgs: dict[int, P.RequestLease] = {}
         self._lease_targets: dict[int, str] = {}    # request id -> the node it was spilled to
         self._lease_retry: list = []    # heap of (when, request id): asked again, a node busy
-        self._busy_backoff = 0.0
+        self._busy_tries: dict[int, int] = {}      # request id -> busy answers so far
         self._warned: set = set()
         self.admission = admission.Counts()
         self.lost_seq = 0               # objects lost so far (a get's scan starts over)
@@ -308,9 +308,15 @@ class CoreClient:
         with self.lock:
             if self.admission.take(limit):
                 return limit.key
+        if self._groups and self._groups_by == threading.get_ident():
+            # waiting for room would wait for tasks the group holds back: the process's own
+            # bound lets a group's tasks through (they wait for the group's end anyway)
+            if limit is self.default_limit:
+                return None
+            self._refuse(limit, "", " inside nbray.util.group(), which holds back the "
+                                    "tasks it would wait for")
         if limit.policy == "raise" or limit.timeout == 0:
             self._refuse(limit, "")
-        self._check_not_held()
         deadline = None if limit.timeout is None else time.monotonic() + limit.timeout
         while True:
             self.wait_for(lambda: True if self.admission.room(limit) else None, deadline,
@@ -321,14 +327,14 @@ class CoreClient:
             if deadline is not None and time.monotonic() >= deadline:
                 self._refuse(limit, f" for {limit.timeout:g}s")
 
-    def _refuse(self, limit, waited: str) -> None:
+    def _refuse(self, limit, waited: str, where: str = "") -> None:
         with self.lock:
             self.admission.refused += 1
         raise OverloadedError(
             f"{limit.what or 'this process'} already has {limit.max_pending} unfinished "
             f"{'calls' if limit.key[0] == 'actor' else 'tasks'} (max_pending"
-            f"{'_calls' if limit.key[0] == 'actor' else ''}={limit.max_pending}); nothing was "
-            f"submitted{' after waiting' + waited if waited else ''}")
+            f"{'_calls' if limit.key[0] == 'actor' else ''}={limit.max_pending}){where}; "
+            f"nothing was submitted{' after waiting' + waited if waited else ''}")
 
     def _admit_and_pack(self, limit, name: str, args: tuple, kwargs: dict) -> tuple:
         """(admission key, ``_pack``'s result): admitted first, the room given back if the
@@ -573,13 +579,13 @@ class CoreClient:
                                "the group holds back until it ends; get after the block")
 
     def _dispatch(self, eager: bool = True) -> None:
+        now = time.monotonic()
+        if self._lease_retry and self._lease_retry[0][0] <= now:
+            self._retry_leases(now)
         if self._groups:
             return                      # nbray.util.group(): all together when it ends
         if self.actors.dirty:
             self.actors.dispatch()
-        now = time.monotonic()
-        if self._lease_retry and self._lease_retry[0][0] <= now:
-            self._retry_leases(now)
         for shape in self.shapes.values():
             if shape.ready:
                 self._dispatch_shape(shape, eager)
@@ -678,8 +684,8 @@ class CoreClient:
             return
         self.stats["leases_busy"] += 1
         self._lease_targets.pop(msg.request_id, None)
-        self._busy_backoff = min(1.0, max(0.01, 2 * self._busy_backoff))
-        delay = self._busy_backoff * (0.5 + random.random())    # not all at once
+        tries = self._busy_tries[msg.request_id] = self._busy_tries.get(msg.request_id, 0) + 1
+        delay = min(1.0, 0.01 * 2 ** (tries - 1)) * (0.5 + random.random())  # not all at once
         heapq.heappush(self._lease_retry, (time.monotonic() + delay, msg.request_id))
 
     def _retry_leases(self, now: float) -> None:
@@ -863,7 +869,7 @@ class CoreClient:
         shape = self._lease_requests.pop(msg.request_id, None)
         self._lease_msgs.pop(msg.request_id, None)
         self._lease_targets.pop(msg.request_id, None)
-        self._busy_backoff = 0.0
+        self._busy_tries.pop(msg.request_id, None)
         if shape is None:
             self._send(node, P.ReturnLease(msg.worker_id))
             return
@@ -882,6 +888,7 @@ class CoreClient:
 
     def _on_lease_rejected(self, peer, msg: P.LeaseRejected) -> None:
         self._lease_msgs.pop(msg.request_id, None)
+        self._busy_tries.pop(msg.request_id, None)
         self._lease_targets.pop(msg.request_id, None)
         shape = self._lease_requests.pop(msg.request_id, None)
         if shape is None:
@@ -1684,8 +1691,10 @@ class CoreClient:
         if any(shape.ready for shape in self.shapes.values()):
             return 10
         ms = 1000 * CONFIG.lease_idle_s if self.leases else 1000
-        if self._lease_retry:
+        try:                            # unlocked: another thread may pop it meanwhile
             ms = min(ms, max(0.0, 1000 * (self._lease_retry[0][0] - time.monotonic())))
+        except IndexError:
+            pass
         return ms
 
     def _timer_ms(self) -> float:

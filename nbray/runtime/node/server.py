@@ -281,8 +281,11 @@ class NodeServer:
         elif reason is not None:
             self.ep.reply(peer, P.LeaseRejected(msg.request_id, reason))
             return
-        if len(self.sched.queue) >= CONFIG.node_queue_max:
-            self.busy += 1              # bounded: the client asks again later
+        if len(self.sched.queue) >= CONFIG.node_queue_max and \
+                not self.sched.fits_behind_queue(req.resources):
+            # bounded: what would wait is asked again later (what fits, even behind the
+            # queue, is granted now)
+            self.busy += 1
             self.ep.reply(peer, P.LeaseBusy(msg.request_id, len(self.sched.queue)))
             return
         self.kept_local += 1
