@@ -14,13 +14,15 @@ Ray::
 """
 from nbray import chaos, dataflow, state, util
 from nbray.actor import ActorHandle, method
-from nbray.api import cancel, get, get_actor, init, is_initialized, kill, put, shutdown, wait
+from nbray.api import (available_resources, cancel, cluster_resources, get, get_actor, init,
+                       is_initialized, kill, nodes, put, shutdown, wait)
 from nbray.errors import (ActorDiedError, ClusterError, GetTimeoutError, NbrayError,
                           ObjectLostError, ObjectStoreFullError, OverloadedError,
                           OwnerDiedError, RemoteError, SerializationError,
                           TaskCancelledError, WorkerCrashedError)
 from nbray.object_ref import ObjectRef
 from nbray.remote_function import remote
+from nbray.runtime_context import get_runtime_context
 from nbray.state import timeline
 
 
@@ -41,6 +43,7 @@ __all__ = [
     "init", "shutdown", "is_initialized",
     "remote", "get", "put", "wait", "cancel",
     "kill", "get_actor", "method",
+    "nodes", "cluster_resources", "available_resources", "get_runtime_context",
     "ObjectRef", "ActorHandle",
     "state", "util", "chaos", "timeline", "dataflow",
     "load_ipython_extension", "unload_ipython_extension",

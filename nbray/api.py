@@ -51,7 +51,8 @@ _driver = _Driver()
 
 
 def init(address: str | None = None, *, num_workers: int | None = None,
-         num_cpus: int | None = None, resources: dict | None = None,
+         num_cpus: int | None = None, num_gpus: float | None = None,
+         resources: dict | None = None,
          ignore_reinit_error: bool = False, key: str | None = None,
          max_pending: int | None = None, on_overload: str = "block",
          overload_timeout: float | None = None,
@@ -60,7 +61,8 @@ def init(address: str | None = None, *, num_workers: int | None = None,
     """Start an embedded cluster (no address) or join a running one (``address``).
 
     ``num_workers`` (or Ray's ``num_cpus``) sets the worker processes and CPUs of the embedded
-    node; the default is the machine's cores. ``resources`` adds custom resources to it.
+    node; the default is the machine's cores (more is allowed: CPUs are logical, as in Ray).
+    ``num_gpus`` and ``resources`` add logical resources to it.
     ``address`` is ``"auto"``, ``"host:port"`` printed by ``nbray start --head`` or a session
     id; the key comes from the cluster's record on this machine, ``key=`` or ``NBRAY_KEY``.
 
@@ -93,9 +95,16 @@ def init(address: str | None = None, *, num_workers: int | None = None,
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             raise ValueError(f"num_workers must be a positive integer, got {n!r}")
         _check_resources(resources)
+        if num_gpus is not None:
+            if isinstance(num_gpus, bool) or not isinstance(num_gpus, (int, float)) or \
+                    num_gpus < 0:
+                raise ValueError(f"num_gpus must be a number >= 0, got {num_gpus!r}")
+            if resources and "GPU" in resources:
+                raise ValueError("give GPUs as num_gpus or as resources['GPU'], not both")
+            resources = {**(resources or {}), "GPU": float(num_gpus)} if num_gpus else resources
         if address is not None and (num_workers is not None or num_cpus is not None or
-                                    resources):
-            raise ValueError("num_workers/num_cpus/resources configure a new cluster; "
+                                    resources or num_gpus is not None):
+            raise ValueError("num_workers/num_cpus/num_gpus/resources configure a new cluster; "
                              "they cannot be given when joining one at an address")
         overrides = _system_overrides(_system_config, object_store_memory, address)
         _driver.restore = config.apply(overrides)
@@ -219,6 +228,38 @@ def _client() -> core_client.CoreClient:
 
 def context() -> ClusterContext | None:
     return _driver.context
+
+
+# ---- the cluster ---------------------------------------------------------------------------
+def nodes() -> list[dict]:
+    """Every node the head knows, with Ray's keys: ``NodeID``, ``Alive``,
+    ``NodeManagerAddress``, ``NodeManagerHostname``, ``Resources`` (what it declares), and
+    nbray's own fields (``nbray.state.nodes()``) under ``"nbray"``."""
+    from nbray import state
+    return [{"NodeID": n["node_id"], "Alive": n["state"] == "alive",
+             "NodeManagerAddress": n.get("address", ""), "NodeManagerHostname": n.get("host"),
+             "Resources": dict(n.get("resources") or {}), "nbray": n}
+            for n in state.nodes()]
+
+
+def cluster_resources() -> dict:
+    """The resources the live nodes declare, summed (``{"CPU": 8.0, "GPU": 1.0, ...}``)."""
+    return _summed("resources")
+
+
+def available_resources() -> dict:
+    """What the live nodes have free now, summed, as of their latest heartbeats (about every
+    half second)."""
+    return _summed("resources_available")
+
+
+def _summed(field: str) -> dict:
+    from nbray import state
+    total: dict = {}
+    for n in state.nodes({"state": "alive"}):
+        for k, v in (n.get(field) or n.get("resources") or {}).items():
+            total[k] = total.get(k, 0.0) + float(v)
+    return total
 
 
 # ---- objects ---------------------------------------------------------------------------------

@@ -1495,6 +1495,7 @@ class CoreClient:
     on_wait = None
     #: a worker: the task its main thread runs, as output.CURRENT (for the task's threads)
     current_task = None
+    actor_id = b""                  # in a worker hosting an actor: its id
 
     # ---- cancel ----------------------------------------------------------------------------
     def cancel(self, ref: ObjectRef, force: bool = False) -> None:

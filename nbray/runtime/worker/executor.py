@@ -254,6 +254,7 @@ class Executor:
     # ---- actors --------------------------------------------------------------------------
     def _become_actor(self, spec: P.TaskSpec):
         cls, options = serialization.loads_function(self.blobs.pop(spec.fn_id))
+        self.client.actor_id = spec.actor_id        # for get_runtime_context()
 
         def construct(*args, **kwargs):
             self.host = ActorHost(cls(*args, **kwargs), options.get("max_concurrency"))
