@@ -2,7 +2,6 @@
 signatures."""
 from __future__ import annotations
 
-import asyncio
 import atexit
 import logging
 import os
@@ -367,11 +366,6 @@ def _lookup_actor(client, name: str, namespace: str):
     ref = ObjectRef(meta["creation_id"], row["owner"])    # keeps it alive while held
     return ActorHandle(row["actor_id"], row["owner"], row["class_name"], meta["methods"],
                        meta["max_task_retries"], ref)
-
-
-async def _await_ref(ref: ObjectRef):
-    loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(None, get, ref)
 
 
 def _check_refs(refs, fn: str) -> None:

@@ -54,9 +54,14 @@ class ObjectRef:
         if client is not None:
             client.released.append(self._id)
 
+    def future(self):
+        """A ``concurrent.futures.Future`` of the value (``nbray.futures``)."""
+        from nbray import futures
+        return futures.future(self)
+
     def __await__(self):
-        from nbray import api
-        return api._await_ref(self).__await__()
+        import asyncio
+        return asyncio.wrap_future(self.future()).__await__()
 
 
 def _rebuild(object_id: bytes, owner: str) -> ObjectRef:

@@ -102,8 +102,9 @@ class RemoteFunction:
                 raise SerializationError(
                     f"remote function {self._name} cannot be serialized (it may capture "
                     f"something unpicklable, like a lock or an open file): {e}") from e
-            self._shared["blob"] = blob
+            # the id first: another thread that sees the blob may read the id at once
             self._shared["id"] = hashlib.blake2b(blob, digest_size=16).digest()
+            self._shared["blob"] = blob
         return self._shared["id"], self._shared["blob"]
 
     def remote(self, *args, **kwargs):
