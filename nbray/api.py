@@ -278,6 +278,7 @@ def get(refs, *, timeout: float | None = None, progress: bool | None = None):
     always, ``False`` never.
     """
     _check_timeout(timeout)
+    _warn_if_in_an_async_actor()
     if isinstance(refs, ObjectRef):
         return _client().get_values([refs], timeout)[0]
     if isinstance(refs, (list, tuple)):
@@ -293,6 +294,22 @@ def get(refs, *, timeout: float | None = None, progress: bool | None = None):
         return client.get_values(refs, timeout)
     raise TypeError(f"nbray.get() takes an ObjectRef or a list of them, got "
                     f"{type(refs).__name__}")
+
+
+def _warn_if_in_an_async_actor() -> None:
+    """A blocking get in an async actor's method stops every other call on its event loop."""
+    client = core_client.current()
+    if client is None or not client.actor_id:
+        return
+    import asyncio
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return                          # a sync method, or a thread of its own
+    import warnings
+    warnings.warn("nbray.get() in an async actor method blocks the actor's event loop (its "
+                  "other calls wait); use `await ref` or `await asyncio.gather(*refs)`",
+                  RuntimeWarning, stacklevel=3)
 
 
 def wait(refs, *, num_returns: int = 1, timeout: float | None = None, fetch_local: bool = True,

@@ -99,6 +99,24 @@ class Talker:
         return text
 
 
+@nbray.remote
+class Blocker:
+    async def blocking(self, ref):
+        return nbray.get(ref[0])            # warns: it blocks the event loop
+
+    async def awaiting(self, ref):
+        return await ref[0]                 # does not
+
+
+def test_a_blocking_get_in_an_async_actor_warns_on_the_driver(printed):
+    b = Blocker.remote()
+    assert nbray.get(b.awaiting.remote([nbray.put(1)])) == 1
+    assert nbray.get(b.blocking.remote([nbray.put(2)])) == 2
+    wait_until(lambda: any("blocks the actor's event loop" in ln
+                           for ln in printed.lines(stream="stderr")), 10, "the warning")
+    assert sum("blocks the actor's event loop" in ln for ln in printed.lines()) == 1
+
+
 def test_actors_print_to_the_driver(printed):
     t = Talker.remote()
     assert nbray.get(t.speak.remote("x")) == "x"
