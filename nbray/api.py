@@ -45,6 +45,14 @@ class _Driver:
         self.restore: dict | None = None    # the knobs an init() changed, for shutdown
         self.adopted: dict = {}             # the bounds as they were before the cluster's
 
+    def restore_config(self) -> None:
+        """The knobs as they were before init(): its overrides and the cluster's bounds."""
+        for name, value in self.adopted.items():
+            setattr(CONFIG, name, value)
+        if self.restore is not None:
+            config.restore(self.restore)
+            self.restore = None
+
 
 _driver = _Driver()
 
@@ -134,17 +142,13 @@ def init(address: str | None = None, *, num_workers: int | None = None,
                 client.close()          # its I/O thread and sockets, if it got that far
             if procs is not None:
                 cluster.stop(record, procs)
-            for name, value in _driver.adopted.items():
-                setattr(CONFIG, name, value)
-            config.restore(_driver.restore)
-            _driver.restore = None
+            _driver.restore_config()
             raise
         _driver.client, _driver.record, _driver.procs = client, record, procs
-        bound = max_pending if max_pending is not None else CONFIG.max_pending
         if max_pending is not None or on_overload != "block" or overload_timeout is not None:
             # this driver's own bound, or the cluster's with this driver's policy
-            client.default_limit = None if bound < 1 else admission.Limit(
-                ("*",), bound, on_overload, overload_timeout, "this driver")
+            client.default_limit = core_client.process_limit(
+                max_pending, on_overload, overload_timeout, "this driver")
         res = dict(client.node_resources)
         _driver.context = ClusterContext(record.session, record.tcp_address or record.head_address,
                                          record.node_address, int(res.get("CPU", 0)), res,
@@ -199,11 +203,7 @@ def shutdown() -> None:
         client.printer.finish_all()         # what was held back of a flood of output
         if procs is not None:
             cluster.stop(record, procs)
-        for name, value in _driver.adopted.items():
-            setattr(CONFIG, name, value)
-        if _driver.restore is not None:
-            config.restore(_driver.restore)
-            _driver.restore = None
+        _driver.restore_config()
 
 
 atexit.register(shutdown)

@@ -188,7 +188,7 @@ class CoreClient:
         object_store.FREE_HOOKS.append(self.free_released)
         #: the process's own limit on its unfinished tasks and actor calls (the cluster's
         #: ``max_pending``, or nbray.init(max_pending=...))
-        self.default_limit: admission.Limit | None = _process_limit()
+        self.default_limit: admission.Limit | None = process_limit()
         self._groups = 0                # nbray.util.group() blocks open: dispatch waits
         self._groups_by: int | None = None
         self._replies: dict[int, P.Reply | None] = {}
@@ -337,9 +337,9 @@ class CoreClient:
             f"nothing was submitted{' after waiting' + waited if waited else ''}")
 
     def _admit_and_pack(self, limit, name: str, args: tuple, kwargs: dict) -> tuple:
-        """(admission key, ``_pack``'s result): admitted first, the room given back if the
-        arguments cannot be packed."""
-        admitted = self.admit(limit)
+        """(admission key, ``_pack``'s result): admitted first (against ``limit``, or the
+        process's own without one), the room given back if the arguments cannot be packed."""
+        admitted = self.admit(limit if limit is not None else self.default_limit)
         try:
             return admitted, self._pack(name, args, kwargs)
         except BaseException:
@@ -348,19 +348,13 @@ class CoreClient:
                     self.admission.give_back(admitted)
             raise
 
-    def _release(self, task: "Task") -> None:
-        if task.admitted is not None:
-            self.admission.give_back(task.admitted)
-            task.admitted = None
-            self._notify = True         # a submitter may be waiting for room
-
     def submit(self, fn_id: bytes, fn_blob: bytes, name: str, args: tuple, kwargs: dict,
                num_returns: int, resources: dict, max_retries: int,
                retry_on=None, node: bytes = b"", limit=None) -> list[ObjectRef]:
         """Submit a task; ``node``: run it there if that node can take it (soft affinity);
         ``limit``: its admission limit (None: the process's own, if it set one)."""
         admitted, (task_id, blob, top, arg_ids, pinned, args_id) = self._admit_and_pack(
-            limit if limit is not None else self.default_limit, name, args, kwargs)
+            limit, name, args, kwargs)
         key = tuple(sorted(resources.items()))
         if node:
             key = key + ((_LOCALITY, node),)
@@ -442,7 +436,7 @@ class CoreClient:
         handle's bound on this process's unfinished calls to the actor."""
         name = f"{class_name}.{method}"
         admitted, (task_id, blob, top, arg_ids, pinned, args_id) = self._admit_and_pack(
-            limit if limit is not None else self.default_limit, name, args, kwargs)
+            limit, name, args, kwargs)
         origin, parent = self._origin()
         with self.lock:
             actor = self.actors.known(actor_id, owner, class_name, retries)
@@ -822,7 +816,9 @@ class CoreClient:
         """The task is over: store its return values, wake who waits, unpin its arguments."""
         self.tasks.pop(task.spec.task_id, None)
         if task.admitted is not None:
-            self._release(task)
+            self.admission.give_back(task.admitted)
+            task.admitted = None
+            self._notify = True         # a submitter may be waiting for room
         if CONFIG.task_events and task.t_submit:
             values = list(itertools.islice(values, task.spec.num_returns)) \
                 if type(values) is itertools.repeat else values
@@ -952,7 +948,7 @@ class CoreClient:
         self.cluster_resources = dict(msg.cluster_resources or msg.resources)
         self.head_address = msg.head_address
         config.adopt(msg.limits)        # the cluster's bounds, but what our environment sets
-        self.default_limit = _process_limit()
+        self.default_limit = process_limit()
         self._welcomed.set()
 
     def _on_cluster_resources(self, peer, msg: P.ClusterResources) -> None:
@@ -1707,10 +1703,12 @@ _MAIN_POLL_MS = 100
 _LOCALITY = "@node"      # a scheduling key's entry for the node its tasks' inputs are on
 
 
-def _process_limit() -> "admission.Limit | None":
-    """A process's own bound on its unfinished tasks and calls (``CONFIG.max_pending``)."""
-    n = CONFIG.max_pending
-    return admission.Limit(("*",), n, "block", None, "this process") if n > 0 else None
+def process_limit(bound: int | None = None, policy: str = "block", timeout=None,
+                  what: str = "this process") -> "admission.Limit | None":
+    """A process's own bound on its unfinished tasks and calls (``CONFIG.max_pending`` when
+    ``bound`` is None; none below 1)."""
+    n = CONFIG.max_pending if bound is None else bound
+    return admission.Limit(("*",), n, policy, timeout, what) if n > 0 else None
 
 
 def _describe(resources: dict) -> str:
