@@ -12,7 +12,7 @@ Ray::
 
     nbray.get([square.remote(i) for i in range(10)])
 """
-from nbray import chaos, dataflow, state, util
+from nbray import chaos, dag, dataflow, exceptions, state, util
 from nbray.actor import ActorHandle, method
 from nbray.api import (available_resources, cancel, cluster_resources, get, get_actor, init,
                        is_initialized, kill, nodes, put, shutdown, wait)
@@ -45,7 +45,7 @@ __all__ = [
     "kill", "get_actor", "method",
     "nodes", "cluster_resources", "available_resources", "get_runtime_context",
     "ObjectRef", "ActorHandle",
-    "state", "util", "chaos", "timeline", "dataflow",
+    "state", "util", "chaos", "timeline", "dataflow", "dag", "exceptions",
     "load_ipython_extension", "unload_ipython_extension",
     "NbrayError", "RemoteError", "GetTimeoutError", "TaskCancelledError", "WorkerCrashedError",
     "ActorDiedError", "ObjectLostError", "OwnerDiedError", "SerializationError", "ClusterError",

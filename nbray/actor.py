@@ -133,6 +133,11 @@ class ActorClass:
                                                   opts.get("overload_timeout"))
         return ActorHandle(actor_id, client.address, self._name, methods, retries, ref, bound)
 
+    def bind(self, *args, **kwargs):
+        """A lazy actor for the DAG API (``nbray.dag``), made when the graph is executed."""
+        from nbray.dag import ClassNode
+        return ClassNode(self, args, kwargs)
+
     def options(self, **options) -> "ActorClass":
         """A copy with some options changed, e.g. ``Cls.options(name="learner").remote()``."""
         return ActorClass(self._cls, {**self._options, **options}, self._shared)
@@ -210,6 +215,11 @@ class ActorMethod:
                                         self._name, args, kwargs, self._num_returns,
                                         h._limit)
         return refs[0] if self._num_returns == 1 else refs
+
+    def bind(self, *args, **kwargs):
+        """A lazy call of this live actor for the DAG API (``nbray.dag``)."""
+        from nbray.dag import ClassMethodNode
+        return ClassMethodNode(self._handle, self._name, self._num_returns, args, kwargs)
 
     def options(self, *, num_returns: int | None = None, **other) -> "ActorMethod":
         if other:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from nbray.runtime import serialization
 
+ID_SIZE = 20        # the owner's client id (8), its task sequence number (8), return index (4)
+
 
 class ObjectRef:
     __slots__ = ("_id", "_owner", "_client", "__weakref__")
@@ -19,6 +21,9 @@ class ObjectRef:
         self._owner = owner
         self._client = _client
         if _client is None:
+            if not isinstance(object_id, bytes) or len(object_id) != ID_SIZE:
+                raise ValueError(f"an ObjectRef is built from the {ID_SIZE} bytes of an object "
+                                 f"id (bytes.fromhex(ref.hex())), got {object_id!r}")
             _adopt(self)
 
     def binary(self) -> bytes:

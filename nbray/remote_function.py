@@ -115,6 +115,11 @@ class RemoteFunction:
                                     self._node, self._limit)
         return refs[0] if self._num_returns == 1 else refs
 
+    def bind(self, *args, **kwargs):
+        """A lazy call for the DAG API (``nbray.dag``): runs when the graph is executed."""
+        from nbray.dag import FunctionNode
+        return FunctionNode(self, args, kwargs)
+
     def options(self, **options) -> "RemoteFunction":
         """A copy with some options changed, e.g. ``f.options(num_cpus=2).remote(x)``."""
         return RemoteFunction(self._function, {**self._options, **options}, self._shared)

@@ -371,3 +371,55 @@ def test_cancel_wrong_type(module_cluster, bad):
 def test_cancel_list_of_refs_is_type_error(module_cluster):
     with pytest.raises(TypeError):
         nbray.cancel([identity.remote(1)])
+
+
+# ---- Ray's names: nbray.exceptions -----------------------------------------------------------
+def test_ray_exception_names_are_nbrays_classes(module_cluster):
+    from nbray import exceptions as ex
+    with pytest.raises(ex.RayTaskError) as info:
+        nbray.get(fail_with_custom.remote("ray names"))
+    assert isinstance(info.value, CustomError) and isinstance(info.value, ex.RayError)
+    assert isinstance(info.value.cause, CustomError) and info.value.cause.detail == {"answer": 42}
+    with pytest.raises(ex.GetTimeoutError):
+        nbray.get(slow.remote(5), timeout=0.05)
+    for name in ("ActorDiedError", "TaskCancelledError", "ObjectLostError", "OwnerDiedError",
+                 "WorkerCrashedError", "ObjectStoreFullError", "GetTimeoutError"):
+        assert getattr(ex, name) is getattr(nbray, name)
+        assert issubclass(getattr(ex, name), ex.RayError)
+    assert ex.RayActorError is nbray.ActorDiedError
+
+
+@nbray.remote
+class Pinger:
+    def ping(self):
+        return "pong"
+
+
+def test_killed_actor_raises_ray_actor_error(module_cluster):
+    from nbray.exceptions import RayActorError
+    a = Pinger.remote()
+    assert nbray.get(a.ping.remote()) == "pong"
+    nbray.kill(a)
+    with pytest.raises(RayActorError):
+        nbray.get(a.ping.remote(), timeout=30)
+
+
+def test_object_ref_rebuilt_from_its_id_names_the_same_object(module_cluster):
+    import gc
+    ref = nbray.put({"k": [1, 2, 3]})
+    again = nbray.ObjectRef(bytes.fromhex(ref.hex()))
+    assert again == ref and nbray.get(again) == {"k": [1, 2, 3]}
+    task_ref = identity.remote(7)
+    assert nbray.get(nbray.ObjectRef(task_ref.binary())) == 7
+    # after the object is freed: a clear error, not a hang or another object
+    hex_id = ref.hex()
+    del ref, again
+    gc.collect()
+    with pytest.raises(nbray.ObjectLostError, match="already freed"):
+        nbray.get(nbray.ObjectRef(bytes.fromhex(hex_id)), timeout=10)
+    with pytest.raises(ValueError, match="owner is unknown"):
+        nbray.ObjectRef(bytes(20))
+    with pytest.raises(ValueError, match="20 bytes"):
+        nbray.ObjectRef(b"short")
+    with pytest.raises(ValueError, match="20 bytes"):
+        nbray.ObjectRef(hex_id)

@@ -40,7 +40,7 @@ import nbray
 from nbray.dataflow import placement
 
 __all__ = ["Broadcast", "Map", "InitActors", "ReduceActors", "Node", "set_group_scheduling",
-           "group_scheduling"]
+           "group_scheduling", "lower"]
 
 _group_scheduling = os.environ.get("NBRAY_GROUP_SCHEDULING", "1") not in ("0", "false", "no")
 
@@ -54,6 +54,16 @@ def set_group_scheduling(on: bool) -> None:
 
 def group_scheduling() -> bool:
     return _group_scheduling
+
+
+def lower(submit, groups: bool | None = None):
+    """Run ``submit()``, which submits a graph's tasks and actor calls, so that they reach the
+    scheduler as one unit (``nbray.util.group()``) when group scheduling is on; returns what
+    it returns. The IR's ``eval()`` and the lazy DAG API's ``execute()`` both lower this way."""
+    if _group_scheduling if groups is None else groups:
+        with nbray.util.group():
+            return submit()
+    return submit()
 
 
 class Node:
@@ -80,11 +90,7 @@ class Node:
         if self._out is None:
             groups = _group_scheduling if group_scheduling is None else group_scheduling
             ctx = _Context(groups)
-            if groups:
-                with nbray.util.group():
-                    self._evaluate(ctx)
-            else:
-                self._evaluate(ctx)
+            lower(lambda: self._evaluate(ctx), groups)
         return self._out
 
     def _evaluate(self, ctx: "_Context") -> list:

@@ -1088,17 +1088,24 @@ class CoreClient:
     # ---- refs, borrowing, freeing ----------------------------------------------------------
     def adopt(self, ref: ObjectRef) -> None:
         """Count a ref that was unpickled (or built from an id) in this process."""
-        ref._client = self
         with self.lock:
+            if self.released:           # refs dropped so far: what they free is gone now
+                self._drain_released()
             obj = self.objects.get(ref._id)
             if obj is None:
                 owned = self.owns(ref._id)
                 if owned:       # our own object came back after it was freed
                     obj = Obj(self.address, True, value=P.Value(
                         P.LOST, f"object {ref._id.hex()} was already freed"))
+                elif not ref._owner:
+                    raise ValueError(
+                        f"ObjectRef({ref._id.hex()}): this process neither owns nor holds "
+                        f"that object, so its owner is unknown; pass the ref itself (refs "
+                        f"travel in arguments, values and return values)")
                 else:
                     obj = Obj(ref._owner, False)
                 self.objects[ref._id] = obj
+            ref._client = self
             if not ref._owner:
                 ref._owner = obj.owner
             if not obj.owned and not obj.registered:
