@@ -20,6 +20,7 @@ from nbray.errors import (ActorDiedError, ClusterError, GetTimeoutError, NbrayEr
                           ObjectLostError, ObjectStoreFullError, OverloadedError,
                           OwnerDiedError, RemoteError, SerializationError,
                           TaskCancelledError, WorkerCrashedError)
+from nbray.generators import DynamicObjectRefGenerator, ObjectRefGenerator
 from nbray.object_ref import ObjectRef
 from nbray.remote_function import remote
 from nbray.runtime_context import get_runtime_context
@@ -44,7 +45,7 @@ __all__ = [
     "remote", "get", "put", "wait", "cancel",
     "kill", "get_actor", "method",
     "nodes", "cluster_resources", "available_resources", "get_runtime_context",
-    "ObjectRef", "ActorHandle",
+    "ObjectRef", "ActorHandle", "ObjectRefGenerator", "DynamicObjectRefGenerator",
     "state", "util", "chaos", "timeline", "dataflow", "dag", "exceptions",
     "load_ipython_extension", "unload_ipython_extension",
     "NbrayError", "RemoteError", "GetTimeoutError", "TaskCancelledError", "WorkerCrashedError",

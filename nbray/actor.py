@@ -13,8 +13,8 @@ import inspect
 
 from nbray.errors import ClusterError, SerializationError
 from nbray.object_ref import ObjectRef
-from nbray.remote_function import check_resources
-from nbray.runtime import serialization
+from nbray.remote_function import GENERATOR_KINDS, check_num_returns, check_resources
+from nbray.runtime import protocol as P, serialization
 
 _ACTOR_OPTIONS = {"num_cpus", "num_gpus", "resources", "max_restarts", "max_task_retries",
                   "max_concurrency", "name", "namespace", "get_if_exists", "lifetime",
@@ -22,10 +22,10 @@ _ACTOR_OPTIONS = {"num_cpus", "num_gpus", "resources", "max_restarts", "max_task
                   "overload_timeout"}
 
 
-def method(*, num_returns: int = 1):
-    """Declare how many values an actor method returns: ``@nbray.method(num_returns=2)``."""
-    if isinstance(num_returns, bool) or not isinstance(num_returns, int) or num_returns < 1:
-        raise ValueError(f"num_returns must be a positive integer, got {num_returns!r}")
+def method(*, num_returns: int | str = 1):
+    """Declare how many values an actor method returns: ``@nbray.method(num_returns=2)``;
+    ``"streaming"`` or ``"dynamic"`` for one that yields (``nbray/generators.py``)."""
+    check_num_returns(num_returns)
 
     def mark(fn):
         fn.__nbray_num_returns__ = num_returns
@@ -69,7 +69,9 @@ def _methods(cls) -> dict:
         if name.startswith("__") and name != "__call__":
             continue
         if inspect.isfunction(member) or inspect.ismethod(member):
-            out[name] = getattr(member, "__nbray_num_returns__", 1)
+            out[name] = getattr(member, "__nbray_num_returns__", None) or \
+                ("streaming" if inspect.isgeneratorfunction(member) or
+                 inspect.isasyncgenfunction(member) else 1)
     return out
 
 
@@ -210,11 +212,16 @@ class ActorMethod:
 
     def remote(self, *args, **kwargs):
         from nbray import api
-        h = self._handle
-        refs = api._client().call_actor(h._actor_id, h._owner, h._class_name, h._retries,
-                                        self._name, args, kwargs, self._num_returns,
-                                        h._limit)
-        return refs[0] if self._num_returns == 1 else refs
+        h, n = self._handle, self._num_returns
+        generator = GENERATOR_KINDS.get(n, P.NOT_GENERATOR)
+        client = api._client()
+        refs = client.call_actor(h._actor_id, h._owner, h._class_name, h._retries,
+                                 self._name, args, kwargs, 1 if generator else n, h._limit,
+                                 generator)
+        if generator == P.STREAMING:
+            from nbray.generators import ObjectRefGenerator
+            return ObjectRefGenerator(refs[0], client)
+        return refs[0] if n == 1 or generator else refs
 
     def bind(self, *args, **kwargs):
         """A lazy call of this live actor for the DAG API (``nbray.dag``)."""

@@ -317,11 +317,14 @@ def wait(refs, *, num_returns: int = 1, timeout: float | None = None, fetch_loca
     """Wait until ``num_returns`` of ``refs`` are ready or ``timeout`` passes.
 
     Returns ``(ready, not_ready)``, both in the order of ``refs``. A long wait for many shows a
-    progress bar, as ``get`` does.
+    progress bar, as ``get`` does. ``refs`` may hold ``ObjectRefGenerator``s (of streaming
+    tasks): one is ready when its next item, or its end, is there.
     """
     if isinstance(refs, ObjectRef) or not isinstance(refs, (list, tuple)):
         raise TypeError("nbray.wait() takes a list of ObjectRefs")
-    _check_refs(refs, "wait")
+    from nbray.generators import ObjectRefGenerator
+    streams = [r for r in refs if isinstance(r, ObjectRefGenerator)]
+    _check_refs([r for r in refs if not isinstance(r, ObjectRefGenerator)], "wait")
     if len(set(refs)) != len(refs):
         raise ValueError("nbray.wait() got the same ObjectRef more than once")
     if isinstance(num_returns, bool) or not isinstance(num_returns, int) or num_returns < 0:
@@ -332,6 +335,8 @@ def wait(refs, *, num_returns: int = 1, timeout: float | None = None, fetch_loca
     if not refs:
         return [], []
     client, refs = _client(), list(refs)
+    if streams:
+        return _wait_with_streams(client, refs, num_returns, timeout)
     if num_returns >= CONFIG.progress_min_refs or progress:
         if progress_bar.wanted(client, refs, progress):
             started = time.monotonic()
@@ -341,9 +346,31 @@ def wait(refs, *, num_returns: int = 1, timeout: float | None = None, fetch_loca
     return client.wait(refs, num_returns, timeout)
 
 
+def _wait_with_streams(client, refs: list, num_returns: int, timeout):
+    """``wait`` over refs and generators: each pass asks the refs without waiting (which also
+    asks their owners) and the generators' streams, until enough are ready."""
+    from nbray.generators import ObjectRefGenerator
+    plain = [r for r in refs if not isinstance(r, ObjectRefGenerator)]
+
+    def ready():
+        done = set(client.wait(plain, len(plain), 0)[0]) if plain else set()
+        out = [r for r in refs if (r._ready() if isinstance(r, ObjectRefGenerator)
+                                   else r in done)]
+        return out if len(out) >= num_returns else None
+    deadline = None if timeout is None else time.monotonic() + timeout
+    found = client.wait_for(ready, deadline, lend_cpu=True) or ready() or []
+    found = found[:num_returns] if num_returns else found
+    chosen = {id(r) for r in found}
+    return found, [r for r in refs if id(r) not in chosen]
+
+
 def cancel(ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> None:
-    """Cancel the task that produces ``ref``: dropped if not started, interrupted if running
-    (``force=True`` kills its worker). ``get`` on it then raises ``TaskCancelledError``."""
+    """Cancel the task that produces ``ref`` (or an ``ObjectRefGenerator``'s task): dropped
+    if not started, interrupted if running (``force=True`` kills its worker). ``get`` on it
+    then raises ``TaskCancelledError``."""
+    from nbray.generators import ObjectRefGenerator
+    if isinstance(ref, ObjectRefGenerator):
+        ref = ref.completed()
     if not isinstance(ref, ObjectRef):
         raise TypeError(f"nbray.cancel() takes an ObjectRef, got {type(ref).__name__}")
     _client().cancel(ref, force=force)

@@ -7,7 +7,7 @@ import inspect
 
 from nbray.config import CONFIG
 from nbray.errors import SerializationError
-from nbray.runtime import serialization
+from nbray.runtime import protocol as P, serialization
 
 _TASK_OPTIONS = {"num_cpus", "num_gpus", "resources", "num_returns", "max_retries", "name",
                  "retry_exceptions", "scheduling_strategy", "max_pending", "on_overload",
@@ -31,15 +31,34 @@ def check_resources(options: dict) -> None:
                 raise ValueError(f"resource {k!r} must be a non-negative number, got {v!r}")
 
 
+GENERATOR_KINDS = {"streaming": P.STREAMING, "dynamic": P.DYNAMIC}
+
+
+def check_num_returns(n) -> None:
+    if n is not None and n not in GENERATOR_KINDS and (
+            isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        raise ValueError(f"num_returns must be a positive integer, 'streaming' or 'dynamic', "
+                         f"got {n!r}")
+
+
+def generator_kind(fn, num_returns) -> tuple[int, int]:
+    """(num_returns as the runtime counts it, generator kind) for a function or method:
+    one that yields streams by default, as in Ray."""
+    if num_returns is None:
+        num_returns = "streaming" if inspect.isgeneratorfunction(fn) or \
+            inspect.isasyncgenfunction(fn) else 1
+    if num_returns in GENERATOR_KINDS:
+        return 1, GENERATOR_KINDS[num_returns]
+    return num_returns, P.NOT_GENERATOR
+
+
 def _validate(options: dict) -> dict:
     unknown = set(options) - _TASK_OPTIONS
     if unknown:
         raise ValueError(f"unknown option(s) {sorted(unknown)} for a remote function; valid "
                          f"options are {sorted(_TASK_OPTIONS)}")
     check_resources(options)
-    n = options.get("num_returns")
-    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
-        raise ValueError(f"num_returns must be a positive integer, got {n!r}")
+    check_num_returns(options.get("num_returns"))
     r = options.get("max_retries")
     if r is not None and (isinstance(r, bool) or not isinstance(r, int) or r < -1):
         raise ValueError(f"max_retries must be an integer >= -1 (-1: retry forever), got {r!r}")
@@ -80,7 +99,7 @@ class RemoteFunction:
         resources = {"CPU": opts.get("num_cpus", 1), "GPU": opts.get("num_gpus", 0),
                      **(opts.get("resources") or {})}
         self._resources = {k: float(v) for k, v in resources.items() if v}
-        self._num_returns = opts.get("num_returns", 1)
+        self._num_returns, self._generator = generator_kind(fn, opts.get("num_returns"))
         retries = opts.get("max_retries", CONFIG.default_max_retries)
         self._max_retries = 10 ** 9 if retries == -1 else retries
         self._name = opts.get("name") or getattr(fn, "__qualname__", repr(fn))
@@ -110,9 +129,13 @@ class RemoteFunction:
     def remote(self, *args, **kwargs):
         from nbray import api
         fn_id, blob = self._pickled()
-        refs = api._client().submit(fn_id, blob, self._name, args, kwargs, self._num_returns,
-                                    self._resources, self._max_retries, self._retry_on,
-                                    self._node, self._limit)
+        client = api._client()
+        refs = client.submit(fn_id, blob, self._name, args, kwargs, self._num_returns,
+                             self._resources, self._max_retries, self._retry_on, self._node,
+                             self._limit, self._generator)
+        if self._generator == P.STREAMING:
+            from nbray.generators import ObjectRefGenerator
+            return ObjectRefGenerator(refs[0], client)
         return refs[0] if self._num_returns == 1 else refs
 
     def bind(self, *args, **kwargs):

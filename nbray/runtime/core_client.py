@@ -49,6 +49,7 @@ from nbray.runtime.actor_client import Actor, ActorCalls, cancelled_value
 from nbray.runtime import admission
 from nbray.runtime.events import EventBuffer
 from nbray.runtime.lineage import Lineage
+from nbray.runtime.streams import Streams
 from nbray.runtime.transport import Endpoint, guarded
 
 _CURRENT = None
@@ -169,6 +170,7 @@ class CoreClient:
         self.leases: dict[bytes, Lease] = {}
         self.actors = ActorCalls(self)
         self.lineage = Lineage(self)
+        self.streams = Streams(self)
         self.events = EventBuffer()
         self.printer = output.Printer()
         self.setup_results: dict[int, list] = {}
@@ -350,9 +352,11 @@ class CoreClient:
 
     def submit(self, fn_id: bytes, fn_blob: bytes, name: str, args: tuple, kwargs: dict,
                num_returns: int, resources: dict, max_retries: int,
-               retry_on=None, node: bytes = b"", limit=None) -> list[ObjectRef]:
+               retry_on=None, node: bytes = b"", limit=None,
+               generator: int = P.NOT_GENERATOR) -> list[ObjectRef]:
         """Submit a task; ``node``: run it there if that node can take it (soft affinity);
-        ``limit``: its admission limit (None: the process's own, if it set one)."""
+        ``limit``: its admission limit (None: the process's own, if it set one);
+        ``generator``: it yields its items (``streams.py``; ``num_returns`` is then 1)."""
         admitted, (task_id, blob, top, arg_ids, pinned, args_id) = self._admit_and_pack(
             limit, name, args, kwargs)
         key = tuple(sorted(resources.items()))
@@ -362,7 +366,9 @@ class CoreClient:
         with self.lock:
             rids = tuple(self.return_id(task_id, i) for i in range(num_returns))
             spec = P.TaskSpec(task_id, fn_id, name, blob, (), num_returns, rids, P.TASK, b"",
-                              origin)
+                              origin, generator)
+            if generator:
+                self.streams.open(task_id, generator)
             task = Task(spec, fn_blob, key, arg_ids, pinned, max_retries, retry_on=retry_on,
                         parent=parent, t_submit=time.time(), admitted=admitted)
             for rid in rids:
@@ -431,7 +437,7 @@ class CoreClient:
 
     def call_actor(self, actor_id: bytes, owner: str, class_name: str, retries: int,
                    method: str, args: tuple, kwargs: dict, num_returns: int,
-                   limit=None) -> list:
+                   limit=None, generator: int = P.NOT_GENERATOR) -> list:
         """Call a method of an actor; returns the refs of its results. ``limit``: the
         handle's bound on this process's unfinished calls to the actor."""
         name = f"{class_name}.{method}"
@@ -442,7 +448,9 @@ class CoreClient:
             actor = self.actors.known(actor_id, owner, class_name, retries)
             rids = tuple(self.return_id(task_id, i) for i in range(num_returns))
             spec = P.TaskSpec(task_id, method, name, blob, (), num_returns, rids,
-                              P.ACTOR_CALL, actor_id, origin)
+                              P.ACTOR_CALL, actor_id, origin, generator)
+            if generator:
+                self.streams.open(task_id, generator)
             task = Task(spec, b"", ("actor",), arg_ids, pinned, actor.max_task_retries,
                         parent=parent, t_submit=time.time(), admitted=admitted)
             task.actor = actor
@@ -815,6 +823,8 @@ class CoreClient:
     def _finish(self, task: Task, values) -> None:
         """The task is over: store its return values, wake who waits, unpin its arguments."""
         self.tasks.pop(task.spec.task_id, None)
+        if task.spec.generator:
+            values = self.streams.finished(task, values)
         if task.admitted is not None:
             self.admission.give_back(task.admitted)
             task.admitted = None
@@ -831,7 +841,7 @@ class CoreClient:
                 continue
             obj.producing = False
             self._set_value(rid, obj, value)
-        if ok and task.actor is None and CONFIG.lineage:
+        if ok and task.actor is None and CONFIG.lineage and not task.spec.generator:
             self.lineage.record(task)       # before its arguments are unpinned
         for oid in task.pinned:
             obj = self.objects.get(oid)
@@ -1055,6 +1065,7 @@ class CoreClient:
 
     _HANDLERS = {
         P.TaskResults: _on_task_results,
+        P.StreamItem: lambda self, peer, msg: self.streams.item(msg),
         P.LeaseGranted: _on_lease_granted,
         P.LeaseRejected: _on_lease_rejected,
         P.LeaseSpilled: _on_lease_spilled,
@@ -1125,6 +1136,8 @@ class CoreClient:
                 self.lock.release()
 
     def _drain_released(self) -> None:
+        if self.streams.dropped:
+            self.streams.drain_dropped()
         released = self.released
         objects = self.objects
         while released:
@@ -1300,6 +1313,31 @@ class CoreClient:
             err.path = loc.path
             raise err from None
         return value._replace(payload=loc._replace(node_id=self.node_id, path=path))
+
+    # ---- streams of items (generator tasks: streams.py) ------------------------------------
+    def next_item(self, ref: ObjectRef, index: int, timeout: float | None):
+        """The ref of item ``index`` of the generator task ``ref`` is the result of, once it
+        is there; None when the task ended before it; GetTimeoutError after ``timeout``."""
+        self._check_not_held()
+        task_id = ref._id[:16]
+        deadline = None if timeout is None else time.monotonic() + timeout
+        got = self.wait_for(lambda: self.streams.poll(task_id, index), deadline,
+                            lend_cpu=True)
+        if got is None:
+            raise GetTimeoutError(f"item {index} of the stream was not ready within "
+                                  f"{timeout}s")
+        if got[0] == "end":
+            return None
+        with self.lock:
+            return self.streams.take(task_id, index, got[1])
+
+    def poll_item(self, ref: ObjectRef, index: int):
+        with self.lock:
+            return self.streams.poll(ref._id[:16], index)
+
+    def watch_stream(self, ref: ObjectRef, index: int, callback) -> None:
+        with self.lock:
+            self.streams.watch(ref._id[:16], index, callback)
 
     def wait(self, refs: list, num_returns: int, timeout: float | None) -> tuple[list, list]:
         self._check_not_held()

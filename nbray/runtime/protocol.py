@@ -14,7 +14,7 @@ Who sends what:
                                          WorkerDied, NodeInfo, LeaseSpilled, LeasePending,
                                          LeaseBusy
     client -> leased worker              PushTasks, CancelTasks, ActorInfoRequest
-    worker -> client                     TaskResults, Reply
+    worker -> client                     TaskResults, StreamItem, Reply
     worker -> driver                     TaskOutput, SetupDone
     driver -> node -> nodes, workers     SetupWorkers
     caller -> actor owner                SubscribeActor, KillActor
@@ -35,7 +35,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
 
 # How an object's value travels (first field of a ``Value``).
 INLINE = 0      # payload: pickle bytes (protocol 5, in-band)
@@ -96,6 +96,23 @@ class TaskSpec(NamedTuple):
     actor_id: bytes = b""
     #: (driver address, scope) where what the task prints goes (see ``output.py``)
     origin: tuple = ()
+    #: NOT_GENERATOR, or how a function that yields returns its items (STREAMING, DYNAMIC)
+    generator: int = 0
+
+
+# A task that yields (``TaskSpec.generator``): each item is an object of its own, sent to the
+# owner as it is yielded (``StreamItem``); the task's own return value is the item count.
+NOT_GENERATOR = 0
+STREAMING = 1       # the caller iterates the items while the task runs (ObjectRefGenerator)
+DYNAMIC = 2         # the task's one ref resolves, at its end, to a generator of the items' refs
+
+
+class StreamItem(NamedTuple):
+    """Worker -> owner: item ``index`` (from 1) that the generator task ``task_id`` yielded;
+    its object id is ``return_id(task_id, index)``."""
+    task_id: bytes
+    index: int
+    value: Value
 
 
 class TaskOutput(NamedTuple):

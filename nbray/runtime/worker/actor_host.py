@@ -26,7 +26,8 @@ class ActorHost:
         self.error = error                  # the Value every call fails with (__init__ raised)
         cls = type(instance)
         self.is_async = error is None and any(
-            inspect.iscoroutinefunction(getattr(cls, n, None)) for n in dir(cls))
+            inspect.iscoroutinefunction(getattr(cls, n, None)) or
+            inspect.isasyncgenfunction(getattr(cls, n, None)) for n in dir(cls))
         self.max_concurrency = max_concurrency or (
             DEFAULT_ASYNC_CONCURRENCY if self.is_async else 1)
         self.concurrent = error is None and (self.is_async or self.max_concurrency > 1)
@@ -41,10 +42,11 @@ class ActorHost:
         self._sem = None
 
     # ---- concurrent calls -------------------------------------------------------------------
-    def start(self, prepare, complete) -> None:
+    def start(self, prepare, complete, send_item) -> None:
         """``prepare(spec) -> (fn, args, kwargs)`` and ``complete(owner, spec, result, exc)``
-        are the executor's halves of running a call."""
-        self.prepare, self.complete = prepare, complete
+        are the executor's halves of running a call; ``send_item(owner, spec, index, item)``
+        sends an item of a method that yields."""
+        self.prepare, self.complete, self.send_item = prepare, complete, send_item
         if self.is_async:
             self.loop = asyncio.new_event_loop()
             threading.Thread(target=self.loop.run_forever, name="nbray-actor-loop",
@@ -68,6 +70,11 @@ class ActorHost:
             try:
                 fn, args, kwargs = self.prepare(spec)
                 result = fn(*args, **kwargs)
+                if spec.generator:
+                    n = 0
+                    for n, item in enumerate(iterate_items(spec, result), 1):
+                        self.send_item(owner, spec, n, item)
+                    result = n
             except BaseException as exc:        # noqa: B902 - it goes back to the caller
                 self.complete(owner, spec, None, exc)
                 return
@@ -84,7 +91,18 @@ class ActorHost:
                 try:
                     fn, args, kwargs = self.prepare(spec)
                     result = fn(*args, **kwargs)
-                    if inspect.isawaitable(result):
+                    if spec.generator and inspect.isasyncgen(result):
+                        n = 0
+                        async for item in result:
+                            n += 1
+                            self.send_item(owner, spec, n, item)
+                        result = n
+                    elif spec.generator:
+                        n = 0
+                        for n, item in enumerate(iterate_items(spec, result), 1):
+                            self.send_item(owner, spec, n, item)
+                        result = n
+                    elif inspect.isawaitable(result):
                         result = await result
                 except BaseException as exc:    # noqa: B902 - it goes back to the caller
                     self.complete(owner, spec, None, exc)
@@ -127,6 +145,32 @@ class ActorHost:
             except Exception as e:      # the user's hook must not break the state API
                 out["state_error"] = f"{type(e).__name__}: {e}"
         return out
+
+
+def iterate_items(spec, items):
+    """The items of a call (or task) that yields: ``num_returns='streaming'``/``'dynamic'``.
+    An async generator outside an async actor runs on an event loop of its own."""
+    if inspect.isasyncgen(items):
+        return _drive(items)
+    try:
+        return iter(items)
+    except TypeError:
+        raise TypeError(f"{spec.name} has num_returns='streaming' or 'dynamic', so it must "
+                        f"yield (or return an iterable), but it returned "
+                        f"{type(items).__name__}") from None
+
+
+def _drive(agen):
+    loop = asyncio.new_event_loop()
+    try:
+        while True:
+            try:
+                yield loop.run_until_complete(agen.__anext__())
+            except StopAsyncIteration:
+                return
+    finally:
+        loop.run_until_complete(agen.aclose())
+        loop.close()
 
 
 async def _semaphore(n: int) -> asyncio.Semaphore:

@@ -25,7 +25,7 @@ from nbray.errors import TaskCancelledError
 from nbray.runtime import output, protocol as P, serialization
 from nbray.config import CONFIG
 from nbray.runtime.actor_client import RESTORE, TERMINATE
-from nbray.runtime.worker.actor_host import ActorHost
+from nbray.runtime.worker.actor_host import ActorHost, iterate_items
 
 _BATCH = 64
 _FLUSH_AFTER_S = 0.001
@@ -156,6 +156,8 @@ class Executor:
                 if client.poke_pending or client.cancel_requested:
                     client.take_poke()      # a cancel was announced while we got ready
                 result = fn(*args, **kwargs)
+                if spec.generator:
+                    result = self.stream(owner, spec, result)
             finally:
                 client.in_user_code = False
             del args, kwargs
@@ -231,6 +233,30 @@ class Executor:
         if fn is None:
             fn = self.functions[fn_id] = serialization.loads_function(self.blobs.pop(fn_id))
         return fn
+
+    def stream(self, owner: str, spec: P.TaskSpec, items) -> int:
+        """A generator task: send each item to the owner as it is yielded (what the task
+        printed first); the task's own result is how many there were."""
+        n = 0
+        for item in iterate_items(spec, items):
+            n += 1
+            self.send_item(owner, spec, n, item)
+        return n
+
+    def send_item(self, owner: str, spec: P.TaskSpec, index: int, item) -> None:
+        """One item of a generator task, now (any thread)."""
+        client = self.client
+        rid = client.return_id(spec.task_id, index)
+        encoded = client.encode(rid, item)
+        if encoded.contained:
+            client.register_contained(rid, encoded.contained)
+        self.output.end_task()
+        with client.lock:
+            client.send_results(owner, P.StreamItem(spec.task_id, index, encoded))
+        if not client.threaded:
+            client.pump(0)          # a cancel of this task, say
+            if client.cancel_requested:
+                raise TaskCancelledError(f"task {spec.name} was cancelled while it yielded")
 
     def _encode(self, spec: P.TaskSpec, result) -> tuple:
         client = self.client
@@ -319,7 +345,7 @@ class Executor:
         """Calls of an async or threaded actor: the client turns threaded (an I/O thread owns
         the sockets) and this thread hands each call to the actor's loop or thread pool."""
         client, host = self.client, self.host
-        host.start(self.prepare, self.complete)
+        host.start(self.prepare, self.complete, self.send_item)
         with client.lock:
             self._wake = threading.Condition(client.lock)
         self.flush()
