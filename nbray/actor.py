@@ -14,9 +14,9 @@ import inspect
 from nbray.errors import ClusterError, SerializationError
 from nbray.object_ref import ObjectRef
 from nbray.remote_function import GENERATOR_KINDS, check_num_returns, check_resources
-from nbray.runtime import protocol as P, serialization
+from nbray.runtime import bundles, protocol as P, serialization
 
-_ACTOR_OPTIONS = {"num_cpus", "num_gpus", "resources", "max_restarts", "max_task_retries",
+_ACTOR_OPTIONS = {"num_cpus", "num_gpus", "memory", "resources", "max_restarts", "max_task_retries",
                   "max_concurrency", "name", "namespace", "get_if_exists", "lifetime",
                   "scheduling_strategy", "max_pending_calls", "on_overload",
                   "overload_timeout"}
@@ -48,15 +48,14 @@ def _validate(options: dict) -> dict:
         v = options.get(key)
         if v is not None and (not isinstance(v, str) or (key == "name" and not v)):
             raise TypeError(f"{key} must be a non-empty string, got {v!r}")
-    from nbray.util.scheduling_strategies import node_of
-    node_of(options.get("scheduling_strategy"))
+    from nbray.util.scheduling_strategies import resolve
+    resolve(options.get("scheduling_strategy"))
     from nbray.runtime import admission
     admission.check(options.get("max_pending_calls"), options.get("on_overload"),
                     options.get("overload_timeout"), name="max_pending_calls")
-    if options.get("lifetime") not in (None, "non_detached"):
-        raise NotImplementedError(
-            f"lifetime={options['lifetime']!r} is not supported by nbray: an actor lives as "
-            f"long as its handles and its owner (lifetime='non_detached')")
+    if options.get("lifetime") not in (None, "non_detached", "detached"):
+        raise ValueError(f"lifetime must be None, 'non_detached' or 'detached', got "
+                         f"{options['lifetime']!r}")
     if options.get("get_if_exists") and not options.get("name"):
         raise ValueError("get_if_exists=True needs a name")
     return options
@@ -105,18 +104,30 @@ class ActorClass:
         opts = self._options
         name, namespace = opts.get("name") or "", opts.get("namespace") or ""
         client = api._client()
+        if opts.get("lifetime") == "detached":
+            return self._create_detached(client, name, namespace, args, kwargs)
         if name and opts.get("get_if_exists"):
             found = api._lookup_actor(client, name, namespace)
             if found is not None:
                 return found
-        from nbray.util.scheduling_strategies import node_of
+        from nbray.util.scheduling_strategies import resolve
         cls_id, blob = self._pickled()
         resources = {"CPU": opts.get("num_cpus"), "GPU": opts.get("num_gpus", 0),
-                     **(opts.get("resources") or {})}
+                     "memory": opts.get("memory", 0), **(opts.get("resources") or {})}
         hold = {k: float(v) for k, v in resources.items() if v}
         placement = dict(hold)
         if opts.get("num_cpus") is None:     # as in Ray: 1 CPU to place it, none held after
             placement["CPU"] = 1.0
+        where = resolve(opts.get("scheduling_strategy"))
+        group = where.group
+        if group is None and opts.get("scheduling_strategy") is None and client.capture_pg:
+            group, where = client.capture_pg, where._replace(capture=True)
+        if where.extra:
+            placement = {**placement, **where.extra}
+        if group is not None:
+            placement = bundles.task_resources(placement, *group)
+            hold = bundles.task_resources(hold, *group)
+        node = client.spread_node() if where.spread else where.node
         methods = _methods(self._cls)
         retries = opts.get("max_task_retries", 0)
         retries = 10 ** 9 if retries == -1 else retries
@@ -125,7 +136,7 @@ class ActorClass:
                 cls_id, blob, self._name, args, kwargs, placement=placement, hold=hold,
                 max_restarts=opts.get("max_restarts", 0), max_task_retries=retries,
                 name=name, namespace=namespace, meta={"methods": methods},
-                node=node_of(opts.get("scheduling_strategy")))
+                node=node, placement_group=group if where.capture else ())
         except ClusterError as e:
             if "already exists" in str(e):
                 raise ValueError(str(e)) from None
@@ -134,6 +145,35 @@ class ActorClass:
         bound = None if bound in (None, -1) else (bound, opts.get("on_overload") or "block",
                                                   opts.get("overload_timeout"))
         return ActorHandle(actor_id, client.address, self._name, methods, retries, ref, bound)
+
+    def _create_detached(self, client, name: str, namespace: str, args, kwargs):
+        """A detached actor is owned by the keeper of this process's node (a worker that is
+        never leased), not by this process: it lives on when this process is gone, until
+        ``nbray.kill``; a new driver finds it by name."""
+        from nbray import api
+        if name and self._options.get("get_if_exists"):
+            found = api._lookup_actor(client, name, namespace)
+            if found is not None:
+                return found
+        owned_by_keeper = ActorClass(self._cls, {**self._options, "lifetime": None,
+                                                 "namespace": namespace}, self._shared)
+        try:
+            blob = serialization.dumps_function((owned_by_keeper, args, kwargs))
+        except Exception as e:
+            raise SerializationError(f"detached actor {self._name}: its class or arguments "
+                                     f"cannot be serialized: {e}") from e
+        keeper = client.request(client.node_address, lambda r: P.KeeperAddress(r), 30.0)
+        try:
+            return client.request(keeper, lambda r: P.CreateDetached(r, client.address, blob),
+                                  30.0)
+        except ClusterError as e:
+            if "already exists" in str(e):
+                raise ValueError(str(e).split(": ", 1)[-1]) from None
+            raise
+
+    @property
+    def __name__(self) -> str:
+        return self._cls.__name__
 
     def bind(self, *args, **kwargs):
         """A lazy actor for the DAG API (``nbray.dag``), made when the graph is executed."""

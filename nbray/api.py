@@ -149,7 +149,8 @@ def init(address: str | None = None, *, num_workers: int | None = None,
             # this driver's own bound, or the cluster's with this driver's policy
             client.default_limit = core_client.process_limit(
                 max_pending, on_overload, overload_timeout, "this driver")
-        res = dict(client.node_resources)
+        from nbray.runtime import bundles
+        res = bundles.visible(client.node_resources)
         _driver.context = ClusterContext(record.session, record.tcp_address or record.head_address,
                                          record.node_address, int(res.get("CPU", 0)), res,
                                          embedded)

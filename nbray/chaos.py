@@ -17,8 +17,6 @@ import random
 import threading
 import time
 
-from nbray.runtime import protocol as P
-
 
 def _client():
     from nbray import api

@@ -248,9 +248,16 @@ def _num(v) -> str:
 
 def _fmt_res(total: dict, available: dict | None = None) -> str:
     names = sorted(total, key=lambda k: (k not in ("CPU", "GPU"), k))
+
+    def amount(k, v):           # memory is logical bytes: in GB
+        return f"{v / 2**30:.1f}" if k == "memory" else _num(v)
+
+    def unit(k):
+        return " GB" if k == "memory" else ""
     if available is None:
-        return ", ".join(f"{k} {_num(total[k])}" for k in names)
-    return ", ".join(f"{k} {_num(available.get(k, 0))}/{_num(total[k])}" for k in names)
+        return ", ".join(f"{k} {amount(k, total[k])}{unit(k)}" for k in names)
+    return ", ".join(f"{k} {amount(k, available.get(k, 0))}/{amount(k, total[k])}{unit(k)}"
+                     for k in names)
 
 
 def _table(header: list[str], rows: list[list[str]], indent: str = "  ") -> str:

@@ -7,16 +7,17 @@ import inspect
 
 from nbray.config import CONFIG
 from nbray.errors import SerializationError
-from nbray.runtime import protocol as P, serialization
+from nbray.runtime import bundles, protocol as P, serialization
 
-_TASK_OPTIONS = {"num_cpus", "num_gpus", "resources", "num_returns", "max_retries", "name",
+_TASK_OPTIONS = {"num_cpus", "num_gpus", "memory", "resources", "num_returns", "max_retries",
+                 "name",
                  "retry_exceptions", "scheduling_strategy", "max_pending", "on_overload",
                  "overload_timeout"}
 
 
 def check_resources(options: dict) -> None:
     """``num_cpus``, ``num_gpus`` and ``resources`` of a task's or an actor's options."""
-    for name in ("num_cpus", "num_gpus"):
+    for name in ("num_cpus", "num_gpus", "memory"):
         v = options.get(name)
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0):
             raise ValueError(f"{name} must be a non-negative number, got {v!r}")
@@ -25,8 +26,8 @@ def check_resources(options: dict) -> None:
         if not isinstance(res, dict):
             raise TypeError(f"resources must be a dict of name -> amount, got {res!r}")
         for k, v in res.items():
-            if k in ("CPU", "GPU"):
-                raise ValueError(f"use num_cpus/num_gpus, not resources={{{k!r}: ...}}")
+            if k in ("CPU", "GPU", "memory"):
+                raise ValueError(f"use num_cpus/num_gpus/memory, not resources={{{k!r}: ...}}")
             if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
                 raise ValueError(f"resource {k!r} must be a non-negative number, got {v!r}")
 
@@ -68,8 +69,8 @@ def _validate(options: dict) -> dict:
             all(isinstance(t, type) and issubclass(t, BaseException) for t in e)):
         raise TypeError(f"retry_exceptions must be True, False or a list of exception types, "
                         f"got {e!r}")
-    from nbray.util.scheduling_strategies import node_of
-    node_of(options.get("scheduling_strategy"))
+    from nbray.util.scheduling_strategies import resolve
+    resolve(options.get("scheduling_strategy"))
     from nbray.runtime import admission
     admission.check(options.get("max_pending"), options.get("on_overload"),
                     options.get("overload_timeout"))
@@ -97,7 +98,7 @@ class RemoteFunction:
         functools.update_wrapper(self, fn)
         opts = self._options
         resources = {"CPU": opts.get("num_cpus", 1), "GPU": opts.get("num_gpus", 0),
-                     **(opts.get("resources") or {})}
+                     "memory": opts.get("memory", 0), **(opts.get("resources") or {})}
         self._resources = {k: float(v) for k, v in resources.items() if v}
         self._num_returns, self._generator = generator_kind(fn, opts.get("num_returns"))
         retries = opts.get("max_retries", CONFIG.default_max_retries)
@@ -105,8 +106,19 @@ class RemoteFunction:
         self._name = opts.get("name") or getattr(fn, "__qualname__", repr(fn))
         on = opts.get("retry_exceptions")
         self._retry_on = None if not on else (True if on is True else tuple(on))
-        from nbray.util.scheduling_strategies import node_of
-        self._node = node_of(opts.get("scheduling_strategy"))
+        from nbray.util.scheduling_strategies import resolve
+        where = resolve(opts.get("scheduling_strategy"))
+        self._node, self._spread = where.node, where.spread
+        self._base_resources = self._resources
+        self._placement = ()            # the bundle its tasks' children run in, if captured
+        if where.extra:
+            self._resources = {**self._resources, **where.extra}
+        if where.group is not None:
+            self._resources = bundles.task_resources(self._resources, *where.group)
+            if where.capture:
+                self._placement = where.group
+        #: with no strategy of its own, a task run in a group that captures runs in it too
+        self._inherit = opts.get("scheduling_strategy") is None
         self._limit = _limit(opts, ("fn", self._name), f"remote function {self._name}")
 
     def __call__(self, *args, **kwargs):
@@ -130,9 +142,15 @@ class RemoteFunction:
         from nbray import api
         fn_id, blob = self._pickled()
         client = api._client()
+        resources, node, placement = self._resources, self._node, self._placement
+        if self._inherit and client.capture_pg:
+            placement = client.capture_pg
+            resources = bundles.task_resources(self._base_resources, *placement)
+        elif self._spread:
+            node = client.spread_node()
         refs = client.submit(fn_id, blob, self._name, args, kwargs, self._num_returns,
-                             self._resources, self._max_retries, self._retry_on, self._node,
-                             self._limit, self._generator)
+                             resources, self._max_retries, self._retry_on, node,
+                             self._limit, self._generator, placement)
         if self._generator == P.STREAMING:
             from nbray.generators import ObjectRefGenerator
             return ObjectRefGenerator(refs[0], client)

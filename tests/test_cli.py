@@ -130,14 +130,15 @@ def test_start_head_prints_address_and_key_file_and_drivers_join(cli):
 
     ctx = nbray.init(address=address)
     assert not ctx.embedded and ctx.session == head["session"]
-    assert ctx.resources == {"CPU": 2.0, "sim": 2.0}
+    assert {k: v for k, v in ctx.resources.items() if k != "memory"} == {"CPU": 2.0, "sim": 2.0}
     assert nbray.get([add.remote(i, i) for i in range(50)]) == [2 * i for i in range(50)]
     assert nbray.get(add.options(resources={"sim": 1}).remote(1, 2)) == 3
     nbray.shutdown()
     assert all(pid_alive(p) for p in head["pids"])      # leaving does not stop the cluster
 
     # the driver said goodbye: its leases are back (the next heartbeat shows it)
-    status = wait_until(lambda: (lambda s: s if "CPU 2/2, sim 2/2" in s else None)(
+    status = wait_until(lambda: (lambda s: s if "CPU 2/2, memory " in s and "GB, sim 2/2" in s
+                                 else None)(
         cli("status").stdout), 10, "the driver's leases to be returned")
     assert f"Cluster {head['session']}  address {address}" in status
     assert "1 node" in status
@@ -204,7 +205,8 @@ def test_node_joins_over_tcp_and_runs_its_drivers_tasks(cli):
     assert status.count(f"Cluster {head['session']}") == 1      # one cluster, two nodes
     assert "2 nodes" in status
     assert f"node {node['name']} (joined)" in status
-    assert "CPU 2/2, GPU 1/1, sim 4/4" in status and "CPU 1/1" in status
+    assert "CPU 2/2, GPU 1/1, memory " in status and "GB, sim 4/4" in status and \
+        "CPU 1/1" in status
 
     # a driver on the joined node runs its tasks on that node's workers first (a burst may
     # spill to the head's node too: the cluster has 3 CPUs)

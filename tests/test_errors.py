@@ -423,3 +423,21 @@ def test_object_ref_rebuilt_from_its_id_names_the_same_object(module_cluster):
         nbray.ObjectRef(b"short")
     with pytest.raises(ValueError, match="20 bytes"):
         nbray.ObjectRef(hex_id)
+
+
+class NeedsTwo(Exception):
+    def __init__(self, item, n):
+        super().__init__(f"{n} {item} short")      # its args do not fit its __init__
+
+
+@nbray.remote
+def raises_needs_two():
+    raise NeedsTwo("bolts", 3)
+
+
+def test_an_exception_that_cannot_be_unpickled_still_names_the_task(module_cluster):
+    with pytest.raises(nbray.RemoteError) as info:
+        nbray.get(raises_needs_two.remote())
+    err = info.value
+    assert err.task_name.endswith("raises_needs_two") and "NeedsTwo: 3 bolts short" in str(err)
+    assert "raise NeedsTwo" in err.traceback_text

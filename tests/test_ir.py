@@ -154,14 +154,18 @@ def test_a_group_is_dispatched_when_it_ends(module_cluster):
 
 
 def test_scheduling_strategy_options_are_checked(module_cluster):
-    with pytest.raises(NotImplementedError, match="soft"):
-        NodeAffinitySchedulingStrategy(module_cluster.client.node_id.hex(), soft=False)
+    with pytest.raises(TypeError, match="soft"):
+        NodeAffinitySchedulingStrategy(module_cluster.client.node_id.hex(), soft="no")
     with pytest.raises(ValueError, match="hex"):
         NodeAffinitySchedulingStrategy("not hex")
     with pytest.raises(ValueError, match="scheduling_strategy"):
-        nbray.remote(numbered).options(scheduling_strategy="SPREAD")
-    here = NodeAffinitySchedulingStrategy(module_cluster.client.node_id.hex())
-    assert nbray.get(nbray.remote(numbered).options(scheduling_strategy=here).remote(3)) == 3
+        nbray.remote(numbered).options(scheduling_strategy="NEAREST")
+    f = nbray.remote(numbered)
+    for soft in (True, False):
+        here = NodeAffinitySchedulingStrategy(module_cluster.client.node_id.hex(), soft=soft)
+        assert nbray.get(f.options(scheduling_strategy=here).remote(3)) == 3
+    assert nbray.get(f.options(scheduling_strategy="SPREAD").remote(4)) == 4
+    assert "node:" not in "".join(nbray.cluster_resources())     # a node's own: not shown
 
 
 def test_the_plan(module_cluster):

@@ -53,9 +53,14 @@ def gpus(no_cluster):
 
 
 def test_resources_and_nodes(gpus):
-    assert nbray.cluster_resources() == {"CPU": 4.0, "GPU": 2.0, "sim": 3.0}
+    total = nbray.cluster_resources()
+    memory = total.pop("memory")        # logical bytes, 70% of the machine's, as in Ray
+    assert total == {"CPU": 4.0, "GPU": 2.0, "sim": 3.0}
+    import psutil
+    assert memory == float(int(psutil.virtual_memory().total * 0.7))
     (node,) = nbray.nodes()
-    assert node["Alive"] and node["Resources"] == {"CPU": 4.0, "GPU": 2.0, "sim": 3.0}
+    assert node["Alive"] and node["Resources"] == {"CPU": 4.0, "GPU": 2.0, "sim": 3.0,
+                                                   "memory": memory}
     assert node["NodeID"] == nbray.get_runtime_context().get_node_id()
 
     @nbray.remote(num_gpus=1)
@@ -102,3 +107,19 @@ def test_bad_num_gpus(no_cluster):
     with pytest.raises(ValueError, match="not both"):
         nbray.init(num_gpus=1, resources={"GPU": 1})
     assert not nbray.is_initialized()
+
+
+@nbray.remote
+def small():
+    return "ran"
+
+
+def test_memory_is_a_resource(gpus):
+    memory = nbray.cluster_resources()["memory"]
+    assert nbray.get(small.options(memory=memory / 2).remote(), timeout=30) == "ran"
+    with pytest.raises(ValueError, match="memory"):
+        small.options(memory=-1)
+    with pytest.raises(ValueError, match="memory"):
+        small.options(resources={"memory": 1})
+    with pytest.raises(Exception, match="memory"):      # more than the node has: refused
+        nbray.get(small.options(memory=memory * 2).remote(), timeout=30)

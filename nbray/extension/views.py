@@ -187,8 +187,12 @@ def _bytes(n) -> str:
 
 
 def _amounts(free: dict, total: dict) -> str:
-    keys = sorted(total)
-    return ", ".join(f"{k} {free.get(k, 0):g}/{total[k]:g}" for k in keys) or "-"
+    """``CPU 1/2, memory 11.2/16.5 GB``: what is free of what there is."""
+    def one(k):
+        if k == "memory":           # logical bytes
+            return f"memory {free.get(k, 0) / 2**30:.1f}/{total[k] / 2**30:.1f} GB"
+        return f"{k} {free.get(k, 0):g}/{total[k]:g}"
+    return ", ".join(one(k) for k in sorted(total)) or "-"
 
 
 def _age(seconds: float) -> str:

@@ -32,6 +32,7 @@ import time
 import ipywidgets as W
 
 import nbray
+from nbray.extension import views
 
 MAX_HZ = 5.0
 
@@ -125,7 +126,7 @@ class ClusterPanel(Panel):
             out.append([n["node_id"][:8], n.get("host", ""), n.get("state", ""),
                         f"{n.get('workers_idle', '?')} / {n.get('workers_leased', '?')} / "
                         f"{n.get('workers_blocked', '?')}",
-                        ", ".join(f"{k} {free.get(k, 0):g}/{v:g}" for k, v in sorted(total.items())),
+                        views._amounts(free, total),
                         n.get("lease_queue", 0)])
         mem = psutil.virtual_memory()
         self.title = (f"nodes (this machine: CPU {psutil.cpu_percent(None):.0f}%, memory "

@@ -353,7 +353,7 @@ class CoreClient:
     def submit(self, fn_id: bytes, fn_blob: bytes, name: str, args: tuple, kwargs: dict,
                num_returns: int, resources: dict, max_retries: int,
                retry_on=None, node: bytes = b"", limit=None,
-               generator: int = P.NOT_GENERATOR) -> list[ObjectRef]:
+               generator: int = P.NOT_GENERATOR, placement: tuple = ()) -> list[ObjectRef]:
         """Submit a task; ``node``: run it there if that node can take it (soft affinity);
         ``limit``: its admission limit (None: the process's own, if it set one);
         ``generator``: it yields its items (``streams.py``; ``num_returns`` is then 1)."""
@@ -366,7 +366,7 @@ class CoreClient:
         with self.lock:
             rids = tuple(self.return_id(task_id, i) for i in range(num_returns))
             spec = P.TaskSpec(task_id, fn_id, name, blob, (), num_returns, rids, P.TASK, b"",
-                              origin, generator)
+                              origin, generator, placement)
             if generator:
                 self.streams.open(task_id, generator)
             task = Task(spec, fn_blob, key, arg_ids, pinned, max_retries, retry_on=retry_on,
@@ -406,7 +406,7 @@ class CoreClient:
     def create_actor(self, cls_id: bytes, cls_blob: bytes, class_name: str, args: tuple,
                      kwargs: dict, *, placement: dict, hold: dict, max_restarts: int,
                      max_task_retries: int, name: str, namespace: str, meta: dict,
-                     node: bytes = b""):
+                     node: bytes = b"", placement_group: tuple = ()):
         """Create an actor we own; returns (actor id, the ref that stands for its handles).
         A name is registered with the head first: a taken name raises ClusterError."""
         task_name = f"{class_name}.__init__"
@@ -423,7 +423,7 @@ class CoreClient:
         origin, _ = self._origin()
         with self.lock:
             spec = P.TaskSpec(task_id, cls_id, task_name, blob, (), 1, (rid,),
-                              P.ACTOR_CREATE, task_id, origin)
+                              P.ACTOR_CREATE, task_id, origin, placement=placement_group)
             task = Task(spec, cls_blob, ("actor",), arg_ids, pinned, 0)
             self._keep_args(task, args_id)
             actor = Actor(task_id, self.address, True, class_name, max_task_retries,
@@ -1085,6 +1085,7 @@ class CoreClient:
         P.CancelTasks: _on_push,
         P.ActorInfoRequest: _on_push,
         P.SetupWorkers: _on_push,
+        P.CreateDetached: _on_push,
         P.SetupDone: _on_setup_done,
         P.SubscribeActor: _on_subscribe_actor,
         P.ActorState: _on_actor_state,
@@ -1536,6 +1537,23 @@ class CoreClient:
     on_wait = None
     #: a worker: the task its main thread runs, as output.CURRENT (for the task's threads)
     current_task = None
+    #: (placement group id hex, bundle index) the running task (or the hosted actor) captures
+    #: its child tasks into, or None
+    capture_pg = None
+    _spread_nodes: tuple = (0.0, [])     # (when read, live node ids) for "SPREAD"
+    _spread_next = 0
+
+    def spread_node(self) -> bytes:
+        """The next live node in turn, for a task with the "SPREAD" strategy."""
+        read_at, nodes = self._spread_nodes
+        if time.monotonic() - read_at > 2.0:
+            rows = self.request(self.head_address, lambda r: P.ListNodes(r))
+            nodes = sorted(bytes.fromhex(n["node_id"]) for n in rows if n.get("alive"))
+            self._spread_nodes = (time.monotonic(), nodes)
+        if not nodes:
+            return b""
+        self._spread_next += 1
+        return nodes[self._spread_next % len(nodes)]
     actor_id = b""                  # in a worker hosting an actor: its id
 
     # ---- cancel ----------------------------------------------------------------------------

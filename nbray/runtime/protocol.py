@@ -27,6 +27,12 @@ Who sends what:
     head -> node                         SpillTo, SpillPending, ClientGone, NodeDied
     node -> client                       NodeDied
     actor owner -> head                  RegisterActor -> Reply, ActorUpdate
+    client -> node                       KeeperAddress -> Reply
+    client -> keeper (a worker)          CreateDetached -> Reply
+    client -> head                       CreatePlacementGroup, RemovePlacementGroup,
+                                         ListPlacementGroups -> Reply
+    head -> node                         PrepareBundles -> BundlesPrepared, CommitBundles,
+                                         ReleaseBundles
     client -> head                       ReportEvents
     anyone -> head                       ClusterInfoRequest -> ClusterInfo; LookupActor,
                                          ListActors, ListNodes, ListEvents -> Reply; Shutdown
@@ -98,6 +104,8 @@ class TaskSpec(NamedTuple):
     origin: tuple = ()
     #: NOT_GENERATOR, or how a function that yields returns its items (STREAMING, DYNAMIC)
     generator: int = 0
+    #: (placement group id hex, bundle index) its own tasks run in (it captures them), or ()
+    placement: tuple = ()
 
 
 # A task that yields (``TaskSpec.generator``): each item is an object of its own, sent to the
@@ -395,6 +403,67 @@ class LookupActor(NamedTuple):
 
 class ListActors(NamedTuple):
     request_id: int
+
+
+class KeeperAddress(NamedTuple):
+    """client -> node: the address of the node's keeper (a worker, started on first need and
+    never leased, that owns detached actors) -> Reply."""
+    request_id: int
+
+
+class CreateDetached(NamedTuple):
+    """client -> keeper: create an actor the keeper owns, so it outlives the client ->
+    Reply(request_id, its handle). ``blob``: cloudpickle of (actor class, args, kwargs)."""
+    request_id: int
+    reply_to: str
+    blob: bytes
+
+
+# ---- placement groups (head: head/placement_groups.py; node: node/bundles.py) ---------------
+class CreatePlacementGroup(NamedTuple):
+    """client -> head; Reply value: {"state", "reason"} (why it waits, if it does)."""
+    request_id: int
+    pg_id: bytes
+    bundles: list               # [{resource: amount}]
+    strategy: str               # PACK, SPREAD, STRICT_PACK, STRICT_SPREAD
+    name: str
+    owner: str                  # it is removed when this client goes, unless detached
+    detached: bool = False
+
+
+class RemovePlacementGroup(NamedTuple):
+    request_id: int
+    pg_id: bytes
+
+
+class ListPlacementGroups(NamedTuple):
+    """Reply value: the table's rows (``name``: only the group of that name)."""
+    request_id: int
+    name: str = ""
+
+
+class PrepareBundles(NamedTuple):
+    """head -> node: set aside these bundles' resources -> BundlesPrepared."""
+    pg_id: bytes
+    bundles: list               # [(bundle index, {resource: amount})]
+
+
+class BundlesPrepared(NamedTuple):
+    pg_id: bytes
+    node_id: bytes
+    ok: bool
+    reason: str = ""
+
+
+class CommitBundles(NamedTuple):
+    """head -> node: every bundle was set aside: the group's resources exist now."""
+    pg_id: bytes
+
+
+class ReleaseBundles(NamedTuple):
+    """head -> node: the group is removed (or its preparation failed): its resources go back,
+    and the workers that hold some of them are killed."""
+    pg_id: bytes
 
 
 class ReportEvents(NamedTuple):

@@ -59,14 +59,14 @@ class AsyncResult:
             self._value = chunks[0] if self._single else list(itertools.chain(*chunks))
         except BaseException as e:
             self._error = e
-        self._done.set()
-        try:                # as in the standard library, a failing callback is not ours
+        try:                # as in the standard library: first the callback, then ready
             if self._error is None and self._callback is not None:
                 self._callback(self._value)
             elif self._error is not None and self._error_callback is not None:
                 self._error_callback(self._error)
         except Exception:
-            pass
+            pass            # a failing callback is the caller's, not the result's
+        self._done.set()
 
     def ready(self) -> bool:
         return self._done.is_set()

@@ -107,7 +107,8 @@ def _reserve(node, resources: dict) -> None:
 
 
 def _describe(resources: dict) -> str:
-    return ", ".join(f"{k}={v:g}" for k, v in sorted(resources.items()) if v) or "nothing"
+    from nbray.runtime.bundles import describe
+    return describe(resources)
 
 
 def _missing(nodes: list, need: dict) -> str:

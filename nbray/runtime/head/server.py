@@ -11,7 +11,9 @@ import psutil
 from nbray.config import CONFIG
 from nbray.runtime import protocol as P
 from nbray.runtime.events import EventLog
+from nbray.runtime import bundles
 from nbray.runtime.head.global_scheduler import GlobalScheduler, Pending
+from nbray.runtime.head.placement_groups import Group, GroupTable, plan
 from nbray.runtime.head.tables import Tables
 from nbray.runtime.transport import Endpoint, guarded
 
@@ -22,6 +24,7 @@ class HeadServer:
         self.address = self.ep.address
         self.tables = Tables(session)
         self.scheduler = GlobalScheduler()
+        self.groups = GroupTable()
         self.events = EventLog(CONFIG.event_log_max, CONFIG.task_log_max)
         self.watch_pid = watch_pid
         self.stopping = False
@@ -53,12 +56,118 @@ class HeadServer:
                                   peer)
         self.ep.reply(peer, P.NodeRegistered(self.tables.session))
         self._place_pending()           # it may have what waiting requests need
+        self._place_groups()
 
     def _on_node_leaving(self, peer, msg: P.NodeLeaving) -> None:
         entry = self.tables.nodes.get(msg.node_id)
         if entry is not None and entry.peer == peer:       # only the node itself says so
             self.tables.remove_node(msg.node_id)
             self._node_died(entry, "it stopped", "node_left")
+
+    # ---- placement groups ----------------------------------------------------------------
+    def _on_create_group(self, peer, msg: P.CreatePlacementGroup) -> None:
+        group = Group(msg.pg_id, msg.name, [dict(b) for b in msg.bundles], msg.strategy,
+                      msg.owner, msg.detached)
+        error = self.groups.add(group)
+        if not error:
+            self._place_groups()
+        self.ep.reply(peer, P.Reply(msg.request_id, {"state": group.state,
+                                                     "reason": group.reason}, error))
+
+    def _place_groups(self) -> None:
+        """Plan the waiting groups on the nodes' free resources; ask the nodes to prepare."""
+        live = [n for n in self.tables.nodes.values() if n.alive and n.peer]
+        for group in self.groups.waiting():
+            if group.waiting_on:
+                continue                # its nodes are still answering
+            nodes = [(n.node_id, n.resources, n.stats.get("resources_available",
+                                                          n.resources)) for n in live]
+            chosen, group.reason = plan(group.bundles, group.strategy, nodes)
+            if chosen is None:
+                continue
+            group.nodes, group.failed = chosen, False
+            group.waiting_on = set(chosen)
+            by_id = {n.node_id: n for n in live}
+            for node_id in group.waiting_on:
+                mine = group.on(node_id)
+                self.ep.reply(by_id[node_id].peer, P.PrepareBundles(group.pg_id, mine))
+                avail = by_id[node_id].stats.get("resources_available")
+                if avail is not None:   # until its next heartbeat says how things stand
+                    for _, b in mine:
+                        bundles.add(avail, b, -1.0)
+
+    def _on_bundles_prepared(self, peer, msg: P.BundlesPrepared) -> None:
+        group = self.groups.groups.get(msg.pg_id)
+        if group is None or msg.node_id not in group.waiting_on:
+            return
+        group.waiting_on.discard(msg.node_id)
+        if not msg.ok:
+            group.failed, group.reason = True, msg.reason
+        if group.waiting_on:
+            return
+        if group.state == "removed" or group.failed:
+            self._release_group(group, committed=False)     # give back what was set aside
+            if group.state != "removed":
+                group.nodes = []        # planned again at the next try
+            return
+        group.state, group.reason = "created", ""
+        for node_id in set(group.nodes):
+            node = self.tables.nodes.get(node_id)
+            if node is not None and node.peer:
+                self.ep.reply(node.peer, P.CommitBundles(group.pg_id))
+                self._group_resources(group, node, 1.0)
+        self._place_pending()           # tasks that wait for the group's resources
+
+    def _group_resources(self, group: Group, node, sign: float) -> None:
+        """Add (or take off) the group's resources to what the head knows ``node`` has."""
+        node.resources = dict(node.resources)
+        for i, b in group.on(node.node_id):
+            bundles.add(node.resources, bundles.group_resources(group.pg_id.hex(), i, b), sign)
+
+    def _release_group(self, group: Group, committed: bool) -> None:
+        for node_id in set(group.nodes):
+            node = self.tables.nodes.get(node_id)
+            if node is None:
+                continue
+            if node.peer and node.alive:
+                self.ep.reply(node.peer, P.ReleaseBundles(group.pg_id))
+            if committed:
+                self._group_resources(group, node, -1.0)
+
+    def _on_remove_group(self, peer, msg: P.RemovePlacementGroup) -> None:
+        group = self.groups.groups.get(msg.pg_id)
+        if group is None:
+            self.ep.reply(peer, P.Reply(msg.request_id, None,
+                                        f"no placement group {msg.pg_id.hex()}"))
+            return
+        self._remove_group(group)
+        self.ep.reply(peer, P.Reply(msg.request_id, True))
+
+    def _remove_group(self, group: Group) -> None:
+        """Removed now; a group its nodes are preparing is released when they have answered
+        (``_on_bundles_prepared``)."""
+        if group.state == "removed":
+            return
+        if group.state == "created":
+            self._release_group(group, committed=True)
+        self.groups.removed(group)
+
+    def _on_list_groups(self, peer, msg: P.ListPlacementGroups) -> None:
+        rows = [g.row() for g in self.groups.groups.values()
+                if not msg.name or (g.name == msg.name and g.state != "removed")]
+        self.ep.reply(peer, P.Reply(msg.request_id, rows))
+
+    def _groups_on_dead_node(self, node_id: bytes) -> None:
+        """A node with bundles died: the groups are planned again, their other bundles
+        given back first."""
+        for group in list(self.groups.groups.values()):
+            if group.state == "created" and node_id in group.nodes:
+                self._release_group(group, committed=True)
+                group.state, group.nodes = "rescheduling", []
+                group.reason = f"node {node_id.hex()} died"
+            elif node_id in group.waiting_on:       # it will never answer
+                self._on_bundles_prepared(None, P.BundlesPrepared(
+                    group.pg_id, node_id, False, f"node {node_id.hex()} died"))
 
     # ---- actors --------------------------------------------------------------------------
     def _on_register_actor(self, peer, msg: P.RegisterActor) -> None:
@@ -96,6 +205,9 @@ class HeadServer:
 
     def _on_client_gone(self, peer, msg: P.ClientGone) -> None:
         self.tables.owner_gone(msg.address)
+        for group in list(self.groups.groups.values()):
+            if group.owner == msg.address and not group.detached:
+                self._remove_group(group)
         self.events.owner_gone(msg.address)
         if msg.client_id:       # it may hold leases on other nodes too
             for node in self.tables.nodes.values():
@@ -106,6 +218,8 @@ class HeadServer:
         known = self.tables.heartbeat(msg.node_id, msg.stats)
         self.ep.reply(peer, P.HeartbeatAck(self._node_addresses()) if known
                       else P.NodeUnknown())
+        if known and self.groups.groups:
+            self._place_groups()        # resources it freed may be what a group waits for
 
     def _node_addresses(self) -> dict:
         return {n.node_id: (n.address, n.resources) for n in self.tables.nodes.values()
@@ -144,6 +258,7 @@ class HeadServer:
             self._node_died(node, why)
 
     def _node_died(self, node, why: str, kind: str = "node_died") -> None:
+        self._groups_on_dead_node(node.node_id)
         self.events.add([{"time": time.time(), "kind": kind, "pid": os.getpid(),
                           "node_id": node.node_id.hex(), "host": node.host, "cause": why}])
         died = P.NodeDied(node.node_id, node.address, why)
@@ -183,5 +298,9 @@ class HeadServer:
         P.ClientGone: _on_client_gone,
         P.Heartbeat: _on_heartbeat,
         P.ClusterInfoRequest: _on_info,
+        P.CreatePlacementGroup: _on_create_group,
+        P.RemovePlacementGroup: _on_remove_group,
+        P.ListPlacementGroups: _on_list_groups,
+        P.BundlesPrepared: _on_bundles_prepared,
         P.Shutdown: _on_shutdown,
     }

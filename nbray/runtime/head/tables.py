@@ -4,6 +4,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from nbray.runtime import bundles
+
 
 @dataclass(eq=False)
 class NodeEntry:
@@ -113,7 +115,7 @@ class Tables:
     def node_list(self) -> list[dict]:
         now = time.monotonic()
         return [{**n.stats, "node_id": n.node_id.hex(), "host": n.host, "address": n.address,
-                 "resources": n.resources, "pid": n.pid, "alive": n.alive,
+                 "resources": bundles.visible(n.resources), "pid": n.pid, "alive": n.alive,
                  "state": "alive" if n.alive else "dead", "registered_at": n.registered_at,
                  "died_at": n.died_at,
                  "seconds_since_heartbeat": round(now - n.last_seen, 3)}

@@ -9,6 +9,8 @@ from __future__ import annotations
 import collections
 from dataclasses import dataclass
 
+from nbray.runtime import bundles as B
+
 
 @dataclass(eq=False)
 class LeaseRequest:
@@ -30,13 +32,17 @@ class LocalScheduler:
         self.total = {k: float(v) for k, v in resources.items()}
         self.available = dict(self.total)
         self.queue: collections.deque[LeaseRequest] = collections.deque()
+        #: placement group id -> (its bundles here [(index, resources)], committed?)
+        self.groups: dict[bytes, tuple[list, bool]] = {}
 
     def infeasible(self, resources: dict) -> str | None:
         """Why this node can never serve the request, or None if it can."""
         for name, amount in resources.items():
             if amount < 0:
                 return f"resource {name!r} asked for a negative amount ({amount})"
-            if amount > self.total.get(name, 0.0):
+            if amount > self.total.get(name, 0.0) and not B.is_group_resource(name):
+                # (a placement group's resources exist once it is created: the request
+                # waits for that)
                 have = self.total.get(name, 0.0)
                 return (f"no node can provide {name}={amount:g} (this node has {have:g}); "
                         f"the task cannot be scheduled")
@@ -55,11 +61,58 @@ class LocalScheduler:
 
     def acquire(self, resources: dict) -> None:
         for k, v in resources.items():
-            self.available[k] = self.available.get(k, 0.0) - v
+            if k in self.total:         # (a removed placement group's are gone)
+                self.available[k] = self.available.get(k, 0.0) - v
 
     def release(self, resources: dict) -> None:
         for k, v in resources.items():
-            self.available[k] = self.available.get(k, 0.0) + v
+            if k in self.total:         # (a removed placement group's are gone)
+                self.available[k] = self.available.get(k, 0.0) + v
+
+    # ---- placement groups' bundles -------------------------------------------------------
+    def prepare(self, pg_id: bytes, bundles: list) -> str:
+        """Set aside the resources of these bundles; '' or why it cannot now."""
+        need: dict = {}
+        for _, b in bundles:
+            B.add(need, b)
+        if pg_id in self.groups:
+            return ""
+        short = {k: v for k, v in need.items() if self.available.get(k, 0.0) < v - 1e-9}
+        if short:
+            return "not free here: " + ", ".join(
+                f"{k}={v:g} (free {self.available.get(k, 0.0):g})" for k, v in short.items())
+        self.acquire(need)
+        self.groups[pg_id] = (list(bundles), False)
+        return ""
+
+    def commit(self, pg_id: bytes) -> None:
+        """The group's resources exist here now."""
+        entry = self.groups.get(pg_id)
+        if entry is None or entry[1]:
+            return
+        self.groups[pg_id] = (entry[0], True)
+        for i, b in entry[0]:
+            extra = B.group_resources(pg_id.hex(), i, b)
+            B.add(self.total, extra)
+            B.add(self.available, extra)
+
+    def release_group(self, pg_id: bytes) -> set:
+        """The group's resources go, what it set aside comes back; returns the names that
+        went (the workers holding some of them are the group's)."""
+        entry = self.groups.pop(pg_id, None)
+        if entry is None:
+            return set()
+        bundles, committed = entry
+        gone: set = set()
+        for i, b in bundles:
+            if committed:
+                extra = B.group_resources(pg_id.hex(), i, b)
+                gone.update(extra)
+                for k in extra:
+                    self.total.pop(k, None)
+                    self.available.pop(k, None)
+            self.release(b)
+        return gone
 
     def next_grantable(self) -> LeaseRequest | None:
         """The oldest queued request that fits what is free now (it stays queued)."""

@@ -34,7 +34,10 @@ def main(argv=None) -> None:
                     help="a file or directory to remove at exit (a joined node's own record)")
     args = ap.parse_args(argv)
     key = bytes.fromhex(os.environ.pop("NBRAY_KEY"))
-    resources = {"CPU": float(args.num_workers), **json.loads(args.resources)}
+    # memory: logical, in bytes, for tasks that say memory= (as in Ray: 70% of the machine's)
+    resources = {"CPU": float(args.num_workers),
+                 "memory": float(int(psutil.virtual_memory().total * 0.7)),
+                 **json.loads(args.resources)}
     server = NodeServer(key=key, session=args.session, bind=args.bind, head_address=args.head,
                         resources=resources, num_workers=args.num_workers,
                         worker_bind=lambda wid: args.worker_bind.format(id=wid.hex()),

@@ -19,7 +19,7 @@ import psutil
 from nbray import config
 from nbray.config import CONFIG
 from nbray.errors import ClusterError
-from nbray.runtime import object_store, protocol as P
+from nbray.runtime import bundles, object_store, protocol as P
 from nbray.runtime.node.local_scheduler import LeaseRequest, LocalScheduler
 from nbray.runtime.node.transfer import Transfers
 from nbray.runtime.node.worker_pool import WorkerPool
@@ -37,6 +37,7 @@ class NodeServer:
     def __init__(self, *, key: bytes, session: str, bind: list[str], head_address: str,
                  resources: dict, num_workers: int, worker_bind, watch_pid: int | None = None):
         self.node_id = os.urandom(8)
+        resources = {**resources, bundles.node_resource(self.node_id.hex()): bundles.NODE_AMOUNT}
         self.session = session          # names this node's run directory and segments
         self.cluster_session = ""
         self.ep = Endpoint(key, self.node_id, bind)
@@ -75,6 +76,8 @@ class NodeServer:
         self._last_check = 0.0
         self._head_seen = time.monotonic()
         self.leases_granted = 0
+        self.keeper = None              # the worker that owns detached actors, once started
+        self._keeper_asks: list = []    # (peer, request id) waiting for it to start
 
     # ---- main loop -------------------------------------------------------------------------
     def register(self, timeout: float) -> str:
@@ -147,8 +150,8 @@ class NodeServer:
         workers = list(self.pool.workers.values())
         return {
             "node_id": self.node_id.hex(), "address": self.address, "pid": os.getpid(),
-            "resources_total": dict(self.sched.total),
-            "resources_available": dict(self.sched.available),
+            "resources_total": bundles.visible(self.sched.total),
+            "resources_available": bundles.visible(self.sched.available),
             "workers": len(workers),
             "workers_idle": sum(w.state == "idle" for w in workers),
             "workers_leased": sum(w.state == "leased" for w in workers),
@@ -238,7 +241,11 @@ class NodeServer:
         if msg.worker_id is not None:
             w = self.pool.workers.get(msg.worker_id)
             if w is not None and w.state == "starting":
-                w.address, w.state = msg.address, "idle"
+                w.address, w.state = msg.address, "keeper" if w is self.keeper else "idle"
+                if w is self.keeper:
+                    for asker, request_id in self._keeper_asks:
+                        self.ep.reply(asker, P.Reply(request_id, w.address))
+                    self._keeper_asks.clear()
         else:
             self.clients[msg.client_id] = ClientInfo(msg.client_id, msg.pid, msg.address)
         self.ep.reply(peer, P.Welcome(self.node_id, self.session, dict(self.sched.total),
@@ -329,6 +336,34 @@ class NodeServer:
         if w is not None and w.lessee == peer:
             w.actor = w.actor or msg.kill
             self._release(w)
+
+    # ---- placement groups' bundles (the head plans them: head/placement_groups.py) ---------
+    def _on_prepare_bundles(self, peer, msg: P.PrepareBundles) -> None:
+        reason = self.sched.prepare(msg.pg_id, msg.bundles)
+        self.ep.send(self.head_address, P.BundlesPrepared(msg.pg_id, self.node_id,
+                                                          not reason, reason))
+
+    def _on_commit_bundles(self, peer, msg: P.CommitBundles) -> None:
+        self.sched.commit(msg.pg_id)
+
+    def _on_release_bundles(self, peer, msg: P.ReleaseBundles) -> None:
+        gone = self.sched.release_group(msg.pg_id)
+        for w in self.pool.by_state("leased"):      # what runs in the group goes with it
+            if gone & set(w.held):
+                w.held = {k: v for k, v in w.held.items() if k not in gone}
+                self.pool.signal(w.worker_id, signal.SIGKILL)
+
+    def _on_keeper_address(self, peer, msg: P.KeeperAddress) -> None:
+        """Where the keeper is: a worker of its own, never leased, that owns the detached
+        actors created through this node; started on first need, again if it died."""
+        if self.keeper is not None and self.keeper.worker_id not in self.pool.workers:
+            self.keeper = None
+        if self.keeper is None:
+            self.keeper = self.pool.spawn()
+        if self.keeper.state == "keeper":
+            self.ep.reply(peer, P.Reply(msg.request_id, self.keeper.address))
+        else:
+            self._keeper_asks.append((peer, msg.request_id))
 
     def _on_blocked(self, peer, msg: P.WorkerBlocked) -> None:
         w = self.pool.workers.get(msg.worker_id)
@@ -443,6 +478,10 @@ class NodeServer:
 
     _HANDLERS = {
         P.Hello: _on_hello,
+        P.PrepareBundles: _on_prepare_bundles,
+        P.KeeperAddress: _on_keeper_address,
+        P.CommitBundles: _on_commit_bundles,
+        P.ReleaseBundles: _on_release_bundles,
         P.RequestLease: _on_request_lease,
         P.ReturnLease: _on_return_lease,
         P.WorkerBlocked: _on_blocked,

@@ -50,6 +50,8 @@ class Executor:
         self._wake: threading.Condition | None = None
         self.output = output.WorkerOutput(client)
         self.setups: list = []                  # drivers' setups to run before the next task
+        self.detached: list = []                # CreateDetached asks (this is the keeper)
+        self.kept: dict = {}                    # actor id -> handle of a detached actor
         client.on_push = self.on_message
         client.on_wait = self.output.end_task
         client.on_block = self.bounce_queued
@@ -90,6 +92,10 @@ class Executor:
                 self.setups.append(msg)
                 if self._wake is not None:
                     self._wake.notify()
+        elif type(msg) is P.CreateDetached:
+            self.detached.append(msg)
+            if self._wake is not None:
+                self._wake.notify()
         elif type(msg) is P.ActorInfoRequest:
             queued = len(self.queue) + len(self.parked)
             info = self.host.info(queued, self.running is not None) if self.host else \
@@ -112,6 +118,8 @@ class Executor:
                 return
             if self.setups:
                 self._run_setups()
+            if self.detached:
+                self._create_detached()
             if self.queue:
                 owner, spec = self.queue.popleft()
                 ran = self.run(owner, spec)
@@ -149,6 +157,8 @@ class Executor:
         current = (spec.origin, spec.name, spec.task_id) if spec.origin else None
         token = output.CURRENT.set(current) if current else None
         self.output.running = client.current_task = current
+        if spec.placement:      # its child tasks run in its placement group (an actor's: all)
+            client.capture_pg = spec.placement
         try:
             fn, args, kwargs = self.prepare(spec)
             client.in_user_code = True
@@ -177,6 +187,8 @@ class Executor:
                 self._after_call(owner, spec)
         finally:
             self.running = None
+            if spec.placement and spec.kind == P.TASK:
+                client.capture_pg = None
             if token is not None:
                 output.CURRENT.reset(token)
                 self.output.running = client.current_task = None
@@ -210,6 +222,24 @@ class Executor:
                 self.output.end_task()
             client._send(msg.owner, P.SetupDone(msg.setup_id, self.output.source, value,
                                                 error))
+
+    def _create_detached(self) -> None:
+        """The keeper: make each actor asked for, as its owner, and keep its handle, so it
+        lives on when the client that asked is gone (until ``nbray.kill``)."""
+        client = self.client
+        while self.detached:
+            msg = self.detached.pop(0)
+            handle, error = None, ""
+            try:
+                actor_class, args, kwargs = serialization.loads_function(msg.blob)
+                handle = actor_class.remote(*args, **kwargs)
+                self.kept[handle._actor_id] = handle
+            except BaseException as exc:        # noqa: B902 - it goes back to the asker
+                error = f"{type(exc).__name__}: {exc}"
+            client._send(msg.reply_to, P.Reply(msg.request_id, handle, error))
+        for actor_id in [a for a in self.kept if getattr(client.actors.actors.get(a), "state",
+                                                          P.DEAD) == P.DEAD]:
+            del self.kept[actor_id]             # killed: nothing to keep
 
     def prepare(self, spec: P.TaskSpec):
         """What to call and with what: (callable, args, kwargs)."""
@@ -437,11 +467,13 @@ def _user_traceback(exc: BaseException) -> str:
 
 def _error_value(exc: BaseException, name: str) -> P.Value:
     text = _user_traceback(exc)
-    try:
-        return P.Value(P.ERROR, pickle.dumps((exc, text, name), protocol=5))
-    except Exception:
+    for dumps in (pickle.dumps, cloudpickle.dumps):
         try:
-            return P.Value(P.ERROR, cloudpickle.dumps((exc, text, name), protocol=5))
+            blob = dumps((exc, text, name), protocol=5)
+            pickle.loads(blob)      # an exception whose __init__ its args do not fit fails here
+            return P.Value(P.ERROR, blob)
         except Exception:
-            stand_in = RuntimeError(f"{type(exc).__name__}: {exc}")
-            return P.Value(P.ERROR, pickle.dumps((stand_in, text, name), protocol=5))
+            pass
+    stand_in = RuntimeError(f"{type(exc).__name__}: {exc} (the exception could not be "
+                            f"pickled and unpickled, so it comes as a RuntimeError)")
+    return P.Value(P.ERROR, pickle.dumps((stand_in, text, name), protocol=5))
