@@ -127,7 +127,7 @@ class ActorClass:
         if group is not None:
             placement = bundles.task_resources(placement, *group)
             hold = bundles.task_resources(hold, *group)
-        node = client.spread_node() if where.spread else where.node
+        node = client.spread_node(self._shared) if where.spread else where.node
         methods = _methods(self._cls)
         retries = opts.get("max_task_retries", 0)
         retries = 10 ** 9 if retries == -1 else retries

@@ -351,15 +351,20 @@ def _wait_with_streams(client, refs: list, num_returns: int, timeout):
     """``wait`` over refs and generators: each pass asks the refs without waiting (which also
     asks their owners) and the generators' streams, until enough are ready."""
     from nbray.generators import ObjectRefGenerator
+    client._check_not_held()
     plain = [r for r in refs if not isinstance(r, ObjectRefGenerator)]
 
-    def ready():
+    def ready_now() -> list:
         done = set(client.wait(plain, len(plain), 0)[0]) if plain else set()
-        out = [r for r in refs if (r._ready() if isinstance(r, ObjectRefGenerator)
-                                   else r in done)]
+        return [r for r in refs if (r._ready() if isinstance(r, ObjectRefGenerator)
+                                    else r in done)]
+
+    def ready():
+        out = ready_now()
         return out if len(out) >= num_returns else None
     deadline = None if timeout is None else time.monotonic() + timeout
-    found = client.wait_for(ready, deadline, lend_cpu=True) or ready() or []
+    found = client.wait_for(ready, deadline, lend_cpu=True) or ready_now()    # at the timeout:
+    # what is ready, however few
     found = found[:num_returns] if num_returns else found
     chosen = {id(r) for r in found}
     return found, [r for r in refs if id(r) not in chosen]

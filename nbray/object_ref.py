@@ -24,7 +24,7 @@ class ObjectRef:
             if not isinstance(object_id, bytes) or len(object_id) != ID_SIZE:
                 raise ValueError(f"an ObjectRef is built from the {ID_SIZE} bytes of an object "
                                  f"id (bytes.fromhex(ref.hex())), got {object_id!r}")
-            _adopt(self)
+            _adopt(self, by_id=True)
 
     def binary(self) -> bytes:
         return self._id
@@ -76,9 +76,10 @@ def _rebuild(object_id: bytes, owner: str) -> ObjectRef:
     return ref
 
 
-def _adopt(ref: ObjectRef) -> None:
-    """Count a ref that arrived in this process with the process's client, if there is one."""
+def _adopt(ref: ObjectRef, by_id: bool = False) -> None:
+    """Count a ref that arrived in this process (or was built from an id: ``by_id``) with the
+    process's client, if there is one."""
     from nbray.runtime import core_client
     client = core_client.current()
     if client is not None:
-        client.adopt(ref)
+        client.adopt(ref, by_id)

@@ -147,7 +147,7 @@ class RemoteFunction:
             placement = client.capture_pg
             resources = bundles.task_resources(self._base_resources, *placement)
         elif self._spread:
-            node = client.spread_node()
+            node = client.spread_node(self._shared)
         refs = client.submit(fn_id, blob, self._name, args, kwargs, self._num_returns,
                              resources, self._max_retries, self._retry_on, node,
                              self._limit, self._generator, placement)

@@ -300,7 +300,7 @@ def test_unknown_method_and_direct_calls_are_clear_errors(module_cluster):
     ({"resources": {"CPU": 1}}, ValueError),
     ({"name": ""}, TypeError),
     ({"bogus": 1}, ValueError),
-    ({"lifetime": "detached"}, NotImplementedError),
+    ({"lifetime": "forever"}, ValueError),
     ({"get_if_exists": True}, ValueError),
 ])
 def test_invalid_actor_options(options, error):

@@ -274,3 +274,17 @@ def test_generator_bad_inputs(module_cluster):
         g = gated.remote(q, 1)
         next(g)
         g._next_sync(timeout_s=0.1)
+
+
+def test_wait_on_generators_at_its_timeout_and_inside_a_group(module_cluster):
+    q = Queue()
+    gen = gated.remote(q, 1)
+    slow = gated.options(num_returns="dynamic").remote(q, 1)     # waits for the word
+    ready, not_ready = nbray.wait([gen, slow], num_returns=2, timeout=0.5)
+    assert ready == [gen] and not_ready == [slow]          # what is ready, however few
+    with nbray.util.group():
+        with pytest.raises(RuntimeError, match="group"):
+            nbray.wait([gen], timeout=5)
+    q.put("go")
+    q.put("go")
+    assert nbray.get(next(gen)) == "first" and len(nbray.get(slow, timeout=30)) == 2

@@ -8,6 +8,7 @@ import os
 import pytest
 
 import nbray
+from nbray.util.queue import Queue
 from conftest import wait_until
 from nbray.util.placement_group import (get_current_placement_group, get_placement_group,
                                         placement_group, placement_group_table,
@@ -31,6 +32,17 @@ def child_group():
 @nbray.remote
 def parent_in_group():
     return child_group.remote()         # the ref: the caller reads it after
+
+
+@nbray.remote(max_retries=3)
+def gated(q):
+    q.put("started")
+    q.get(timeout=60)           # until its worker is killed
+
+
+@nbray.remote
+def waits_for_its_group(pg):
+    return pg.wait(30)          # inside a task that captures it
 
 
 @nbray.remote
@@ -66,6 +78,10 @@ def test_removing_a_group_ends_the_actors_in_it(module_cluster):
     pg = placement_group([{"CPU": 1}])
     a = InBundle.options(scheduling_strategy=InGroup(pg, 0)).remote()
     assert nbray.get(a.ping.remote(), timeout=30) == "pong"
+    q = Queue()
+    running = gated.options(scheduling_strategy=InGroup(pg, 0)).remote(q)
+    assert q.get(timeout=30) == "started"
+    queued = where.options(num_cpus=1, scheduling_strategy=InGroup(pg, 0)).remote()
     remove_placement_group(pg)          # its nodes end what runs in it soon after
 
     def died():
@@ -74,6 +90,10 @@ def test_removing_a_group_ends_the_actors_in_it(module_cluster):
         except nbray.ActorDiedError:
             return True
     wait_until(died, 30, "the actor in the removed group to die")
+    for ref in (running, queued, where.options(scheduling_strategy=InGroup(pg)).remote()):
+        with pytest.raises(Exception, match="was removed"):     # never a hang
+            nbray.get(ref, timeout=60)
+    assert not pg.wait(0.1)
 
 
 def test_child_tasks_are_captured_when_asked(module_cluster):
@@ -84,6 +104,8 @@ def test_child_tasks_are_captured_when_asked(module_cluster):
     assert nbray.get(nbray.get(captured), timeout=30) == pg.id.hex()
     free = parent_in_group.options(scheduling_strategy=InGroup(pg)).remote()
     assert nbray.get(nbray.get(free), timeout=30) is None
+    assert nbray.get(waits_for_its_group.options(scheduling_strategy=InGroup(
+        pg, placement_group_capture_child_tasks=True)).remote(pg), timeout=60)
     remove_placement_group(pg)
 
 

@@ -58,31 +58,50 @@ def test_strategies_place_bundles_across_nodes(three_nodes):
     remove_placement_group(packed)
 
 
+@nbray.remote
+def where_else():
+    return nbray.get_runtime_context().get_node_id()
+
+
+@nbray.remote(num_cpus=0.5)
+class Member:
+    def node(self):
+        return nbray.get_runtime_context().get_node_id()
+
+
 def test_spread_tasks_and_a_group_rescheduled_after_its_node_died(three_nodes):
     c, nodes = three_nodes
-    seen = {nbray.get(r, timeout=60)[0]
-            for r in [where.options(scheduling_strategy="SPREAD").remote() for _ in range(6)]}
-    assert len(seen) >= 2
-    pg = placement_group([{"CPU": 1}])
-    assert pg.wait(30)
-    first = placement_group_table(pg)["bundles_to_node_id"][0]
-    victim = next(n for n in nodes if n.node_id == first)
-    if victim is c.head_node:       # the head's node cannot be removed alone: move it
-        remove_placement_group(pg)
-        pg = placement_group([{"CPU": 1}], strategy="STRICT_SPREAD")
-        blocker = placement_group([{"CPU": 1}])     # holds the head's CPU if it picks it
-        assert pg.wait(30) and blocker.wait(30)
-        first = placement_group_table(pg)["bundles_to_node_id"][0]
-        victim = next(n for n in nodes if n.node_id == first)
-        assert victim is not c.head_node or pytest.skip("both groups on the head's node")
+    refs = []
+    for _ in range(6):          # two functions interleaved: each spreads on its own
+        refs.append(where.options(scheduling_strategy="SPREAD").remote())
+        refs.append(where_else.options(scheduling_strategy="SPREAD").remote())
+    got = nbray.get(refs, timeout=60)
+    assert len({g[0] for g in got[0::2]}) >= 2 and len(set(got[1::2])) >= 2
+    workers = [n for n in nodes if n is not c.head_node]
+    pg = placement_group([{"CPU": 0.5}] * 2, strategy="STRICT_SPREAD")
+    blocker = placement_group([{"CPU": 1}], strategy="STRICT_PACK")   # the head's CPU, if
+    assert pg.wait(30) and blocker.wait(30)                          # it is free
+    remove_placement_group(blocker)     # its node is where the lost bundle can go
+    placed = placement_group_table(pg)["bundles_to_node_id"]
+    members = [Member.options(scheduling_strategy=InGroup(pg, i)).remote() for i in (0, 1)]
+    assert nbray.get([m.node.remote() for m in members], timeout=60) == [placed[0], placed[1]]
+    victim_index = next((i for i in (0, 1) if placed[i] in {w.node_id for w in workers}),
+                        None)
+    if victim_index is None:
+        pytest.skip("both bundles landed on the head's node")
+    victim = next(w for w in workers if w.node_id == placed[victim_index])
+    survivor = members[1 - victim_index]
     c.remove_node(victim, allow_graceful=False)
-    wait_until(lambda: placement_group_table(pg)["state"] in ("RESCHEDULING", "PENDING",
-                                                              "CREATED") and
-               placement_group_table(pg)["bundles_to_node_id"].get(0) not in (None, first),
-               30, "the group to be placed again on a live node")
+    wait_until(lambda: placement_group_table(pg)["bundles_to_node_id"].get(victim_index)
+               not in (None, victim.node_id) or None, 30,
+               "the lost bundle to be placed again on a live node")
     assert pg.wait(30)
-    assert nbray.get(where.options(scheduling_strategy=InGroup(pg, 0)).remote(),
-                     timeout=60)[0] != first
+    assert placement_group_table(pg)["bundles_to_node_id"][1 - victim_index] == \
+        placed[1 - victim_index]                        # the other bundle stayed
+    assert nbray.get(survivor.node.remote(), timeout=30) == placed[1 - victim_index]
+    again = nbray.get(where.options(num_cpus=0.5, scheduling_strategy=InGroup(
+        pg, victim_index)).remote(), timeout=60)[0]
+    assert again not in (victim.node_id, placed[1 - victim_index])
 
 
 def test_hard_node_affinity_runs_there_or_waits(three_nodes):

@@ -278,3 +278,38 @@ def test_reports_of_unfinished_tasks_are_replaced_bounded_and_expire(monkeypatch
     assert log.query({"task"}, unfinished_except="")["unfinished"] == []
     assert log.unfinished == {}
     assert task_log.UNFINISHED_DEPS >= 1
+
+
+# ---- placement groups: the head's plan, the node's bundles ----------------------------------
+def test_placement_strategies_plan_bundles_on_free_resources():
+    from nbray.runtime.head.placement_groups import plan
+    nodes = [(b"a", {"CPU": 2}, {"CPU": 2}), (b"b", {"CPU": 2}, {"CPU": 1}),
+             (b"c", {"CPU": 4}, {"CPU": 4})]
+    one = [{"CPU": 1}]
+    assert plan(one * 3, "STRICT_SPREAD", nodes)[0] is not None
+    assert sorted(plan(one * 3, "STRICT_SPREAD", nodes)[0]) == [b"a", b"b", b"c"]
+    assert plan(one * 4, "STRICT_SPREAD", nodes)[0] is None
+    assert plan(one * 4, "STRICT_PACK", nodes)[0] == [b"c"] * 4
+    assert plan(one * 5, "STRICT_PACK", nodes)[0] is None
+    assert set(plan(one * 4, "PACK", nodes)[0]) == {b"c"}       # fewest nodes
+    assert len(set(plan(one * 3, "SPREAD", nodes)[0])) == 3
+    chosen, why = plan([{"GPU": 1}], "PACK", nodes)
+    assert chosen is None and "fits on no node" in why
+
+
+def test_node_bundles_set_aside_commit_and_release():
+    s = LocalScheduler({"CPU": 4})
+    pg = bytes(14)
+    assert s.prepare(pg, [(0, {"CPU": 1}), (1, {"CPU": 2})]) == ""
+    assert s.available["CPU"] == 1 and not any("_group_" in k for k in s.total)
+    assert "not free" in s.prepare(b"x" * 14, [(0, {"CPU": 2})])
+    s.commit(pg)
+    assert s.total[f"CPU_group_1_{pg.hex()}"] == 2 and s.total[f"CPU_group_{pg.hex()}"] == 3
+    assert s.infeasible({f"CPU_group_0_{pg.hex()}": 1}) is None
+    gone = s.release_group(pg, (0,))            # one bundle (its node's part)
+    assert f"CPU_group_0_{pg.hex()}" in gone and s.total[f"CPU_group_{pg.hex()}"] == 2
+    s.release_group(pg)
+    assert s.total == {"CPU": 4} and s.available == {"CPU": 4}
+    s.removed_groups.add(pg.hex())
+    assert "was removed" in s.removed({f"CPU_group_{pg.hex()}": 1})
+    assert "hard node affinity" in s.infeasible({"node:beef": 0.001})

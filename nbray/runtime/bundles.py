@@ -59,6 +59,11 @@ def is_group_resource(name: str) -> bool:
     return "_group_" in name
 
 
+def group_of(name: str) -> str:
+    """The placement group (hex id) a group resource belongs to."""
+    return name.rsplit("_", 1)[1]
+
+
 def add(total: dict, extra: dict, sign: float = 1.0) -> None:
     for k, v in extra.items():
         total[k] = total.get(k, 0.0) + sign * v

@@ -1098,10 +1098,13 @@ class CoreClient:
     }
 
     # ---- refs, borrowing, freeing ----------------------------------------------------------
-    def adopt(self, ref: ObjectRef) -> None:
-        """Count a ref that was unpickled (or built from an id) in this process."""
+    def adopt(self, ref: ObjectRef, by_id: bool = False) -> None:
+        """Count a ref that was unpickled (or built from an id: ``by_id``) in this process."""
         with self.lock:
-            if self.released:           # refs dropped so far: what they free is gone now
+            if by_id and self.released and self.owns(ref._id):
+                # an object of ours whose last ref was dropped is gone now, not still
+                # readable by an id kept from it (only ours: a borrowed object's release
+                # must not race the borrow that would follow)
                 self._drain_released()
             obj = self.objects.get(ref._id)
             if obj is None:
@@ -1541,10 +1544,10 @@ class CoreClient:
     #: its child tasks into, or None
     capture_pg = None
     _spread_nodes: tuple = (0.0, [])     # (when read, live node ids) for "SPREAD"
-    _spread_next = 0
 
-    def spread_node(self) -> bytes:
-        """The next live node in turn, for a task with the "SPREAD" strategy."""
+    def spread_node(self, turn: dict) -> bytes:
+        """The next live node in turn (``turn``: the function's or class's own count), for
+        the "SPREAD" strategy."""
         read_at, nodes = self._spread_nodes
         if time.monotonic() - read_at > 2.0:
             rows = self.request(self.head_address, lambda r: P.ListNodes(r))
@@ -1552,8 +1555,8 @@ class CoreClient:
             self._spread_nodes = (time.monotonic(), nodes)
         if not nodes:
             return b""
-        self._spread_next += 1
-        return nodes[self._spread_next % len(nodes)]
+        turn["spread"] = turn.get("spread", -1) + 1
+        return nodes[turn["spread"] % len(nodes)]
     actor_id = b""                  # in a worker hosting an actor: its id
 
     # ---- cancel ----------------------------------------------------------------------------

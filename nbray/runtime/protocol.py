@@ -462,8 +462,11 @@ class CommitBundles(NamedTuple):
 
 class ReleaseBundles(NamedTuple):
     """head -> node: the group is removed (or its preparation failed): its resources go back,
-    and the workers that hold some of them are killed."""
+    and the workers that hold some of them are killed. ``removed``: for good (every node
+    hears it, and refuses what asks for the group's resources from then on)."""
     pg_id: bytes
+    removed: bool = False
+    indices: tuple = ()         # only these bundles (their preparation failed); () all
 
 
 class ReportEvents(NamedTuple):

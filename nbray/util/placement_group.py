@@ -53,6 +53,7 @@ class PlacementGroup:
                  name: str = ""):
         self.id = PlacementGroupID(pg_id)
         self._bundles = bundles
+        self._ready_ref = None
         self.strategy, self.name = strategy, name
 
     @property
@@ -72,18 +73,30 @@ class PlacementGroup:
         return self.bundle_count == 0
 
     def ready(self):
-        """A ref whose value is this group, once its bundles are reserved."""
+        """A ref whose value is this group, once its bundles are reserved (one task a handle
+        waits for that, however often it is asked)."""
         from nbray.remote_function import RemoteFunction
-        marker = f"{B.MARKER}_group_{self.id.hex()}"
-        return RemoteFunction(_ready, {"num_cpus": 0, "resources": {marker: B.MARKER_SLIVER},
-                                       "name": "placement_group.ready",
-                                       "max_retries": -1}).remote(self)
+        if self._ready_ref is None:
+            marker = f"{B.MARKER}_group_{self.id.hex()}"
+            self._ready_ref = RemoteFunction(_ready, {
+                "num_cpus": 0, "resources": {marker: B.MARKER_SLIVER}, "max_retries": -1,
+                "name": "placement_group.ready",
+                "scheduling_strategy": "DEFAULT"}).remote(self)   # never in a captured group
+        return self._ready_ref
 
     def wait(self, timeout_seconds: float = 30) -> bool:
-        """Whether the group was reserved within ``timeout_seconds``."""
+        """Whether the group was reserved within ``timeout_seconds`` (False for a group
+        that was removed)."""
         from nbray import api
+        from nbray.errors import NbrayError
         ready, _ = api.wait([self.ready()], timeout=timeout_seconds)
-        return bool(ready)
+        if not ready:
+            return False
+        try:
+            api.get(ready[0])
+        except NbrayError:
+            return False
+        return True
 
     def __eq__(self, other) -> bool:
         return isinstance(other, PlacementGroup) and other.id == self.id

@@ -28,8 +28,10 @@ class Group:
     owner: str
     detached: bool
     state: str = "pending"
-    nodes: list = field(default_factory=list)       # node id per bundle, once planned
+    nodes: list = field(default_factory=list)       # node id per bundle (None: not placed)
     waiting_on: set = field(default_factory=set)    # nodes yet to say prepared
+    preparing: list = field(default_factory=list)   # the bundles they prepare
+    lost: list = field(default_factory=list)        # bundles whose node died: placed again
     failed: bool = False
     reason: str = ""                                # why it waits
     created_at: float = field(default_factory=time.time)
@@ -37,16 +39,16 @@ class Group:
     def row(self) -> dict:
         return {"placement_group_id": self.pg_id.hex(), "name": self.name,
                 "bundles": {i: dict(b) for i, b in enumerate(self.bundles)},
-                "bundles_to_node_id": {i: n.hex() for i, n in enumerate(self.nodes)},
+                "bundles_to_node_id": {i: n.hex() for i, n in enumerate(self.nodes) if n},
                 "strategy": self.strategy, "state": self.state.upper(),
                 "stats": {"reason": self.reason}, "owner": self.owner,
                 "lifetime": "detached" if self.detached else "non_detached",
                 "created_at": self.created_at}
 
-    def on(self, node_id: bytes) -> list:
-        """[(index, bundle)] of the bundles planned on ``node_id``."""
+    def on(self, node_id: bytes, among=None) -> list:
+        """[(index, bundle)] of the bundles planned on ``node_id`` (of ``among``, if given)."""
         return [(i, b) for i, (b, n) in enumerate(zip(self.bundles, self.nodes))
-                if n == node_id]
+                if n == node_id and (among is None or i in among)]
 
 
 class GroupTable:

@@ -75,21 +75,29 @@ class HeadServer:
                                                      "reason": group.reason}, error))
 
     def _place_groups(self) -> None:
-        """Plan the waiting groups on the nodes' free resources; ask the nodes to prepare."""
+        """Plan the waiting groups (or the bundles of them a dead node held) on the nodes'
+        free resources; ask the nodes to prepare."""
         live = [n for n in self.tables.nodes.values() if n.alive and n.peer]
+        by_id = {n.node_id: n for n in live}
         for group in self.groups.waiting():
             if group.waiting_on:
                 continue                # its nodes are still answering
-            nodes = [(n.node_id, n.resources, n.stats.get("resources_available",
-                                                          n.resources)) for n in live]
-            chosen, group.reason = plan(group.bundles, group.strategy, nodes)
+            todo = group.lost or list(range(len(group.bundles)))
+            kept = {n for i, n in enumerate(group.nodes) if n and i not in todo}
+            nodes = [(n.node_id, n.resources, n.stats.get("resources_available", n.resources))
+                     for n in live if group.strategy != "STRICT_SPREAD" or n.node_id not in kept]
+            chosen, group.reason = plan([group.bundles[i] for i in todo], group.strategy,
+                                        nodes)
             if chosen is None:
                 continue
-            group.nodes, group.failed = chosen, False
+            if len(group.nodes) != len(group.bundles):
+                group.nodes = [None] * len(group.bundles)
+            for i, node_id in zip(todo, chosen):
+                group.nodes[i] = node_id
+            group.preparing, group.failed = todo, False
             group.waiting_on = set(chosen)
-            by_id = {n.node_id: n for n in live}
             for node_id in group.waiting_on:
-                mine = group.on(node_id)
+                mine = group.on(node_id, todo)
                 self.ep.reply(by_id[node_id].peer, P.PrepareBundles(group.pg_id, mine))
                 avail = by_id[node_id].stats.get("resources_available")
                 if avail is not None:   # until its next heartbeat says how things stand
@@ -105,34 +113,39 @@ class HeadServer:
             group.failed, group.reason = True, msg.reason
         if group.waiting_on:
             return
+        todo, group.preparing = group.preparing, []
         if group.state == "removed" or group.failed:
-            self._release_group(group, committed=False)     # give back what was set aside
+            self._release_group(group, committed=False, among=todo)    # what was set aside
             if group.state != "removed":
-                group.nodes = []        # planned again at the next try
+                for i in todo:          # planned again at the next try
+                    group.nodes[i] = None
             return
-        group.state, group.reason = "created", ""
-        for node_id in set(group.nodes):
+        group.state, group.reason, group.lost = "created", "", []
+        for node_id in {group.nodes[i] for i in todo}:
             node = self.tables.nodes.get(node_id)
             if node is not None and node.peer:
                 self.ep.reply(node.peer, P.CommitBundles(group.pg_id))
-                self._group_resources(group, node, 1.0)
+                self._group_resources(group, node, 1.0, todo)
         self._place_pending()           # tasks that wait for the group's resources
 
-    def _group_resources(self, group: Group, node, sign: float) -> None:
+    def _group_resources(self, group: Group, node, sign: float, among=None) -> None:
         """Add (or take off) the group's resources to what the head knows ``node`` has."""
         node.resources = dict(node.resources)
-        for i, b in group.on(node.node_id):
+        for i, b in group.on(node.node_id, among):
             bundles.add(node.resources, bundles.group_resources(group.pg_id.hex(), i, b), sign)
 
-    def _release_group(self, group: Group, committed: bool) -> None:
-        for node_id in set(group.nodes):
+    def _release_group(self, group: Group, committed: bool, among=None) -> None:
+        """The nodes give back the group's bundles (those of ``among`` only, if given)."""
+        for node_id in {n for i, n in enumerate(group.nodes)
+                        if n and (among is None or i in among)}:
             node = self.tables.nodes.get(node_id)
             if node is None:
                 continue
             if node.peer and node.alive:
-                self.ep.reply(node.peer, P.ReleaseBundles(group.pg_id))
+                self.ep.reply(node.peer, P.ReleaseBundles(
+                    group.pg_id, indices=tuple(among) if among is not None else ()))
             if committed:
-                self._group_resources(group, node, -1.0)
+                self._group_resources(group, node, -1.0, among)
 
     def _on_remove_group(self, peer, msg: P.RemovePlacementGroup) -> None:
         group = self.groups.groups.get(msg.pg_id)
@@ -148,9 +161,25 @@ class HeadServer:
         (``_on_bundles_prepared``)."""
         if group.state == "removed":
             return
-        if group.state == "created":
-            self._release_group(group, committed=True)
+        if group.state in ("created", "rescheduling"):
+            for node in {self.tables.nodes.get(n) for n in group.nodes if n} - {None}:
+                self._group_resources(group, node, -1.0)
         self.groups.removed(group)
+        # every node gives back what it holds of the group, and refuses its resources from now
+        for node in self.tables.nodes.values():
+            if node.alive and node.peer:
+                self.ep.reply(node.peer, P.ReleaseBundles(group.pg_id, removed=True))
+        # requests waiting here for its resources go back to their nodes, which refuse them
+        hexid = group.pg_id.hex()
+        waiting = [p for p in self.scheduler.pending
+                   if any(bundles.is_group_resource(k) and bundles.group_of(k) == hexid
+                          for k in {**p.resources, **(p.hold or {})})]
+        for p in waiting:
+            self.scheduler.pending.remove(p)
+            origin = self.tables.nodes.get(p.origin)
+            if origin is not None and origin.alive and origin.peer:
+                self.ep.reply(origin.peer, P.SpillTo(p.spill_id, origin.node_id,
+                                                     origin.address, "its group was removed"))
 
     def _on_list_groups(self, peer, msg: P.ListPlacementGroups) -> None:
         rows = [g.row() for g in self.groups.groups.values()
@@ -158,12 +187,17 @@ class HeadServer:
         self.ep.reply(peer, P.Reply(msg.request_id, rows))
 
     def _groups_on_dead_node(self, node_id: bytes) -> None:
-        """A node with bundles died: the groups are planned again, their other bundles
-        given back first."""
+        """A node with bundles died: those bundles are planned again on the other nodes;
+        the others, and what runs in them, stay."""
         for group in list(self.groups.groups.values()):
             if group.state == "created" and node_id in group.nodes:
-                self._release_group(group, committed=True)
-                group.state, group.nodes = "rescheduling", []
+                group.lost = [i for i, n in enumerate(group.nodes) if n == node_id]
+                node = self.tables.nodes.get(node_id)
+                if node is not None:
+                    self._group_resources(group, node, -1.0, group.lost)
+                for i in group.lost:
+                    group.nodes[i] = None
+                group.state = "rescheduling"
                 group.reason = f"node {node_id.hex()} died"
             elif node_id in group.waiting_on:       # it will never answer
                 self._on_bundles_prepared(None, P.BundlesPrepared(

@@ -114,7 +114,9 @@ class Tables:
 
     def node_list(self) -> list[dict]:
         now = time.monotonic()
-        return [{**n.stats, "node_id": n.node_id.hex(), "host": n.host, "address": n.address,
+        return [{**n.stats, **{k: bundles.visible(n.stats[k]) for k in
+                               ("resources_total", "resources_available") if k in n.stats},
+                 "node_id": n.node_id.hex(), "host": n.host, "address": n.address,
                  "resources": bundles.visible(n.resources), "pid": n.pid, "alive": n.alive,
                  "state": "alive" if n.alive else "dead", "registered_at": n.registered_at,
                  "died_at": n.died_at,

@@ -32,14 +32,26 @@ class LocalScheduler:
         self.total = {k: float(v) for k, v in resources.items()}
         self.available = dict(self.total)
         self.queue: collections.deque[LeaseRequest] = collections.deque()
-        #: placement group id -> (its bundles here [(index, resources)], committed?)
-        self.groups: dict[bytes, tuple[list, bool]] = {}
+        #: placement group id -> {bundle index: (its resources, committed?)} of those here
+        self.groups: dict[bytes, dict] = {}
+        self.removed_groups: set[str] = set()      # hex ids: what asks for them fails
+
+    def removed(self, resources: dict) -> str | None:
+        """Why no node will ever serve it (a placement group it asks for was removed)."""
+        if self.removed_groups:
+            for name in resources:
+                if B.is_group_resource(name) and B.group_of(name) in self.removed_groups:
+                    return f"placement group {B.group_of(name)} was removed"
+        return None
 
     def infeasible(self, resources: dict) -> str | None:
         """Why this node can never serve the request, or None if it can."""
         for name, amount in resources.items():
             if amount < 0:
                 return f"resource {name!r} asked for a negative amount ({amount})"
+            if name.startswith(B.NODE_PREFIX) and name not in self.total:
+                return (f"it must run on node {name[len(B.NODE_PREFIX):]} (hard node "
+                        f"affinity), which is not this one")
             if amount > self.total.get(name, 0.0) and not B.is_group_resource(name):
                 # (a placement group's resources exist once it is created: the request
                 # waits for that)
@@ -69,51 +81,6 @@ class LocalScheduler:
             if k in self.total:         # (a removed placement group's are gone)
                 self.available[k] = self.available.get(k, 0.0) + v
 
-    # ---- placement groups' bundles -------------------------------------------------------
-    def prepare(self, pg_id: bytes, bundles: list) -> str:
-        """Set aside the resources of these bundles; '' or why it cannot now."""
-        need: dict = {}
-        for _, b in bundles:
-            B.add(need, b)
-        if pg_id in self.groups:
-            return ""
-        short = {k: v for k, v in need.items() if self.available.get(k, 0.0) < v - 1e-9}
-        if short:
-            return "not free here: " + ", ".join(
-                f"{k}={v:g} (free {self.available.get(k, 0.0):g})" for k, v in short.items())
-        self.acquire(need)
-        self.groups[pg_id] = (list(bundles), False)
-        return ""
-
-    def commit(self, pg_id: bytes) -> None:
-        """The group's resources exist here now."""
-        entry = self.groups.get(pg_id)
-        if entry is None or entry[1]:
-            return
-        self.groups[pg_id] = (entry[0], True)
-        for i, b in entry[0]:
-            extra = B.group_resources(pg_id.hex(), i, b)
-            B.add(self.total, extra)
-            B.add(self.available, extra)
-
-    def release_group(self, pg_id: bytes) -> set:
-        """The group's resources go, what it set aside comes back; returns the names that
-        went (the workers holding some of them are the group's)."""
-        entry = self.groups.pop(pg_id, None)
-        if entry is None:
-            return set()
-        bundles, committed = entry
-        gone: set = set()
-        for i, b in bundles:
-            if committed:
-                extra = B.group_resources(pg_id.hex(), i, b)
-                gone.update(extra)
-                for k in extra:
-                    self.total.pop(k, None)
-                    self.available.pop(k, None)
-            self.release(b)
-        return gone
-
     def next_grantable(self) -> LeaseRequest | None:
         """The oldest queued request that fits what is free now (it stays queued)."""
         for req in self.queue:
@@ -123,3 +90,49 @@ class LocalScheduler:
 
     def drop_peer(self, peer) -> None:
         self.queue = collections.deque(r for r in self.queue if r.peer != peer)
+
+    # ---- placement groups' bundles -------------------------------------------------------
+    def prepare(self, pg_id: bytes, bundles: list) -> str:
+        """Set aside the resources of these bundles; '' or why it cannot now."""
+        have = self.groups.setdefault(pg_id, {})
+        new = [(i, b) for i, b in bundles if i not in have]
+        need: dict = {}
+        for _, b in new:
+            B.add(need, b)
+        short = {k: v for k, v in need.items() if self.available.get(k, 0.0) < v - 1e-9}
+        if short:
+            if not have:
+                del self.groups[pg_id]
+            return "not free here: " + ", ".join(
+                f"{k}={v:g} (free {self.available.get(k, 0.0):g})" for k, v in short.items())
+        self.acquire(need)
+        for i, b in new:
+            have[i] = (b, False)
+        return ""
+
+    def commit(self, pg_id: bytes) -> None:
+        """The group's prepared bundles' resources exist here now."""
+        for i, (b, committed) in list(self.groups.get(pg_id, {}).items()):
+            if not committed:
+                self.groups[pg_id][i] = (b, True)
+                extra = B.group_resources(pg_id.hex(), i, b)
+                B.add(self.total, extra)
+                B.add(self.available, extra)
+
+    def release_group(self, pg_id: bytes, indices: tuple = ()) -> set:
+        """The group's bundles here (those of ``indices``, if any) go: their resources go,
+        what they set aside comes back. Returns the names that went (a worker holding one
+        ran in the group)."""
+        have = self.groups.get(pg_id, {})
+        gone: set = set()
+        for i in [i for i in have if not indices or i in indices]:
+            b, committed = have.pop(i)
+            if committed:
+                extra = B.group_resources(pg_id.hex(), i, b)
+                gone.update(k for k in extra if f"_group_{i}_" in k)
+                B.add(self.total, extra, -1.0)      # the group-wide names: its share
+                B.add(self.available, extra, -1.0)
+            self.release(b)
+        if not have:
+            self.groups.pop(pg_id, None)
+        return gone

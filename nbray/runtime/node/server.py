@@ -150,8 +150,8 @@ class NodeServer:
         workers = list(self.pool.workers.values())
         return {
             "node_id": self.node_id.hex(), "address": self.address, "pid": os.getpid(),
-            "resources_total": bundles.visible(self.sched.total),
-            "resources_available": bundles.visible(self.sched.available),
+            "resources_total": dict(self.sched.total),
+            "resources_available": dict(self.sched.available),
             "workers": len(workers),
             "workers_idle": sum(w.state == "idle" for w in workers),
             "workers_leased": sum(w.state == "leased" for w in workers),
@@ -191,7 +191,7 @@ class NodeServer:
             self.leases_granted += 1
             self.ep.reply(req.peer, P.LeaseGranted(req.request_id, w.worker_id, w.address,
                                                    w.pid, self.node_id, req.placed))
-            if req.actor and len(self.pool.workers) < self.max_workers:
+            if req.actor and self._pool_size() < self.max_workers:
                 self.pool.spawn()       # the actor keeps this worker: stand another in
         if self.sched.queue:
             self._reclaim()
@@ -202,7 +202,7 @@ class NodeServer:
         waiting = sum(self.sched.fits(r.resources) for r in self.sched.queue)
         if starting >= waiting:
             return
-        if len(self.pool.workers) < self.max_workers:
+        if self._pool_size() < self.max_workers:
             self.pool.spawn()
         elif not self._warned_cap:
             self._warned_cap = True
@@ -275,6 +275,11 @@ class NodeServer:
         and refuses the rest: no node can join it)."""
         if peer[0] and peer[1] in self._gone:
             return                      # a client that left: nobody would use the lease
+        gone = self.sched.removed(msg.resources) or (
+            self.sched.removed(msg.hold) if msg.hold else None)
+        if gone is not None:
+            self.ep.reply(peer, P.LeaseRejected(msg.request_id, gone))
+            return
         reason = self.sched.infeasible(msg.resources) or (
             self.sched.infeasible(msg.hold) if msg.hold else None)
         req = LeaseRequest(peer, msg.request_id, msg.resources, msg.actor, msg.hold,
@@ -347,11 +352,27 @@ class NodeServer:
         self.sched.commit(msg.pg_id)
 
     def _on_release_bundles(self, peer, msg: P.ReleaseBundles) -> None:
-        gone = self.sched.release_group(msg.pg_id)
-        for w in self.pool.by_state("leased"):      # what runs in the group goes with it
-            if gone & set(w.held):
-                w.held = {k: v for k, v in w.held.items() if k not in gone}
+        gone = self.sched.release_group(msg.pg_id, msg.indices)
+        whole = msg.pg_id not in self.sched.groups
+        hexid = msg.pg_id.hex()
+        for w in self.pool.by_state("leased"):      # what runs in it goes with it
+            mine = {k for k in w.held if bundles.is_group_resource(k) and
+                    bundles.group_of(k) == hexid}
+            if mine and (whole or mine & gone):
+                w.held = {k: v for k, v in w.held.items() if k not in mine}
                 self.pool.signal(w.worker_id, signal.SIGKILL)
+        if msg.removed:         # what waits for it here fails: it will never exist again
+            self.sched.removed_groups.add(hexid)
+            for req in list(self.sched.queue):
+                reason = self.sched.removed(req.resources)
+                if reason is not None:
+                    self.sched.queue.remove(req)
+                    self.ep.reply(req.peer, P.LeaseRejected(req.request_id, reason))
+
+    def _pool_size(self) -> int:
+        """The workers that serve leases (not the keeper)."""
+        return len(self.pool.workers) - (self.keeper is not None and
+                                          self.keeper.worker_id in self.pool.workers)
 
     def _on_keeper_address(self, peer, msg: P.KeeperAddress) -> None:
         """Where the keeper is: a worker of its own, never leased, that owns the detached
@@ -522,7 +543,7 @@ class NodeServer:
                 self.sched.release(w.held)
             self.ep.reply(w.lessee, P.WorkerDied(w.worker_id, reason))
         self._client_gone(w.worker_id, w.address)
-        if not self.stopping and len(self.pool.workers) < self.num_workers:
+        if not self.stopping and self._pool_size() < self.num_workers:
             self.pool.spawn()
 
     def _client_gone(self, client_id: bytes, address: str = "", tell_head: bool = True) -> None:

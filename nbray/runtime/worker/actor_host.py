@@ -71,10 +71,7 @@ class ActorHost:
                 fn, args, kwargs = self.prepare(spec)
                 result = fn(*args, **kwargs)
                 if spec.generator:
-                    n = 0
-                    for n, item in enumerate(iterate_items(spec, result), 1):
-                        self.send_item(owner, spec, n, item)
-                    result = n
+                    result = self._stream(owner, spec, result)
             except BaseException as exc:        # noqa: B902 - it goes back to the caller
                 self.complete(owner, spec, None, exc)
                 return
@@ -95,13 +92,11 @@ class ActorHost:
                         n = 0
                         async for item in result:
                             n += 1
-                            self.send_item(owner, spec, n, item)
+                            if spec.num_returns:    # (not a replayed call's)
+                                self.send_item(owner, spec, n, item)
                         result = n
                     elif spec.generator:
-                        n = 0
-                        for n, item in enumerate(iterate_items(spec, result), 1):
-                            self.send_item(owner, spec, n, item)
-                        result = n
+                        result = self._stream(owner, spec, result)
                     elif inspect.isawaitable(result):
                         result = await result
                 except BaseException as exc:    # noqa: B902 - it goes back to the caller
@@ -110,6 +105,13 @@ class ActorHost:
                 self.complete(owner, spec, result, None)
             finally:
                 self._end()
+
+    def _stream(self, owner, spec, items) -> int:
+        n = 0
+        for n, item in enumerate(iterate_items(spec, items), 1):
+            if spec.num_returns:        # (a replayed call's items were sent the first time)
+                self.send_item(owner, spec, n, item)
+        return n
 
     def _begin(self) -> None:
         with self._lock:

@@ -270,7 +270,8 @@ class Executor:
         n = 0
         for item in iterate_items(spec, items):
             n += 1
-            self.send_item(owner, spec, n, item)
+            if spec.num_returns:    # (a replayed call's items were sent the first time)
+                self.send_item(owner, spec, n, item)
         return n
 
     def send_item(self, owner: str, spec: P.TaskSpec, index: int, item) -> None:
