@@ -101,8 +101,12 @@ def test_a_notebook_interrupt_cancels_the_cells_remote_work(tmp_path):
         "%%remote\n'still usable'",
         "%nbray shutdown",
     )]
-    client = nbclient.NotebookClient(nb, timeout=20, interrupt_on_timeout=True,
-                                     allow_errors=True, kernel_name="python3")
+    forever_cell = nb.cells[1]
+    # the endless cell is interrupted after 6 s (time enough for its task to start); the
+    # others have a minute
+    client = nbclient.NotebookClient(
+        nb, timeout=60, timeout_func=lambda cell: 6 if cell is forever_cell else 60,
+        interrupt_on_timeout=True, allow_errors=True, kernel_name="python3")
     started = time.monotonic()
     client.execute()
     assert time.monotonic() - started < 150

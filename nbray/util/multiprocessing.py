@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import multiprocessing
 import threading
+import weakref
 
 TimeoutError = multiprocessing.TimeoutError
 
@@ -40,10 +41,11 @@ class AsyncResult:
         self._left = len(refs)
         self._lock = threading.Lock()
         self._callback, self._error_callback = callback, error_callback
+        self._futures = [ref.future() for ref in refs]   # their values, decoded once
         if not refs:
             self._finish()
-        for ref in refs:
-            ref.future().add_done_callback(self._one_done)
+        for fut in self._futures:
+            fut.add_done_callback(self._one_done)
 
     def _one_done(self, _future) -> None:
         with self._lock:
@@ -53,9 +55,8 @@ class AsyncResult:
             self._finish()
 
     def _finish(self) -> None:
-        from nbray import api
         try:
-            chunks = api.get(self._refs)
+            chunks = [f.result() for f in self._futures]
             self._value = chunks[0] if self._single else list(itertools.chain(*chunks))
         except BaseException as e:
             self._error = e
@@ -116,6 +117,7 @@ class Pool:
         self._next = itertools.cycle(range(processes))
         self._state = "running"
         self._outstanding: list = []        # the refs of work submitted, for join()
+        self._results = weakref.WeakSet()   # the AsyncResults handed out, for join()
 
     # ---- lifecycle -------------------------------------------------------------------------
     def __enter__(self) -> "Pool":
@@ -141,13 +143,20 @@ class Pool:
         self._outstanding.clear()
 
     def join(self) -> None:
-        """Wait for the work submitted so far (after ``close`` or ``terminate``)."""
+        """Wait for the work submitted so far (after ``close`` or ``terminate``); then the
+        pool's processes end."""
         from nbray import api
         if self._state == "running":
             raise ValueError("Pool.join() needs close() or terminate() first")
         if self._outstanding:
             api.wait(self._outstanding, num_returns=len(self._outstanding))
             self._outstanding.clear()
+        for result in list(self._results):  # and their callbacks have run
+            result.wait()
+        if self._state == "closed":         # its processes exit, as the standard library's
+            for actor in self._actors:
+                api.kill(actor)
+            self._state = "terminated"
 
     def _check_running(self) -> None:
         if self._state != "running":
@@ -190,7 +199,12 @@ class Pool:
                     error_callback=None) -> AsyncResult:
         self._check_running()
         ref = self._submit(self._actor().apply.remote(func, tuple(args), dict(kwds or {})))
-        return AsyncResult([ref], True, callback, error_callback)
+        return self._result([ref], True, callback, error_callback)
+
+    def _result(self, refs, single, callback, error_callback) -> AsyncResult:
+        result = AsyncResult(refs, single, callback, error_callback)
+        self._results.add(result)
+        return result
 
     def apply(self, func, args=(), kwds=None):
         return self.apply_async(func, args, kwds).get()
@@ -198,12 +212,12 @@ class Pool:
     def map_async(self, func, iterable, chunksize: int | None = None, callback=None,
                   error_callback=None) -> AsyncResult:
         refs = list(self._chunks(func, None, chunksize, False, list(iterable)))
-        return AsyncResult(refs, False, callback, error_callback)
+        return self._result(refs, False, callback, error_callback)
 
     def starmap_async(self, func, iterable, chunksize: int | None = None, callback=None,
                       error_callback=None) -> AsyncResult:
         refs = list(self._chunks(func, None, chunksize, True, list(iterable)))
-        return AsyncResult(refs, False, callback, error_callback)
+        return self._result(refs, False, callback, error_callback)
 
     def map(self, func, iterable, chunksize: int | None = None) -> list:
         return self.map_async(func, iterable, chunksize).get()

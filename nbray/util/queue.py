@@ -35,16 +35,19 @@ class _QueueActor:
         return self.queue.full()
 
     async def put(self, item, timeout) -> None:
-        try:
-            await asyncio.wait_for(self.queue.put(item), timeout)
-        except asyncio.TimeoutError:
-            raise Full(f"the queue stayed full for {timeout}s") from None
+        if not await _within(self.queue.put(item), timeout):
+            raise Full(f"the queue stayed full for {timeout}s")
 
     async def get(self, timeout):
-        try:
-            return await asyncio.wait_for(self.queue.get(), timeout)
-        except asyncio.TimeoutError:
-            raise Empty(f"the queue stayed empty for {timeout}s") from None
+        done = await _within(self.queue.get(), timeout)
+        if not done:
+            raise Empty(f"the queue stayed empty for {timeout}s")
+        return done[0]
+
+    def put_one(self, item) -> None:
+        if self.queue.full():
+            raise Full(f"the queue holds {self.queue.maxsize} item(s), its most")
+        self.queue.put_nowait(item)
 
     def put_nowait(self, items: list) -> None:
         if self.queue.maxsize and self.queue.qsize() + len(items) > self.queue.maxsize:
@@ -60,6 +63,21 @@ class _QueueActor:
 
     def __nbray_state__(self) -> dict:
         return {"size": self.queue.qsize(), "maxsize": self.queue.maxsize}
+
+
+async def _within(coro, timeout) -> tuple:
+    """(its result,) if ``coro`` finished within ``timeout`` seconds, else () after it was
+    cancelled. Unlike ``asyncio.wait_for``, an item got just as the time ran out is never
+    lost: what finished is returned."""
+    task = asyncio.ensure_future(coro)
+    done, _ = await asyncio.wait({task}, timeout=timeout)
+    if not done:
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            return ()
+    return (task.result(),)
 
 
 class Queue:
@@ -104,7 +122,7 @@ class Queue:
         return _call(self.actor.get.remote(timeout))
 
     def put_nowait(self, item) -> None:
-        _call(self.actor.put_nowait.remote([item]))
+        _call(self.actor.put_one.remote(item))
 
     def get_nowait(self):
         return _call(self.actor.get_nowait.remote(1))[0]
@@ -121,7 +139,7 @@ class Queue:
 
     async def put_async(self, item, block: bool = True, timeout: float | None = None) -> None:
         if not block:
-            return await _acall(self.actor.put_nowait.remote([item]))
+            return await _acall(self.actor.put_one.remote(item))
         _check_timeout(timeout)
         await _acall(self.actor.put.remote(item, timeout))
 
