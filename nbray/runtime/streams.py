@@ -50,8 +50,14 @@ class Streams:
         rid = client.return_id(msg.task_id, msg.index)
         if stream is None or stream.done or msg.index != len(stream.items) + 1:
             # a retried attempt's repeat (kept already), or an attempt nobody waits for
-            if rid not in client.objects:
+            kept = client.objects.get(rid)
+            if kept is None:
                 self._discard(rid, msg.value)
+            elif msg.value.kind == P.SHM and (
+                    kept.value is None or kept.value.kind != P.SHM or
+                    kept.value.payload.path != msg.value.payload.path or
+                    kept.value.payload.node_id != msg.value.payload.node_id):
+                client._free_segment(msg.value.payload)     # a copy made elsewhere
             return
         self._add(stream, rid, msg.value)
 

@@ -532,6 +532,12 @@ class NodeServer:
         code = w.proc.returncode
         reason = f"worker pid {w.pid} exited with code {code}" if code >= 0 else \
             f"worker pid {w.pid} was killed by signal {-code}"
+        if w is self.keeper:        # who waits for it to start hears why not, now
+            self.keeper = None
+            for asker, request_id in self._keeper_asks:
+                self.ep.reply(asker, P.Reply(request_id, None,
+                                             f"the keeper of detached actors died: {reason}"))
+            self._keeper_asks.clear()
         if w.owner_died:
             # the owner cannot tell the actor's other callers: tell every client here
             died = P.WorkerDied(w.worker_id, "the actor's owner died", owner_died=True)
