@@ -122,10 +122,8 @@ class ActorClass:
         group = where.group
         if group is None and opts.get("scheduling_strategy") is None and client.capture_pg:
             group, where = client.capture_pg, where._replace(capture=True)
-        if where.extra:
-            placement = {**placement, **where.extra}
+        placement = where.resources(placement, group)
         if group is not None:
-            placement = bundles.task_resources(placement, *group)
             hold = bundles.task_resources(hold, *group)
         node = client.spread_node(self._shared) if where.spread else where.node
         methods = _methods(self._cls)

@@ -47,7 +47,6 @@ class ObjectRefGenerator:
 
     async def __anext__(self):
         client, index = self._client, self._next
-        ready: concurrent.futures.Future = concurrent.futures.Future()
         if client.threaded:         # its I/O thread says when the stream moves: no thread
             while client.poll_item(self._ref, index) is None:
                 ready = concurrent.futures.Future()

@@ -111,12 +111,9 @@ class RemoteFunction:
         self._node, self._spread = where.node, where.spread
         self._base_resources = self._resources
         self._placement = ()            # the bundle its tasks' children run in, if captured
-        if where.extra:
-            self._resources = {**self._resources, **where.extra}
-        if where.group is not None:
-            self._resources = bundles.task_resources(self._resources, *where.group)
-            if where.capture:
-                self._placement = where.group
+        self._resources = where.resources(self._resources)
+        if where.group is not None and where.capture:
+            self._placement = where.group
         #: with no strategy of its own, a task run in a group that captures runs in it too
         self._inherit = opts.get("scheduling_strategy") is None
         self._limit = _limit(opts, ("fn", self._name), f"remote function {self._name}")

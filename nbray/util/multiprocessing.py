@@ -35,7 +35,7 @@ class AsyncResult:
     library: ``get(timeout)``, ``wait(timeout)``, ``ready()``, ``successful()``."""
 
     def __init__(self, refs: list, single: bool, callback=None, error_callback=None):
-        self._refs, self._single = refs, single
+        self._single = single
         self._done = threading.Event()
         self._value = self._error = None
         self._left = len(refs)

@@ -203,12 +203,10 @@ def get_current_placement_group() -> PlacementGroup | None:
 
 
 def _table_row(pg_hex: str) -> dict:
-    from nbray import api
-    rows = _request(api._client(), lambda r: P.ListPlacementGroups(r))
-    for row in rows:
-        if row["placement_group_id"] == pg_hex:
-            return row
-    raise ValueError(f"no placement group {pg_hex}")
+    row = placement_group_table().get(pg_hex)
+    if row is None:
+        raise ValueError(f"no placement group {pg_hex}")
+    return row
 
 
 def _request(client, make):

@@ -166,25 +166,25 @@ def _rebuild(maxsize: int, actor) -> Queue:
 
 
 def _check_timeout(timeout) -> None:
-    if timeout is not None and (isinstance(timeout, bool) or
-                                not isinstance(timeout, (int, float)) or timeout < 0):
-        raise ValueError(f"timeout must be None or a number >= 0, got {timeout!r}")
+    from nbray import api
+    api._check_timeout(timeout)
+
+
+def _plain(e: RemoteError) -> BaseException:
+    """Empty and Full as themselves, as the standard library's queue raises them."""
+    return type(e.cause)(*e.cause.args) if isinstance(e.cause, (Empty, Full)) else e
 
 
 def _call(ref):
     from nbray import api
     try:
         return api.get(ref)
-    except RemoteError as e:        # Empty and Full as themselves, as the stdlib's queue does
-        if isinstance(e.cause, (Empty, Full)):
-            raise type(e.cause)(*e.cause.args) from None
-        raise
+    except RemoteError as e:
+        raise _plain(e) from None
 
 
 async def _acall(ref):
     try:
         return await ref
     except RemoteError as e:
-        if isinstance(e.cause, (Empty, Full)):
-            raise type(e.cause)(*e.cause.args) from None
-        raise
+        raise _plain(e) from None

@@ -69,6 +69,15 @@ class Placement(NamedTuple):
     spread: bool = False
     extra: dict | None = None
 
+    def resources(self, resources: dict, group: tuple | None = None) -> dict:
+        """What a task (or an actor) of ``resources`` asks for under this placement, in
+        ``group`` (default: its own)."""
+        from nbray.runtime import bundles
+        if self.extra:
+            resources = {**resources, **self.extra}
+        group = group or self.group
+        return bundles.task_resources(resources, *group) if group else resources
+
 
 NONE = Placement()
 
@@ -93,7 +102,3 @@ def resolve(strategy) -> Placement:
                      f"NodeAffinitySchedulingStrategy or a PlacementGroupSchedulingStrategy, "
                      f"got {strategy!r}")
 
-
-def node_of(strategy) -> bytes:
-    """The node a ``scheduling_strategy`` option asks for (b"" for none)."""
-    return resolve(strategy).node

@@ -71,7 +71,7 @@ class ActorHost:
                 fn, args, kwargs = self.prepare(spec)
                 result = fn(*args, **kwargs)
                 if spec.generator:
-                    result = self._stream(owner, spec, result)
+                    result = stream_items(owner, spec, result, self.send_item)
             except BaseException as exc:        # noqa: B902 - it goes back to the caller
                 self.complete(owner, spec, None, exc)
                 return
@@ -96,7 +96,7 @@ class ActorHost:
                                 self.send_item(owner, spec, n, item)
                         result = n
                     elif spec.generator:
-                        result = self._stream(owner, spec, result)
+                        result = stream_items(owner, spec, result, self.send_item)
                     elif inspect.isawaitable(result):
                         result = await result
                 except BaseException as exc:    # noqa: B902 - it goes back to the caller
@@ -105,13 +105,6 @@ class ActorHost:
                 self.complete(owner, spec, result, None)
             finally:
                 self._end()
-
-    def _stream(self, owner, spec, items) -> int:
-        n = 0
-        for n, item in enumerate(iterate_items(spec, items), 1):
-            if spec.num_returns:        # (a replayed call's items were sent the first time)
-                self.send_item(owner, spec, n, item)
-        return n
 
     def _begin(self) -> None:
         with self._lock:
@@ -147,6 +140,16 @@ class ActorHost:
             except Exception as e:      # the user's hook must not break the state API
                 out["state_error"] = f"{type(e).__name__}: {e}"
         return out
+
+
+def stream_items(owner, spec, items, send_item) -> int:
+    """Send each item of a call (or task) that yields as it comes; returns how many there
+    were (its own result)."""
+    n = 0
+    for n, item in enumerate(iterate_items(spec, items), 1):
+        if spec.num_returns:        # (a replayed call's items were sent the first time)
+            send_item(owner, spec, n, item)
+    return n
 
 
 def iterate_items(spec, items):

@@ -25,7 +25,7 @@ from nbray.errors import TaskCancelledError
 from nbray.runtime import output, protocol as P, serialization
 from nbray.config import CONFIG
 from nbray.runtime.actor_client import RESTORE, TERMINATE
-from nbray.runtime.worker.actor_host import ActorHost, iterate_items
+from nbray.runtime.worker.actor_host import ActorHost, stream_items
 
 _BATCH = 64
 _FLUSH_AFTER_S = 0.001
@@ -167,7 +167,7 @@ class Executor:
                     client.take_poke()      # a cancel was announced while we got ready
                 result = fn(*args, **kwargs)
                 if spec.generator:
-                    result = self.stream(owner, spec, result)
+                    result = stream_items(owner, spec, result, self.send_item)
             finally:
                 client.in_user_code = False
             del args, kwargs
@@ -263,16 +263,6 @@ class Executor:
         if fn is None:
             fn = self.functions[fn_id] = serialization.loads_function(self.blobs.pop(fn_id))
         return fn
-
-    def stream(self, owner: str, spec: P.TaskSpec, items) -> int:
-        """A generator task: send each item to the owner as it is yielded (what the task
-        printed first); the task's own result is how many there were."""
-        n = 0
-        for item in iterate_items(spec, items):
-            n += 1
-            if spec.num_returns:    # (a replayed call's items were sent the first time)
-                self.send_item(owner, spec, n, item)
-        return n
 
     def send_item(self, owner: str, spec: P.TaskSpec, index: int, item) -> None:
         """One item of a generator task, now (any thread)."""
