@@ -3,6 +3,7 @@
     python benchmarks/bench.py            # the full run (a few minutes on 2 cores)
     python benchmarks/bench.py --quick    # smaller sample counts, for a smoke run
     python benchmarks/bench.py --million  # also push 1,000,000 tasks through, watching RSS
+    python benchmarks/bench.py --backend ray   # on Ray: through nbray and directly, side by side
 
 Every figure is measured on an embedded cluster with 2 workers (``--workers`` changes it).
 See benchmarks/README.md for what each figure means.
@@ -378,6 +379,11 @@ def main(argv=None) -> int:
                     help="run 1,000,000 tasks (instead of 100,000) for the memory check")
     ap.add_argument("--workers", type=int, default=2, help="workers of the cluster (default 2)")
     ap.add_argument("--no-floor", action="store_true", help="skip the machine floor")
+    ap.add_argument("--backend", choices=("nbray", "ray"), default="nbray",
+                    help="ray: the core workloads on Ray through nbray and on Ray directly, "
+                         "side by side (benchmarks/ray_compare.py)")
+    ap.add_argument("--address", default=None,
+                    help="--backend ray: a running Ray cluster's address (default: start one)")
     args = ap.parse_args(argv)
     q = args.quick
     result: dict = {
@@ -388,6 +394,15 @@ def main(argv=None) -> int:
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     t_all = time.perf_counter()
+    if args.backend == "ray":
+        import contextlib
+        import ray_compare
+        with contextlib.redirect_stdout(sys.stderr):    # Ray's own warnings print to stdout
+            result.update(ray_compare.run(q, log, args.address))
+        result["floor"] = {"skipped": "--no-floor"} if args.no_floor else run_floor(600)
+        result["bench_total_s"] = round(time.perf_counter() - t_all, 1)
+        print(json.dumps(result, indent=2))
+        return 0
     log(f"starting an embedded cluster with {args.workers} workers")
     t = time.perf_counter()
     nbray.init(num_workers=args.workers)

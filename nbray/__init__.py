@@ -40,6 +40,9 @@ def unload_ipython_extension(shell):
 
 __version__ = "0.1.0"
 
+from nbray import backends  # noqa: E402  (last: a backend's module imports the API above)
+backends.attach_in_worker()
+
 __all__ = [
     "init", "shutdown", "is_initialized",
     "remote", "get", "put", "wait", "cancel",

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+from abc import ABCMeta
 
+from nbray import backends
 from nbray.errors import ClusterError, SerializationError
 from nbray.object_ref import ObjectRef
 from nbray.remote_function import GENERATOR_KINDS, check_num_returns, check_resources
@@ -100,6 +102,8 @@ class ActorClass:
         return self._shared[key]
 
     def remote(self, *args, **kwargs) -> "ActorHandle":
+        if backends.engine is not None:
+            return backends.engine.create_actor(self, args, kwargs)
         from nbray import api
         opts = self._options
         name, namespace = opts.get("name") or "", opts.get("namespace") or ""
@@ -186,7 +190,7 @@ class ActorClass:
         return f"<nbray actor class {self._name}>"
 
 
-class ActorHandle:
+class ActorHandle(metaclass=ABCMeta):     # ABC: another backend's handles register
     """A reference to an actor: ``handle.method.remote(...)`` calls it."""
     __slots__ = ("_actor_id", "_owner", "_class_name", "_methods", "_retries", "_ref",
                  "_bound", "_limit", "__weakref__")
@@ -220,7 +224,7 @@ class ActorHandle:
                            self._retries, self._ref, self._bound))
 
     def __eq__(self, other) -> bool:
-        return isinstance(other, ActorHandle) and other._actor_id == self._actor_id
+        return type(other) is ActorHandle and other._actor_id == self._actor_id
 
     def __hash__(self) -> int:
         return hash(self._actor_id)

@@ -9,7 +9,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from nbray import config, progress as progress_bar
+from nbray import backends, config, progress as progress_bar
 from nbray.config import CONFIG
 from nbray.object_ref import ObjectRef
 from nbray.runtime import cluster, core_client, protocol as P
@@ -27,11 +27,13 @@ class ClusterContext:
     num_workers: int
     resources: dict
     embedded: bool
+    backend: str = "nbray"
 
     def __repr__(self) -> str:
         kind = "embedded" if self.embedded else "joined"
-        return (f"ClusterContext({kind} session={self.session}, workers={self.num_workers}, "
-                f"resources={self.resources})")
+        on = "" if self.backend == "nbray" else f"{self.backend} "
+        return (f"ClusterContext({on}{kind} session={self.session}, "
+                f"workers={self.num_workers}, resources={self.resources})")
 
 
 class _Driver:
@@ -57,15 +59,20 @@ class _Driver:
 _driver = _Driver()
 
 
-def init(address: str | None = None, *, num_workers: int | None = None,
+def init(address: str | None = None, *, backend: str | None = None,
+         num_workers: int | None = None,
          num_cpus: int | None = None, num_gpus: float | None = None,
          resources: dict | None = None,
          ignore_reinit_error: bool = False, key: str | None = None,
          max_pending: int | None = None, on_overload: str = "block",
          overload_timeout: float | None = None,
          object_store_memory: int | None = None,
-         _system_config: dict | None = None) -> ClusterContext:
+         _system_config: dict | None = None, **engine_options) -> ClusterContext:
     """Start an embedded cluster (no address) or join a running one (``address``).
+
+    ``backend="ray"`` (or ``NBRAY_BACKEND=ray``): the same API on Ray (``nbray/backends/``):
+    ``address`` is Ray's (None starts a local Ray instance, ``"auto"``, ``"ray://host:port"``)
+    and further keyword arguments go to ``ray.init``.
 
     ``num_workers`` (or Ray's ``num_cpus``) sets the worker processes and CPUs of the embedded
     node; the default is the machine's cores (more is allowed: CPUs are logical, as in Ray).
@@ -88,12 +95,21 @@ def init(address: str | None = None, *, num_workers: int | None = None,
     """
     from nbray.runtime import admission
     admission.check(max_pending, on_overload, overload_timeout)
+    backend = backend or os.environ.get("NBRAY_BACKEND") or "nbray"
+    if backend != "nbray":
+        return _init_engine(backend, address, ignore_reinit_error, engine_options, {
+            "num_cpus": num_workers if num_workers is not None else num_cpus,
+            "num_gpus": num_gpus, "resources": resources,
+            "object_store_memory": object_store_memory, "_system_config": _system_config},
+            {"key": key, "max_pending": max_pending, "overload_timeout": overload_timeout,
+             "on_overload": None if on_overload == "block" else on_overload})
+    if engine_options:
+        raise TypeError(f"nbray.init() got unexpected keyword argument(s) "
+                        f"{', '.join(sorted(engine_options))} (those pass to another "
+                        f"engine's init, with backend=)")
     with _lock:
-        if _driver.client is not None:
-            if ignore_reinit_error:
-                return _driver.context
-            raise RuntimeError("nbray.init() was already called; call nbray.shutdown() first "
-                               "or pass ignore_reinit_error=True")
+        if _initialized_already(ignore_reinit_error):
+            return _driver.context
         if num_workers is not None and num_cpus is not None and num_workers != num_cpus:
             raise ValueError("num_workers and num_cpus name the same thing; pass one of them")
         n = num_workers if num_workers is not None else num_cpus
@@ -157,6 +173,34 @@ def init(address: str | None = None, *, num_workers: int | None = None,
         return _driver.context
 
 
+def _initialized_already(ignore_reinit_error: bool) -> bool:
+    """True if init() should return the context it made before; an error if it was called
+    and may not be again."""
+    if _driver.client is None and backends.engine is None:
+        return False
+    if ignore_reinit_error:
+        return True
+    raise RuntimeError("nbray.init() was already called; call nbray.shutdown() first or pass "
+                       "ignore_reinit_error=True")
+
+
+def _init_engine(name: str, address, ignore_reinit_error: bool, engine_options: dict,
+                 common: dict, nbray_only: dict) -> ClusterContext:
+    """``init`` of another engine: its backend connects and the API speaks to it."""
+    with _lock:
+        if _initialized_already(ignore_reinit_error):
+            return _driver.context
+        eng = backends.load(name)
+        given = sorted(k for k, v in nbray_only.items() if v is not None)
+        if given:
+            raise eng.unsupported(f"init's {', '.join(given)}")
+        _check_resources(common["resources"])
+        options = {**{k: v for k, v in common.items() if v is not None}, **engine_options}
+        _driver.context = eng.init(address, **options)
+        backends.engine = eng
+        return _driver.context
+
+
 def _join_record(address: str, key: str | None) -> cluster.ClusterRecord:
     record = cluster.find(address)
     if key is not None or os.environ.get("NBRAY_KEY"):
@@ -197,6 +241,9 @@ def shutdown() -> None:
     with _lock:
         client, record, procs = _driver.client, _driver.record, _driver.procs
         _driver.client = _driver.record = _driver.procs = _driver.context = None
+        eng, backends.engine = backends.engine, None
+        if eng is not None:
+            eng.shutdown()
         if client is None:
             return
         core_client.set_current(None)
@@ -211,7 +258,7 @@ atexit.register(shutdown)
 
 
 def is_initialized() -> bool:
-    return _driver.client is not None or (
+    return backends.engine is not None or _driver.client is not None or (
         core_client.current() is not None and core_client.current().worker_id is not None)
 
 
@@ -219,11 +266,30 @@ def _client() -> core_client.CoreClient:
     client = core_client.current()
     if client is not None:
         return client
+    if backends.engine is not None:     # a part of the API only nbray's runtime has
+        raise backends.engine.unsupported(_public_caller())
     with _lock:
         if _driver.client is None:
+            chosen = os.environ.get("NBRAY_BACKEND") or "nbray"
+            if chosen != "nbray":
+                from nbray.errors import NotInitializedError
+                raise NotInitializedError(f"NBRAY_BACKEND={chosen}: call nbray.init() first "
+                                          f"(it connects to {chosen})")
             log.warning("nbray: starting an embedded cluster (nbray.init() was not called)")
             init()
         return _driver.client
+
+
+def _public_caller() -> str:
+    """The function of nbray's API that needed nbray's runtime: the first caller outside
+    this module."""
+    import sys
+    frame = sys._getframe(2)
+    while frame is not None and frame.f_globals.get("__name__") == __name__:
+        frame = frame.f_back
+    if frame is None:
+        return "this part of nbray's API"
+    return f"{frame.f_globals.get('__name__', '?')}.{frame.f_code.co_name}()"
 
 
 def context() -> ClusterContext | None:
@@ -235,6 +301,8 @@ def nodes() -> list[dict]:
     """Every node the head knows, with Ray's keys: ``NodeID``, ``Alive``,
     ``NodeManagerAddress``, ``NodeManagerHostname``, ``Resources`` (what it declares), and
     nbray's own fields (``nbray.state.nodes()``) under ``"nbray"``."""
+    if backends.engine is not None:
+        return backends.engine.nodes()
     from nbray import state
     return [{"NodeID": n["node_id"], "Alive": n["state"] == "alive",
              "NodeManagerAddress": n.get("address", ""), "NodeManagerHostname": n.get("host"),
@@ -244,12 +312,16 @@ def nodes() -> list[dict]:
 
 def cluster_resources() -> dict:
     """The resources the live nodes declare, summed (``{"CPU": 8.0, "GPU": 1.0, ...}``)."""
+    if backends.engine is not None:
+        return backends.engine.cluster_resources()
     return _summed("resources")
 
 
 def available_resources() -> dict:
     """What the live nodes have free now, summed, as of their latest heartbeats (about every
     half second)."""
+    if backends.engine is not None:
+        return backends.engine.available_resources()
     return _summed("resources_available")
 
 
@@ -267,6 +339,8 @@ def put(value) -> ObjectRef:
     """Store a value in the cluster; returns a ref to it."""
     if isinstance(value, ObjectRef):
         raise TypeError("nbray.put() of an ObjectRef is not allowed; pass the ref itself")
+    if backends.engine is not None:
+        return backends.engine.put(value)
     return _client().put(value)
 
 
@@ -279,6 +353,13 @@ def get(refs, *, timeout: float | None = None, progress: bool | None = None):
     always, ``False`` never.
     """
     _check_timeout(timeout)
+    if backends.engine is not None:
+        if isinstance(refs, (list, tuple)):
+            _check_refs(refs, "get")
+        elif not isinstance(refs, ObjectRef):
+            raise TypeError(f"nbray.get() takes an ObjectRef or a list of them, got "
+                            f"{type(refs).__name__}")
+        return backends.engine.get(refs if isinstance(refs, ObjectRef) else list(refs), timeout)
     _warn_if_in_an_async_actor()
     if isinstance(refs, ObjectRef):
         return _client().get_values([refs], timeout)[0]
@@ -324,8 +405,12 @@ def wait(refs, *, num_returns: int = 1, timeout: float | None = None, fetch_loca
     if isinstance(refs, ObjectRef) or not isinstance(refs, (list, tuple)):
         raise TypeError("nbray.wait() takes a list of ObjectRefs")
     from nbray.generators import ObjectRefGenerator
-    streams = [r for r in refs if isinstance(r, ObjectRefGenerator)]
-    _check_refs([r for r in refs if not isinstance(r, ObjectRefGenerator)], "wait")
+    if backends.engine is None:     # (type, not isinstance: ObjectRefGenerator is an ABC)
+        streams = [r for r in refs if type(r) is ObjectRefGenerator]
+        _check_refs([r for r in refs if type(r) is not ObjectRefGenerator], "wait")
+    else:
+        streams = ()
+        _check_refs([r for r in refs if not isinstance(r, ObjectRefGenerator)], "wait")
     if len(set(refs)) != len(refs):
         raise ValueError("nbray.wait() got the same ObjectRef more than once")
     if isinstance(num_returns, bool) or not isinstance(num_returns, int) or num_returns < 0:
@@ -335,6 +420,8 @@ def wait(refs, *, num_returns: int = 1, timeout: float | None = None, fetch_loca
     _check_timeout(timeout)
     if not refs:
         return [], []
+    if backends.engine is not None:
+        return backends.engine.wait(list(refs), num_returns, timeout, fetch_local)
     client, refs = _client(), list(refs)
     if streams:
         return _wait_with_streams(client, refs, num_returns, timeout)
@@ -375,6 +462,10 @@ def cancel(ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> No
     if not started, interrupted if running (``force=True`` kills its worker). ``get`` on it
     then raises ``TaskCancelledError``."""
     from nbray.generators import ObjectRefGenerator
+    if backends.engine is not None:
+        if not isinstance(ref, (ObjectRef, ObjectRefGenerator)):
+            raise TypeError(f"nbray.cancel() takes an ObjectRef, got {type(ref).__name__}")
+        return backends.engine.cancel(ref, force, recursive)
     if isinstance(ref, ObjectRefGenerator):
         ref = ref.completed()
     if not isinstance(ref, ObjectRef):
@@ -390,6 +481,8 @@ def kill(actor, *, no_restart: bool = True) -> None:
     if not isinstance(actor, ActorHandle):
         raise TypeError(f"nbray.kill() takes an actor handle, got {type(actor).__name__} "
                         f"(use nbray.cancel() for a task's ObjectRef)")
+    if backends.engine is not None:
+        return backends.engine.kill(actor, no_restart)
     _client().kill_actor(actor._actor_id, actor._owner, no_restart)
 
 
@@ -398,6 +491,8 @@ def get_actor(name: str, namespace: str | None = None):
     ``ValueError`` if there is none."""
     if not isinstance(name, str) or not name:
         raise TypeError(f"nbray.get_actor() takes an actor's name, got {name!r}")
+    if backends.engine is not None:
+        return backends.engine.get_actor(name, namespace)
     found = _lookup_actor(_client(), name, namespace or "")
     if found is None:
         raise ValueError(f"no actor named {name!r}" + (

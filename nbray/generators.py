@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+from abc import ABCMeta
 
 
-class ObjectRefGenerator:
+class ObjectRefGenerator(metaclass=ABCMeta):   # ABC: another backend's register
     """The refs of a streaming task's items, in the order it yields them."""
 
     __slots__ = ("_ref", "_client", "_next", "__weakref__")

@@ -8,12 +8,14 @@ borrower the owner knows about.
 """
 from __future__ import annotations
 
+from abc import ABCMeta
+
 from nbray.runtime import serialization
 
 ID_SIZE = 20        # the owner's client id (8), its task sequence number (8), return index (4)
 
 
-class ObjectRef:
+class ObjectRef(metaclass=ABCMeta):   # ABC: another backend's refs register as ObjectRefs
     __slots__ = ("_id", "_owner", "_client", "__weakref__")
 
     def __init__(self, object_id: bytes, owner: str = "", _client=None):
@@ -21,6 +23,10 @@ class ObjectRef:
         self._owner = owner
         self._client = _client
         if _client is None:
+            from nbray import backends
+            if backends.engine is not None:
+                raise TypeError(f"on the {backends.engine.name} backend refs are its own; "
+                                f"build one with its API")
             if not isinstance(object_id, bytes) or len(object_id) != ID_SIZE:
                 raise ValueError(f"an ObjectRef is built from the {ID_SIZE} bytes of an object "
                                  f"id (bytes.fromhex(ref.hex())), got {object_id!r}")
@@ -43,7 +49,7 @@ class ObjectRef:
         return hash(self._id)
 
     def __eq__(self, other) -> bool:
-        return isinstance(other, ObjectRef) and other._id == self._id
+        return type(other) is ObjectRef and other._id == self._id
 
     def __repr__(self) -> str:
         return f"ObjectRef({self._id.hex()})"

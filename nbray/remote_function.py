@@ -5,6 +5,7 @@ import functools
 import hashlib
 import inspect
 
+from nbray import backends
 from nbray.config import CONFIG
 from nbray.errors import SerializationError
 from nbray.runtime import bundles, protocol as P, serialization
@@ -136,6 +137,8 @@ class RemoteFunction:
         return self._shared["id"], self._shared["blob"]
 
     def remote(self, *args, **kwargs):
+        if backends.engine is not None:
+            return backends.engine.submit(self, args, kwargs)
         from nbray import api
         fn_id, blob = self._pickled()
         client = api._client()

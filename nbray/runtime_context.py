@@ -54,5 +54,7 @@ class RuntimeContext:
 
 
 def get_runtime_context() -> RuntimeContext:
-    from nbray import api
+    from nbray import api, backends
+    if backends.engine is not None:
+        return backends.engine.runtime_context()
     return RuntimeContext(api._client())

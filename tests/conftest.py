@@ -8,6 +8,10 @@ Fixtures:
 ``cluster``         a fresh 2-worker cluster for one test (for tests that kill, cancel or
                     otherwise disturb the cluster)
 ``module_cluster``  one 2-worker cluster shared by the tests of a module (cheap tests)
+``any_cluster``     the tests that hold on any backend (``nbray/backends/``): parametrised
+                    over nbray's runtime (``module_cluster``) and Ray (a real local Ray
+                    cluster of a head and one more node, started once per session; those
+                    tests are marked ``ray``: ``pytest -m ray``, which ``.ci/run`` runs)
 
 Both stop the cluster at teardown and check that it left nothing behind: no descendant
 processes, no shared-memory segments of its session, no run directory, no I/O thread.
@@ -196,6 +200,53 @@ def module_cluster():
         shutdown_and_check()
 
 
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A local Ray cluster for the session: a head and a second node (Ray's own helper),
+    2 CPUs each; at teardown none of its processes is left."""
+    import ray
+    from ray.cluster_utils import Cluster as RayCluster
+    for module in _BY_VALUE:        # as for nbray's workers: the test modules by value
+        ray.cloudpickle.register_pickle_by_value(module)
+    before = {p.pid for p in descendants()}
+    c = RayCluster(initialize_head=True, head_node_args={
+        "num_cpus": NUM_WORKERS, "include_dashboard": False})
+    try:
+        c.add_node(num_cpus=NUM_WORKERS)
+        c.wait_for_nodes()
+        yield c
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+        c.shutdown()
+        wait_until(lambda: not [p for p in descendants() if p.pid not in before], 30,
+                   f"the Ray cluster's processes to exit: {descendants()}")
+
+
+@pytest.fixture(scope="module", params=["nbray", pytest.param("ray", marks=pytest.mark.ray)])
+def any_cluster(request):
+    """nbray's own cluster (``module_cluster``) or a driver on the session's Ray cluster."""
+    if request.param == "nbray":
+        yield request.getfixturevalue("module_cluster")
+        return
+    if api._driver.client is not None:
+        pytest.fail("nbray's own cluster is up in this module; run the Ray leg on its own "
+                    "(pytest -m ray)")
+    yield request.getfixturevalue("ray_driver")
+
+
+@pytest.fixture(scope="module")
+def ray_driver(ray_cluster):
+    """This process as an nbray driver on the session's Ray cluster, for a module's tests."""
+    import ray
+    ctx = nbray.init(backend="ray", address=ray_cluster.address)
+    try:
+        yield Cluster(ctx)
+    finally:
+        nbray.shutdown()
+        assert not ray.is_initialized(), "nbray.shutdown() left Ray connected"
+
+
 @pytest.fixture
 def no_cluster():
     """A test that starts clusters itself: none is running before, none after."""
@@ -231,3 +282,7 @@ def pytest_collection_modifyitems(session, config, items):
         if module is not None and module.__name__ not in seen:
             seen.add(module.__name__)
             cloudpickle.register_pickle_by_value(module)
+            _BY_VALUE.append(module)
+
+
+_BY_VALUE: list = []        # the test modules, for a Ray cluster's pickler too

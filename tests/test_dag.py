@@ -51,7 +51,7 @@ class Counter:
         return self.value, -self.value
 
 
-def test_function_dag_with_an_input_runs_once_per_execute(module_cluster):
+def test_function_dag_with_an_input_runs_once_per_execute(any_cluster):
     with InputNode() as x:
         dag = combine.bind(double.bind(x), double.bind(x), scale=10)
     ref = dag.execute(3)
@@ -61,7 +61,7 @@ def test_function_dag_with_an_input_runs_once_per_execute(module_cluster):
     assert nbray.get(double.bind(4).execute()) == 8   # no InputNode: no arguments
 
 
-def test_input_node_is_indexable_by_position_and_keyword(module_cluster):
+def test_input_node_is_indexable_by_position_and_keyword(any_cluster):
     x = InputNode()
     dag = combine.bind(x[0], x[1], scale=x.scale)
     assert nbray.get(dag.execute(1, 2, scale=3)) == 9
@@ -69,7 +69,7 @@ def test_input_node_is_indexable_by_position_and_keyword(module_cluster):
     assert nbray.get(dag2.execute(a=4, b=5)) == 9
 
 
-def test_nodes_inside_containers_and_shared_nodes(module_cluster):
+def test_nodes_inside_containers_and_shared_nodes(any_cluster):
     with InputNode() as x:
         shared = pid.bind()
         dag = MultiOutputNode([total.bind([double.bind(x), double.bind(1), 5]), shared,
@@ -80,7 +80,7 @@ def test_nodes_inside_containers_and_shared_nodes(module_cluster):
     assert nbray.get(c) == 2 * nbray.get(b)            # one task for the shared node
 
 
-def test_actor_dag_makes_a_new_actor_each_execution_and_calls_in_order(module_cluster):
+def test_actor_dag_makes_a_new_actor_each_execution_and_calls_in_order(any_cluster):
     with InputNode() as x:
         counter = Counter.bind(x)
         first = counter.add.bind(1)
@@ -94,6 +94,7 @@ def test_actor_dag_makes_a_new_actor_each_execution_and_calls_in_order(module_cl
     assert isinstance(handle, nbray.ActorHandle) and nbray.get(handle.read.remote()) == 7
 
 
+# nbray only: on Ray a live handle is Ray's own, and its .bind makes a node of Ray's DAG API
 def test_bind_on_a_live_actor_handle(module_cluster):
     live = Counter.remote(0)
     with InputNode() as x:
@@ -102,7 +103,7 @@ def test_bind_on_a_live_actor_handle(module_cluster):
     assert nbray.get(dag.execute(2)) == 6                # the same actor, its state kept
 
 
-def test_dag_bad_inputs(module_cluster):
+def test_dag_bad_inputs(any_cluster):
     with pytest.raises(ValueError, match="at most one InputNode"):
         combine.bind(InputNode(), InputNode()).execute(1)
     with pytest.raises(TypeError, match="no InputNode"):
@@ -121,7 +122,7 @@ def test_dag_bad_inputs(module_cluster):
         nbray.get(double.remote(double.bind(1)))
 
 
-def test_dag_runs_with_group_scheduling_off(module_cluster):
+def test_dag_runs_with_group_scheduling_off(any_cluster):
     from nbray import dataflow
     dataflow.set_group_scheduling(False)
     try:

@@ -65,37 +65,37 @@ def tree(depth, fanout):
 
 
 # ---- refs as arguments ---------------------------------------------------------------------------
-def test_top_level_ref_is_resolved_to_its_value(module_cluster):
+def test_top_level_ref_is_resolved_to_its_value(any_cluster):
     assert nbray.get(kind_and_value.remote(nbray.put(41))) == ("int", 41)
     assert nbray.get(kind_and_value.remote(inc.remote(41))) == ("int", 42)
 
 
-def test_top_level_ref_in_kwargs_is_resolved(module_cluster):
+def test_top_level_ref_in_kwargs_is_resolved(any_cluster):
     a, b = nbray.put(1), inc.remote(1)
     assert nbray.get(add.remote(a=a, b=b)) == 3
     assert nbray.get(add.remote(a, b=b)) == 3
 
 
-def test_same_ref_twice_as_argument(module_cluster):
+def test_same_ref_twice_as_argument(any_cluster):
     r = inc.remote(4)
     assert nbray.get(add.remote(r, r)) == 10
 
 
-def test_ref_nested_in_list_arrives_as_object_ref(module_cluster):
+def test_ref_nested_in_list_arrives_as_object_ref(any_cluster):
     refs = [nbray.put("a"), inc.remote(1), slow_value.remote(0.2, "late")]
     kinds, values = nbray.get(get_nested.remote(refs))
     assert kinds == ["ObjectRef"] * 3
     assert values == ["a", 2, "late"]
 
 
-def test_ref_nested_in_dict_and_tuple(module_cluster):
+def test_ref_nested_in_dict_and_tuple(any_cluster):
     d = {"x": nbray.put(1), "y": inc.remote(2)}
     assert nbray.get(get_nested.remote(d)) == (["ObjectRef", "ObjectRef"], [1, 3])
     t = (nbray.put(5),)
     assert nbray.get(get_nested.remote(t)) == (["ObjectRef"], [5])
 
 
-def test_nested_ref_outlives_the_drivers_ref(module_cluster):
+def test_nested_ref_outlives_the_drivers_ref(any_cluster):
     """The driver drops its ref right after submitting: the task still gets the value."""
     inner = nbray.put(np.arange(300_000))          # large: lives in shared memory
     out = get_nested.remote([inner, slow_value.remote(0.3, 0)])
@@ -106,7 +106,7 @@ def test_nested_ref_outlives_the_drivers_ref(module_cluster):
     assert np.array_equal(values[0], np.arange(300_000))
 
 
-def test_top_level_large_ref_resolved(module_cluster):
+def test_top_level_large_ref_resolved(any_cluster):
     arr = np.arange(1_000_000, dtype=np.int64)
     ref = nbray.put(arr)
 
@@ -117,7 +117,7 @@ def test_top_level_large_ref_resolved(module_cluster):
     assert nbray.get(total.remote(ref)) == ("ndarray", int(arr.sum()))
 
 
-def test_ref_returned_inside_a_value(module_cluster):
+def test_ref_returned_inside_a_value(any_cluster):
     @nbray.remote
     def make_refs(n):
         return [nbray.put(i * 10) for i in range(n)] + [nbray.put(np.full(200_000, 3.0))]
@@ -132,7 +132,7 @@ def test_ref_returned_inside_a_value(module_cluster):
     assert nbray.get(inc.remote(refs[1])) == 11
 
 
-def test_ref_forwarded_through_two_tasks(module_cluster):
+def test_ref_forwarded_through_two_tasks(any_cluster):
     @nbray.remote
     def forward(container):
         return nbray.get(get_nested.remote(container))
@@ -142,14 +142,14 @@ def test_ref_forwarded_through_two_tasks(module_cluster):
 
 
 # ---- chains --------------------------------------------------------------------------------------
-def test_chain_of_dependent_tasks(module_cluster):
+def test_chain_of_dependent_tasks(any_cluster):
     ref = nbray.put(0)
     for _ in range(50):
         ref = inc.remote(ref)
     assert nbray.get(ref) == 50
 
 
-def test_diamond_and_fan_in(module_cluster):
+def test_diamond_and_fan_in(any_cluster):
     root = inc.remote(0)                           # 1
     left, right = inc.remote(root), add.remote(root, 10)
     assert nbray.get(add.remote(left, right)) == 2 + 11
@@ -162,7 +162,7 @@ def test_diamond_and_fan_in(module_cluster):
     assert nbray.get(total.remote(*parts)) == sum(range(1, 21))
 
 
-def test_chain_waits_for_slow_input(module_cluster):
+def test_chain_waits_for_slow_input(any_cluster):
     first = slow_value.remote(0.3, 5)
     t0 = time.monotonic()
     last = inc.remote(inc.remote(first))
@@ -171,15 +171,15 @@ def test_chain_waits_for_slow_input(module_cluster):
 
 
 # ---- tasks that submit tasks ---------------------------------------------------------------------
-def test_task_submits_and_gets_subtasks(module_cluster):
+def test_task_submits_and_gets_subtasks(any_cluster):
     assert nbray.get(parent.remote(1, 3)) == 100 + 101 + 102
 
 
-def test_dynamic_nested_tree(module_cluster):
+def test_dynamic_nested_tree(any_cluster):
     assert nbray.get(tree.remote(3, 2), timeout=30) == 8
 
 
-def test_dynamic_nested_chain_inside_task(module_cluster):
+def test_dynamic_nested_chain_inside_task(any_cluster):
     @nbray.remote
     def chain_in_task(n):
         r = nbray.put(0)
@@ -190,14 +190,14 @@ def test_dynamic_nested_chain_inside_task(module_cluster):
     assert nbray.get(chain_in_task.remote(20), timeout=30) == 20
 
 
-def test_more_nested_tasks_than_workers_do_not_deadlock(module_cluster):
+def test_more_nested_tasks_than_workers_do_not_deadlock(any_cluster):
     """4 parents each waiting on 4 children, with 2 workers: blocked parents lend their CPUs."""
     refs = [parent.remote(i, 4) for i in range(4)]
     expected = [sum(i * 100 + j for j in range(4)) for i in range(4)]
     assert nbray.get(refs, timeout=45) == expected
 
 
-def test_nested_tasks_then_flat_tasks(module_cluster):
+def test_nested_tasks_then_flat_tasks(any_cluster):
     """After nested work the cluster still serves plain tasks on its workers."""
     assert nbray.get([parent.remote(i, 2) for i in range(3)], timeout=45) == \
         [sum(i * 100 + j for j in range(2)) for i in range(3)]

@@ -72,7 +72,7 @@ def raises_unpicklable():
 
 
 # ---- remote exceptions ---------------------------------------------------------------------------
-def test_remote_value_error_is_remote_error_and_value_error(module_cluster):
+def test_remote_value_error_is_remote_error_and_value_error(any_cluster):
     ref = fail_with_value_error.remote(7)
     with pytest.raises(ValueError) as info:
         nbray.get(ref)
@@ -111,12 +111,12 @@ def test_remote_traceback_shows_source_of_a_cell_that_is_no_file(module_cluster)
     assert "raise KeyError(f'no key {v}')" in text
 
 
-def test_remote_error_caught_as_remote_error(module_cluster):
+def test_remote_error_caught_as_remote_error(any_cluster):
     with pytest.raises(nbray.RemoteError, match="bad value 1"):
         nbray.get(fail_with_value_error.remote(1))
 
 
-def test_builtin_error_types_are_preserved(module_cluster):
+def test_builtin_error_types_are_preserved(any_cluster):
     with pytest.raises(KeyError) as info:
         nbray.get(fail_with_key_error.remote())
     assert isinstance(info.value, nbray.RemoteError)
@@ -130,7 +130,7 @@ def test_builtin_error_types_are_preserved(module_cluster):
 # Regression (found by this suite in 3bb027a): for OSError subclasses RemoteError.__init__ runs
 # OSError.__init__(cause, traceback_text, task_name), so errno is the cause object, strerror the
 # traceback and filename the task name
-def test_os_error_attributes_are_preserved(module_cluster):
+def test_os_error_attributes_are_preserved(any_cluster):
     with pytest.raises(FileNotFoundError) as info:
         nbray.get(fail_with_os_error.remote())
     err = info.value
@@ -139,14 +139,14 @@ def test_os_error_attributes_are_preserved(module_cluster):
     assert err.strerror == "No such file or directory"
 
 
-def test_get_list_raises_first_error(module_cluster):
+def test_get_list_raises_first_error(any_cluster):
     refs = [identity.remote(1), fail_with_value_error.remote(2), identity.remote(3)]
     with pytest.raises(ValueError, match="bad value 2"):
         nbray.get(refs)
     assert nbray.get(refs[0]) == 1 and nbray.get(refs[2]) == 3
 
 
-def test_error_propagates_to_dependent_task(module_cluster):
+def test_error_propagates_to_dependent_task(any_cluster):
     bad = fail_with_value_error.remote(3)
     child = identity.remote(bad)
     grandchild = identity.remote(child)
@@ -158,7 +158,7 @@ def test_error_propagates_to_dependent_task(module_cluster):
         assert "fail_with_value_error" in str(info.value)
 
 
-def test_error_seen_through_nested_ref(module_cluster):
+def test_error_seen_through_nested_ref(any_cluster):
     @nbray.remote
     def get_inner(lst):
         return nbray.get(lst[0])
@@ -169,7 +169,7 @@ def test_error_seen_through_nested_ref(module_cluster):
     assert "bad value 4" in str(info.value)
 
 
-def test_custom_exception_class_is_preserved(module_cluster):
+def test_custom_exception_class_is_preserved(any_cluster):
     with pytest.raises(CustomError) as info:
         nbray.get(fail_with_custom.remote("custom failure"))
     err = info.value
@@ -183,14 +183,14 @@ def test_custom_exception_class_is_preserved(module_cluster):
 # Regression (found by this suite in 3bb027a): RemoteError.from_parts cannot mix in an exception
 # class whose __init__ does not take (cause, traceback, name); the error comes back as a plain
 # RemoteError, so `except CustomErrorWithState` misses
-def test_custom_exception_with_own_init_is_preserved(module_cluster):
+def test_custom_exception_with_own_init_is_preserved(any_cluster):
     with pytest.raises(CustomErrorWithState) as info:
         nbray.get(fail_with_stateful.remote(17))
     assert isinstance(info.value, nbray.RemoteError)
     assert info.value.code == 17
 
 
-def test_custom_exception_with_own_init_still_reported(module_cluster):
+def test_custom_exception_with_own_init_still_reported(any_cluster):
     with pytest.raises(nbray.RemoteError) as info:
         nbray.get(fail_with_stateful.remote(17))
     assert isinstance(info.value.cause, CustomErrorWithState)
@@ -198,13 +198,13 @@ def test_custom_exception_with_own_init_still_reported(module_cluster):
     assert "stateful failure" in str(info.value)
 
 
-def test_unpicklable_exception_still_reported(module_cluster):
+def test_unpicklable_exception_still_reported(any_cluster):
     with pytest.raises(nbray.RemoteError) as info:
         nbray.get(raises_unpicklable.remote())
     assert "carries a lock" in str(info.value)
 
 
-def test_unpicklable_return_value_is_reported(module_cluster):
+def test_unpicklable_return_value_is_reported(any_cluster):
     with pytest.raises(TypeError) as info:
         nbray.get(returns_unpicklable.remote())
     assert isinstance(info.value, nbray.RemoteError)
@@ -212,7 +212,7 @@ def test_unpicklable_return_value_is_reported(module_cluster):
     assert nbray.get(identity.remote("still fine")) == "still fine"
 
 
-def test_worker_survives_task_errors(module_cluster):
+def test_worker_survives_task_errors(any_cluster):
     refs = [fail_with_value_error.remote(i) for i in range(20)]
     for ref in refs:
         with pytest.raises(ValueError):
@@ -247,7 +247,7 @@ def test_unpicklable_nested_argument(module_cluster):
         identity.remote([1, {"lock": threading.Lock()}])
 
 
-def test_function_capturing_unpicklable_value(module_cluster):
+def test_function_capturing_unpicklable_value(any_cluster):
     lock = threading.Lock()
 
     @nbray.remote
@@ -260,20 +260,20 @@ def test_function_capturing_unpicklable_value(module_cluster):
     assert "uses_lock" in str(info.value)
 
 
-def test_put_unpicklable_raises_type_error(module_cluster):
+def test_put_unpicklable_raises_type_error(any_cluster):
     with pytest.raises(TypeError):
         nbray.put(threading.Lock())
 
 
 # Regression (found by this suite in 3bb027a): nbray.put() of an unserializable value raises the
 # bare pickling TypeError, not nbray.SerializationError as .remote() does
-def test_put_unpicklable_raises_serialization_error(module_cluster):
+def test_put_unpicklable_raises_serialization_error(any_cluster):
     with pytest.raises(nbray.SerializationError):
         nbray.put(threading.Lock())
 
 
 # ---- get timeout ---------------------------------------------------------------------------------
-def test_get_timeout_on_slow_task(module_cluster):
+def test_get_timeout_on_slow_task(any_cluster):
     ref = slow.remote(1.5)
     t0 = time.monotonic()
     with pytest.raises(nbray.GetTimeoutError) as info:
@@ -285,7 +285,7 @@ def test_get_timeout_on_slow_task(module_cluster):
     assert nbray.get(ref, timeout=10) == 1.5
 
 
-def test_get_timeout_zero(module_cluster):
+def test_get_timeout_zero(any_cluster):
     ref = slow.remote(0.5)
     with pytest.raises(nbray.GetTimeoutError):
         nbray.get(ref, timeout=0)
@@ -297,12 +297,12 @@ def test_get_timeout_zero(module_cluster):
 
 # ---- API misuse ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("bad", [1, "ref", None, {"a": 1}, object()])
-def test_get_wrong_type(module_cluster, bad):
+def test_get_wrong_type(any_cluster, bad):
     with pytest.raises(TypeError):
         nbray.get(bad)
 
 
-def test_get_list_with_non_ref(module_cluster):
+def test_get_list_with_non_ref(any_cluster):
     ref = identity.remote(1)
     with pytest.raises(TypeError):
         nbray.get([ref, 2])
@@ -311,28 +311,28 @@ def test_get_list_with_non_ref(module_cluster):
 
 
 @pytest.mark.parametrize("timeout", [-1, -0.1, True])
-def test_get_invalid_timeout(module_cluster, timeout):
+def test_get_invalid_timeout(any_cluster, timeout):
     with pytest.raises((ValueError, TypeError)):
         nbray.get(identity.remote(1), timeout=timeout)
 
 
 @pytest.mark.parametrize("bad", [1, None, "x", object()])
-def test_wait_wrong_type(module_cluster, bad):
+def test_wait_wrong_type(any_cluster, bad):
     with pytest.raises(TypeError):
         nbray.wait(bad)
 
 
-def test_wait_single_ref_not_list(module_cluster):
+def test_wait_single_ref_not_list(any_cluster):
     with pytest.raises(TypeError):
         nbray.wait(identity.remote(1))
 
 
-def test_wait_list_with_non_ref(module_cluster):
+def test_wait_list_with_non_ref(any_cluster):
     with pytest.raises(TypeError):
         nbray.wait([identity.remote(1), 5])
 
 
-def test_wait_num_returns_too_large(module_cluster):
+def test_wait_num_returns_too_large(any_cluster):
     refs = [identity.remote(i) for i in range(3)]
     with pytest.raises(ValueError):
         nbray.wait(refs, num_returns=4)
@@ -341,40 +341,40 @@ def test_wait_num_returns_too_large(module_cluster):
 
 
 @pytest.mark.parametrize("num_returns", [-1, 1.5, True, "1"])
-def test_wait_invalid_num_returns(module_cluster, num_returns):
+def test_wait_invalid_num_returns(any_cluster, num_returns):
     with pytest.raises((ValueError, TypeError)):
         nbray.wait([identity.remote(1)], num_returns=num_returns)
 
 
-def test_wait_duplicate_refs(module_cluster):
+def test_wait_duplicate_refs(any_cluster):
     ref = identity.remote(1)
     with pytest.raises(ValueError):
         nbray.wait([ref, ref], num_returns=1)
 
 
-def test_wait_invalid_timeout(module_cluster):
+def test_wait_invalid_timeout(any_cluster):
     with pytest.raises((ValueError, TypeError)):
         nbray.wait([identity.remote(1)], timeout=-1)
 
 
-def test_put_object_ref_is_type_error(module_cluster):
+def test_put_object_ref_is_type_error(any_cluster):
     with pytest.raises(TypeError):
         nbray.put(identity.remote(1))
 
 
 @pytest.mark.parametrize("bad", [1, None, "x", [1]])
-def test_cancel_wrong_type(module_cluster, bad):
+def test_cancel_wrong_type(any_cluster, bad):
     with pytest.raises(TypeError):
         nbray.cancel(bad)
 
 
-def test_cancel_list_of_refs_is_type_error(module_cluster):
+def test_cancel_list_of_refs_is_type_error(any_cluster):
     with pytest.raises(TypeError):
         nbray.cancel([identity.remote(1)])
 
 
 # ---- Ray's names: nbray.exceptions -----------------------------------------------------------
-def test_ray_exception_names_are_nbrays_classes(module_cluster):
+def test_ray_exception_names_are_nbrays_classes(any_cluster):
     from nbray import exceptions as ex
     with pytest.raises(ex.RayTaskError) as info:
         nbray.get(fail_with_custom.remote("ray names"))
@@ -395,7 +395,7 @@ class Pinger:
         return "pong"
 
 
-def test_killed_actor_raises_ray_actor_error(module_cluster):
+def test_killed_actor_raises_ray_actor_error(any_cluster):
     from nbray.exceptions import RayActorError
     a = Pinger.remote()
     assert nbray.get(a.ping.remote()) == "pong"
@@ -435,7 +435,7 @@ def raises_needs_two():
     raise NeedsTwo("bolts", 3)
 
 
-def test_an_exception_that_cannot_be_unpickled_still_names_the_task(module_cluster):
+def test_an_exception_that_cannot_be_unpickled_still_names_the_task(any_cluster):
     with pytest.raises(nbray.RemoteError) as info:
         nbray.get(raises_needs_two.remote())
     err = info.value

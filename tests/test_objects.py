@@ -49,7 +49,7 @@ def big_array(nbytes=20 * MB, seed=0):
     [1, [2, [3]]], (1, "a"), {"k": {"n": [None]}}, {1, 2, 3}, frozenset({4}), range(5),
     complex(1, 2), np.float32(1.5), np.arange(10),
 ])
-def test_put_get_small_values(module_cluster, value):
+def test_put_get_small_values(any_cluster, value):
     out = nbray.get(nbray.put(value))
     if isinstance(value, np.ndarray):
         assert np.array_equal(out, value)
@@ -95,7 +95,7 @@ def test_put_get_large_array_round_trip(module_cluster):
     lambda: np.array([(1, 2.0)] * 200_000, dtype=[("a", "i4"), ("b", "f8")]),
     lambda: np.array([str(i) for i in range(50_000)], dtype=object),
 ], ids=["int64-2d", "fortran", "strided", "float16-3d", "bool", "structured", "object"])
-def test_large_array_layouts_round_trip(module_cluster, make):
+def test_large_array_layouts_round_trip(any_cluster, make):
     arr = make()
     out = nbray.get(nbray.put(arr))
     assert out.dtype == arr.dtype and out.shape == arr.shape
@@ -112,7 +112,7 @@ def test_large_array_layouts_round_trip(module_cluster, make):
     {"a": np.ones(200_000), "b": [np.zeros(300_000, dtype=np.int8), "tail"]},
     [np.full(100_000, i) for i in range(5)],
 ], ids=["bytes", "bytearray", "str", "dict-of-arrays", "list-of-arrays"])
-def test_large_non_array_values_round_trip(module_cluster, value):
+def test_large_non_array_values_round_trip(any_cluster, value):
     def same(a, b):
         if isinstance(a, np.ndarray):
             return np.array_equal(a, b)
@@ -120,19 +120,20 @@ def test_large_non_array_values_round_trip(module_cluster, value):
             return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
         if isinstance(a, list):
             return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
-        return a == b and type(a) is type(b)
+        # Ray gives a bytearray back as bytes
+        return a == b and (type(a) is type(b) or any_cluster.ctx.backend == "ray")
 
     assert same(nbray.get(nbray.put(value)), value)
     assert same(nbray.get(identity.remote(value)), value)
 
 
-def test_empty_and_scalar_arrays(module_cluster):
+def test_empty_and_scalar_arrays(any_cluster):
     for arr in (np.zeros((0,)), np.zeros((0, 5)), np.array(5.0)):
         out = nbray.get(nbray.put(arr))
         assert out.shape == arr.shape and np.array_equal(out, arr)
 
 
-def test_large_array_passed_by_ref_arrives_read_only(module_cluster):
+def test_large_array_passed_by_ref_arrives_read_only(any_cluster):
     arr = big_array(seed=2)
     ref = nbray.put(arr)
     info = nbray.get(array_info.remote(ref))
@@ -142,7 +143,7 @@ def test_large_array_passed_by_ref_arrives_read_only(module_cluster):
     assert info["sum"] == pytest.approx(float(arr.sum()), rel=1e-12)
 
 
-def test_large_array_nested_ref_arrives_read_only(module_cluster):
+def test_large_array_nested_ref_arrives_read_only(any_cluster):
     arr = big_array(4 * MB, seed=3)
     writeable, total = nbray.get(nested_sum.remote([nbray.put(arr)]))
     assert writeable is False
@@ -152,14 +153,14 @@ def test_large_array_nested_ref_arrives_read_only(module_cluster):
 # Regression (found by this suite in 3bb027a): a large array passed by value to .remote() is
 # pickled inline into the task message (copied through the socket, ~25x slower than put) instead
 # of going to shared memory; it arrives writeable
-def test_large_array_passed_by_value_is_zero_copy(module_cluster):
+def test_large_array_passed_by_value_is_zero_copy(any_cluster):
     arr = big_array(seed=4)
     info = nbray.get(array_info.remote(arr))
     assert info["sum"] == pytest.approx(float(arr.sum()), rel=1e-12)
     assert info["writeable"] is False
 
 
-def test_large_array_passed_by_value_is_correct(module_cluster):
+def test_large_array_passed_by_value_is_correct(any_cluster):
     arr = big_array(seed=4)
     info = nbray.get(array_info.remote(arr))
     assert info["shape"] == arr.shape

@@ -44,7 +44,7 @@ def echo(*args, **kwargs):
 
 
 # ---- submitting and getting ----------------------------------------------------------------------
-def test_remote_returns_object_ref_immediately(module_cluster):
+def test_remote_returns_object_ref_immediately(any_cluster):
     t0 = time.monotonic()
     ref = sleepy.remote(1.0, "done")
     elapsed = time.monotonic() - t0
@@ -55,7 +55,7 @@ def test_remote_returns_object_ref_immediately(module_cluster):
     assert nbray.get(ref) == "done"
 
 
-def test_remote_with_pending_dependency_returns_immediately(module_cluster):
+def test_remote_with_pending_dependency_returns_immediately(any_cluster):
     slow = sleepy.remote(1.0, 3)
     t0 = time.monotonic()
     ref = square.remote(slow)
@@ -64,22 +64,22 @@ def test_remote_with_pending_dependency_returns_immediately(module_cluster):
     assert nbray.get(ref) == 9
 
 
-def test_get_single_ref(module_cluster):
+def test_get_single_ref(any_cluster):
     assert nbray.get(square.remote(7)) == 49
 
 
-def test_get_list_of_refs_keeps_order(module_cluster):
+def test_get_list_of_refs_keeps_order(any_cluster):
     refs = [square.remote(i) for i in range(50)]
     assert nbray.get(refs) == [i * i for i in range(50)]
 
 
-def test_get_tuple_and_empty_list(module_cluster):
+def test_get_tuple_and_empty_list(any_cluster):
     refs = (square.remote(2), square.remote(3))
     assert nbray.get(refs) == [4, 9]
     assert nbray.get([]) == []
 
 
-def test_get_same_ref_again(module_cluster):
+def test_get_same_ref_again(any_cluster):
     ref = square.remote(5)
     assert nbray.get(ref) == 25
     assert nbray.get(ref) == 25          # getting again gives the value again
@@ -88,7 +88,7 @@ def test_get_same_ref_again(module_cluster):
 
 # Regression (found by this suite in 3bb027a): get() of a list holding the same ref twice never
 # returns: _wait_values counts distinct ready ids against len(refs)
-def test_get_same_ref_twice_in_list(module_cluster):
+def test_get_same_ref_twice_in_list(any_cluster):
     ref = square.remote(5)
     assert nbray.get(ref) == 25                    # the value is there
     assert nbray.get([ref, ref], timeout=1) == [25, 25]
@@ -112,25 +112,24 @@ def test_many_tasks_run_on_both_workers(module_cluster):
     assert len(pids) == 2, f"expected both workers to run tasks, got pids {pids}"
 
 
-def test_kwargs_and_defaults(module_cluster):
+def test_kwargs_and_defaults(any_cluster):
     assert nbray.get(add.remote(1)) == 111
     assert nbray.get(add.remote(1, 2)) == 103
     assert nbray.get(add.remote(1, b=2, c=3)) == 6
     assert nbray.get(add.remote(a=5, c=0)) == 15
 
 
-def test_varargs_and_various_values(module_cluster):
+def test_varargs_and_various_values(any_cluster):
     args = (1, "two", 3.0, None, [4, {"five": (6,)}], b"\x00seven", {8, 9})
     kwargs = {"k": {"nested": [1, 2, 3]}, "empty": ()}
     assert nbray.get(echo.remote(*args, **kwargs)) == (args, kwargs)
     assert nbray.get(echo.remote()) == ((), {})
 
 
-def test_wrong_call_signature_is_a_remote_type_error(module_cluster):
-    ref = square.remote(1, 2)
+def test_wrong_call_signature_is_a_type_error(any_cluster):
     with pytest.raises(TypeError) as info:
-        nbray.get(ref)
-    assert isinstance(info.value, nbray.RemoteError)
+        nbray.get(square.remote(1, 2))      # Ray checks the signature at submit, nbray remotely
+    assert any_cluster.ctx.backend == "ray" or isinstance(info.value, nbray.RemoteError)
 
 
 class Point:
@@ -151,13 +150,13 @@ def shifted(p):
 # Regression: plain pickle, tried first, named such a class by reference even though its module
 # is registered to go by value (as the test suite registers its modules), and the worker failed
 # to import it
-def test_instances_of_a_by_value_module_travel_both_ways(module_cluster):
+def test_instances_of_a_by_value_module_travel_both_ways(any_cluster):
     out = nbray.get(shifted.remote(Point(2, 3)))
     assert type(out).__name__ == "Point" and (out.x, out.y) == (3, 4)
     assert out.norm2() == 25
 
 
-def test_lambda_and_closure_remote_functions(module_cluster):
+def test_lambda_and_closure_remote_functions(any_cluster):
     offset = 42
     plus = nbray.remote(lambda x: x + offset)
     assert nbray.get(plus.remote(1)) == 43
@@ -171,14 +170,14 @@ def test_lambda_and_closure_remote_functions(module_cluster):
     assert nbray.get([make(2).remote(5), make(3).remote(5)]) == [10, 15]
 
 
-def test_remote_function_is_a_remote_function_object(module_cluster):
+def test_remote_function_is_a_remote_function_object(any_cluster):
     assert isinstance(square, RemoteFunction)
     assert square.__name__ == "square"
     assert "square" in repr(square)
 
 
 # ---- multiple returns ----------------------------------------------------------------------------
-def test_num_returns_decorator(module_cluster):
+def test_num_returns_decorator(any_cluster):
     refs = divmod_task.remote(17, 5)
     assert isinstance(refs, list) and len(refs) == 2
     assert all(isinstance(r, nbray.ObjectRef) for r in refs)
@@ -188,12 +187,12 @@ def test_num_returns_decorator(module_cluster):
     assert nbray.get(refs) == [3, 2]
 
 
-def test_num_returns_refs_feed_other_tasks(module_cluster):
+def test_num_returns_refs_feed_other_tasks(any_cluster):
     q, r = divmod_task.remote(100, 7)
     assert nbray.get(add.remote(q, r, c=0)) == 14 + 2
 
 
-def test_num_returns_mismatch_is_an_error(module_cluster):
+def test_num_returns_mismatch_is_an_error(any_cluster):
     refs = divmod_task.options(num_returns=3).remote(9, 2)
     assert len(refs) == 3
     for ref in refs:
@@ -201,14 +200,14 @@ def test_num_returns_mismatch_is_an_error(module_cluster):
             nbray.get(ref)
 
 
-def test_num_returns_one_returns_tuple_as_one_value(module_cluster):
+def test_num_returns_one_returns_tuple_as_one_value(any_cluster):
     ref = divmod_task.options(num_returns=1).remote(9, 2)
     assert isinstance(ref, nbray.ObjectRef)
     assert nbray.get(ref) == (4, 1)
 
 
 # ---- options -------------------------------------------------------------------------------------
-def test_options_num_returns(module_cluster):
+def test_options_num_returns(any_cluster):
     @nbray.remote
     def three():
         return "a", "b", "c"
@@ -219,14 +218,14 @@ def test_options_num_returns(module_cluster):
     assert nbray.get(three.remote()) == ("a", "b", "c")
 
 
-def test_options_num_cpus(module_cluster):
+def test_options_num_cpus(any_cluster):
     # a task asking for both CPUs of the node runs (alone)
     assert nbray.get(square.options(num_cpus=2).remote(6)) == 36
     assert nbray.get(square.options(num_cpus=0.5).remote(6)) == 36
     assert nbray.get(square.options(num_cpus=0).remote(6)) == 36
 
 
-def test_options_chain_and_name(module_cluster):
+def test_options_chain_and_name(any_cluster):
     f = add.options(num_cpus=1).options(max_retries=0, name="my_add")
     assert nbray.get(f.remote(1, 1, c=1)) == 3
     assert "my_add" in repr(f)

@@ -31,7 +31,7 @@ def _ready_all(refs):
     return refs
 
 
-def test_wait_splits_ready_and_not_ready_in_order(module_cluster):
+def test_wait_splits_ready_and_not_ready_in_order(any_cluster):
     fast = _ready_all([value.remote(i) for i in range(3)])
     slow_refs = [slow.remote(30) for _ in range(2)]
     refs = [slow_refs[0], fast[0], fast[1], slow_refs[1], fast[2]]
@@ -44,14 +44,16 @@ def test_wait_splits_ready_and_not_ready_in_order(module_cluster):
         assert ready == fast[:2]
         assert not_ready == [slow_refs[0], slow_refs[1], fast[2]]
     finally:
+        # on Ray a cancel without force may leave a task in time.sleep running (Ray's issue
+        # 32954), so there it is forced
         for r in slow_refs:
-            nbray.cancel(r)
+            nbray.cancel(r, force=any_cluster.ctx.backend == "ray")
     for r in slow_refs:
         with pytest.raises(nbray.TaskCancelledError):
             nbray.get(r, timeout=10)
 
 
-def test_wait_respects_timeout(module_cluster):
+def test_wait_respects_timeout(any_cluster):
     fast = _ready_all([value.remote(1)])[0]
     pending = slow.remote(30)
     try:
@@ -69,7 +71,7 @@ def test_wait_respects_timeout(module_cluster):
         nbray.cancel(pending)
 
 
-def test_wait_default_num_returns_is_one(module_cluster):
+def test_wait_default_num_returns_is_one(any_cluster):
     refs = [value.remote(i) for i in range(5)]
     ready, not_ready = nbray.wait(refs)
     assert len(ready) == 1 and len(not_ready) == 4
@@ -79,14 +81,14 @@ def test_wait_default_num_returns_is_one(module_cluster):
     assert [r for r in refs if r in not_ready] == not_ready
 
 
-def test_wait_all(module_cluster):
+def test_wait_all(any_cluster):
     refs = [slow.remote(0.05, i) for i in range(8)]
     ready, not_ready = nbray.wait(refs, num_returns=len(refs))
     assert ready == refs and not_ready == []
     assert nbray.get(ready) == list(range(8))
 
 
-def test_wait_counts_failed_tasks_as_ready(module_cluster):
+def test_wait_counts_failed_tasks_as_ready(any_cluster):
     bad = fail.remote()
     ready, not_ready = nbray.wait([bad], timeout=10)
     assert ready == [bad] and not_ready == []
@@ -94,25 +96,25 @@ def test_wait_counts_failed_tasks_as_ready(module_cluster):
         nbray.get(bad)
 
 
-def test_wait_num_returns_zero_and_empty(module_cluster):
+def test_wait_num_returns_zero_and_empty(any_cluster):
     refs = [value.remote(1)]
     assert nbray.wait(refs, num_returns=0) == ([], refs)
     assert nbray.wait([], num_returns=0) == ([], [])
 
 
-def test_wait_on_put_objects(module_cluster):
+def test_wait_on_put_objects(any_cluster):
     refs = [nbray.put(i) for i in range(4)]
     ready, not_ready = nbray.wait(refs, num_returns=4, timeout=5)
     assert ready == refs and not_ready == []
 
 
-def test_wait_accepts_tuple(module_cluster):
+def test_wait_accepts_tuple(any_cluster):
     refs = (value.remote(1), value.remote(2))
     ready, not_ready = nbray.wait(refs, num_returns=2, timeout=10)
     assert list(ready) == list(refs) and not_ready == []
 
 
-def test_wait_loop_collects_everything(module_cluster):
+def test_wait_loop_collects_everything(any_cluster):
     """The usual as-completed loop: wait for one at a time until nothing is left."""
     pending = [slow.remote(0.01 * (i % 4), i) for i in range(12)]
     seen = []

@@ -115,9 +115,9 @@ class _Context:
     @property
     def cluster(self) -> list[tuple[str, float]]:
         if self._nodes is None:
-            self._nodes = [(n["node_id"], float((n.get("resources_total") or
-                                                 n.get("resources") or {}).get("CPU", 1)))
-                           for n in nbray.state.nodes() if n.get("state") == "alive"]
+            # nbray.nodes(): Ray's keys on every backend
+            self._nodes = [(n["NodeID"], float((n.get("Resources") or {}).get("CPU", 1)))
+                           for n in nbray.nodes() if n["Alive"]]
         return self._nodes
 
     def options(self, node: str) -> dict:

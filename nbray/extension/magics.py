@@ -46,6 +46,8 @@ class NbrayMagics(Magics):
             kwargs["num_workers"] = opts.workers
         if opts.num_cpus is not None:
             kwargs["num_cpus"] = opts.num_cpus
+        if opts.backend is not None:
+            kwargs["backend"] = opts.backend
         if nbray.is_initialized():
             print("nbray: already initialized (%nbray shutdown first to start another)")
             return None
@@ -58,6 +60,7 @@ class NbrayMagics(Magics):
 
     def _cmd_status(self, args):
         _parse(_NOARGS, args, "status")
+        _native_only("%nbray status")
         report = views.status()
         url = _dashboard_url()
         if url:
@@ -74,6 +77,7 @@ class NbrayMagics(Magics):
 
     def _cmd_refs(self, args):
         opts = _parse(_REFS, args, "refs")
+        _native_only("%nbray refs")
         return views.refs(self.shell, release_history=opts.release_history)
 
     def _cmd_timeline(self, args):
@@ -82,6 +86,7 @@ class NbrayMagics(Magics):
                              "https://ui.perfetto.dev or chrome://tracing)")
         if not nbray.is_initialized():
             raise UsageError("%nbray timeline: not initialized (%nbray init)")
+        _native_only("%nbray timeline")
         trace = nbray.timeline(args[0])
         n = sum(1 for e in trace["traceEvents"] if e["ph"] == "X")
         print(f"nbray: wrote {n} task(s) to {args[0]} (open it in https://ui.perfetto.dev or "
@@ -91,6 +96,7 @@ class NbrayMagics(Magics):
         opts = _parse(_DASHBOARD, args, "dashboard")
         if not nbray.is_initialized():
             raise UsageError("%nbray dashboard: not initialized (%nbray init)")
+        _native_only("%nbray dashboard")
         if opts.tab:
             return views.dashboard_link(_dashboard_url())
         from nbray.extension.widgets import Dashboard
@@ -141,6 +147,7 @@ class NbrayMagics(Magics):
         n = self.shell.execution_count
         filename = f"<remote cell [{n}]>"
         if opts.all:
+            _native_only("%%remote --all")
             return _run_everywhere(code, filename, names, values, opts.timeout)
         options = {"num_returns": max(1, len(outputs))}
         if opts.num_cpus is not None:
@@ -222,11 +229,14 @@ def _run_everywhere(code: str, filename: str, names: list, values: list, timeout
 def _namespace_actor(name: str, options: dict):
     """The actor holding the remote namespace ``name``: found, or made on first use (placed
     by the cell's resource flags, which an existing one ignores)."""
-    from nbray import api
-    key = (api._client().client_id, name)           # a new cluster, new handles
-    handle = _NAMESPACE_ACTORS.get(key)
-    if handle is not None:
-        return handle
+    from nbray import api, backends
+    if backends.engine is None:
+        api._client()           # started (with a warning) if nbray.init() was not called
+    ctx = api.context()
+    key = (id(ctx), name)       # a new connection (a new context), new handles
+    kept = _NAMESPACE_ACTORS.get(key)
+    if kept is not None:
+        return kept[1]
     try:
         handle = nbray.get_actor(name)
     except ValueError:
@@ -235,8 +245,15 @@ def _namespace_actor(name: str, options: dict):
         handle = cls.options(name=name, **place).remote()
     for old in [k for k in _NAMESPACE_ACTORS if k[0] != key[0]]:
         del _NAMESPACE_ACTORS[old]
-    _NAMESPACE_ACTORS[key] = handle
+    _NAMESPACE_ACTORS[key] = (ctx, handle)     # the context held: its id stays its own
     return handle
+
+
+def _native_only(what: str) -> None:
+    """A clear error for what the notebook layer does only on nbray's own runtime so far."""
+    from nbray import backends
+    if backends.engine is not None:
+        raise backends.engine.unsupported(what)
 
 
 def _session(shell):
@@ -254,7 +271,8 @@ def _parser(prog: str, *args):
 
 _INIT = _parser("init", (("--workers",), {"type": int, "default": None}),
                 (("--address",), {"default": None}),
-                (("--num-cpus",), {"type": float, "default": None}))
+                (("--num-cpus",), {"type": float, "default": None}),
+                (("--backend",), {"default": None}))
 _REFS = _parser("refs", (("--release-history",), {"action": "store_true"}))
 _DASHBOARD = _parser("dashboard", (("--interval",), {"type": float, "default": 1.0}),
                      (("--tab",), {"action": "store_true"}))

@@ -54,6 +54,8 @@ class ClusterView(Table):
                                                                      ctx.resources)],
                 ["cluster", "embedded (it stops with this kernel)" if ctx.embedded else
                  "joined"]]
+        if ctx.backend != "nbray":
+            info.append(["backend", ctx.backend])
         super().__init__("nbray: connected", ["", ""], info)
         self.ctx = ctx
 

@@ -98,6 +98,10 @@ def resolve(strategy) -> Placement:
         return Placement(group=(strategy.placement_group.id.hex(),
                                 strategy.placement_group_bundle_index),
                          capture=bool(strategy.placement_group_capture_child_tasks))
+    from nbray import backends
+    if backends.engine is not None and type(strategy).__module__.startswith(
+            f"{backends.engine.name}."):
+        return NONE         # the engine's own strategy: its backend passes it on
     raise ValueError(f"scheduling_strategy must be None, 'DEFAULT', 'SPREAD', a "
                      f"NodeAffinitySchedulingStrategy or a PlacementGroupSchedulingStrategy, "
                      f"got {strategy!r}")

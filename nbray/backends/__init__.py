@@ -1,0 +1,119 @@
+"""Which engine runs nbray's API.
+
+By default nbray's own runtime (``nbray.api`` over ``nbray/runtime/``) runs every task. Another
+engine plugs in behind the same public API as a :class:`Backend`: ``nbray.init(backend="ray")``
+makes :data:`engine` that backend, and every public call (``remote``, ``get``, ``put``,
+``wait``, ``cancel``, ``kill``, ``get_actor``, the cluster's resources) goes to it instead::
+
+    nbray.get(ref)  ->  api.get  ->  engine.get(ref)     (engine set: Ray's own objects)
+                                 ->  nbray's runtime      (engine None: the default)
+
+A backend never copies values through nbray: refs, handles and objects are the engine's own.
+Adding an engine is one module with a ``Backend`` subclass, named in :data:`ENGINES`.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+#: engine name -> the module holding its Backend (class ``Backend`` in it)
+ENGINES = {"ray": "nbray.backends.ray_backend"}
+
+#: the backend in use, or None for nbray's own runtime
+engine: "Backend | None" = None
+
+
+class Backend:
+    """What an engine provides. ``rf`` is an ``nbray.remote_function.RemoteFunction`` and
+    ``ac`` an ``nbray.actor.ActorClass``: their ``_function``/``_cls`` and ``_options`` (as
+    validated by nbray) are what a backend reads."""
+    name = "?"
+
+    def init(self, address: str | None, **kwargs):
+        """Start or join a cluster of this engine; returns an ``nbray.api.ClusterContext``."""
+        raise NotImplementedError
+
+    def attach(self) -> bool:
+        """In a worker process of this engine: take the connection the engine already made
+        (True), or say there is none (False)."""
+        return False
+
+    def shutdown(self) -> None:
+        raise NotImplementedError
+
+    # tasks and actors
+    def submit(self, rf, args: tuple, kwargs: dict):
+        raise NotImplementedError
+
+    def create_actor(self, ac, args: tuple, kwargs: dict):
+        raise NotImplementedError
+
+    # objects
+    def get(self, refs, timeout: float | None):
+        raise NotImplementedError
+
+    def put(self, value):
+        raise NotImplementedError
+
+    def wait(self, refs: list, num_returns: int, timeout: float | None, fetch_local: bool):
+        raise NotImplementedError
+
+    def cancel(self, ref, force: bool, recursive: bool) -> None:
+        raise NotImplementedError
+
+    # actors by handle and by name
+    def kill(self, actor, no_restart: bool) -> None:
+        raise NotImplementedError
+
+    def get_actor(self, name: str, namespace: str | None):
+        raise NotImplementedError
+
+    # the cluster
+    def nodes(self) -> list[dict]:
+        raise NotImplementedError
+
+    def cluster_resources(self) -> dict:
+        raise NotImplementedError
+
+    def available_resources(self) -> dict:
+        raise NotImplementedError
+
+    def runtime_context(self):
+        raise NotImplementedError
+
+    def unsupported(self, what: str) -> NotImplementedError:
+        """The error for what nbray's own runtime has and this engine does not."""
+        return NotImplementedError(f"{what} is not available on the {self.name} backend "
+                                   f"(nbray's own runtime has it: nbray.init() without "
+                                   f"backend=)")
+
+
+def load(name: str) -> Backend:
+    """A new, unconnected backend of engine ``name``; a clear error if it is unknown or its
+    package is not installed."""
+    if name not in ENGINES:
+        raise ValueError(f"unknown backend {name!r}; the backends are 'nbray' (the default) "
+                         f"and {', '.join(repr(n) for n in ENGINES)}")
+    return importlib.import_module(ENGINES[name]).Backend()
+
+
+#: set by a backend in the environment of the worker processes its engine starts
+WORKER_ENV = "NBRAY_ENGINE_WORKER"
+
+
+def attach_in_worker() -> None:
+    """In a worker process of an engine (it has ``NBRAY_ENGINE_WORKER=<name>`` in its
+    environment and has loaded the engine), the API speaks to that engine from the first call
+    on. A process such a worker starts inherits the variable but not the engine, and stays
+    on nbray's own runtime."""
+    global engine
+    name = os.environ.get(WORKER_ENV)
+    if engine is not None or name not in ENGINES or name not in sys.modules:
+        return
+    try:
+        backend = load(name)
+    except ImportError:
+        return
+    if backend.attach():
+        engine = backend
