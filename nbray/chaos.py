@@ -9,7 +9,9 @@
         ...                                         # s.kills lists what was killed
 
 Kills go to the node concerned as signed messages: they work across machines, and only a
-process holding the cluster key can send them.
+process holding the cluster key can send them. On another engine (``nbray/backends/``) they go
+through its backend, as far as the engine allows (on Ray: workers on this machine, by pid or at
+random; actors).
 """
 from __future__ import annotations
 
@@ -37,6 +39,9 @@ def kill_worker(pid: int | None = None, *, running=None, node: str | None = None
     """SIGKILL one worker: the one with ``pid``, the one running the task of ``running`` (an
     ObjectRef), or one picked at random (on ``node``, a node id, if given). Returns what was
     killed, ``{"worker_id", "pid", "node_id"}``; ``LookupError`` if there is none to kill."""
+    from nbray import backends
+    if backends.engine is not None:
+        return backends.engine.kill_worker(pid, running, node, _rng(seed), include_actors)
     client = _client()
     if running is not None:
         with client.lock:
@@ -64,6 +69,9 @@ def kill_worker(pid: int | None = None, *, running=None, node: str | None = None
 def kill_node(node_id: str | None = None, *, seed=None, spare_driver: bool = True) -> dict:
     """SIGKILL a node and its workers: the one with ``node_id``, or one at random (by default
     not the node this process is a client of, which would take the driver's node with it)."""
+    from nbray import backends
+    if backends.engine is not None:
+        return backends.engine.kill_node(node_id, _rng(seed), spare_driver)
     client = _client()
     nodes = _nodes()
     if node_id is not None:

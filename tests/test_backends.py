@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -188,6 +189,43 @@ def test_rays_own_placement_groups_and_strategies_pass_through(ray_driver):
         nbray.kill(h)
     finally:
         remove_placement_group(pg)
+
+
+@nbray.remote(max_retries=2)
+def marks_then_sleeps(marker):
+    with open(marker, "a") as f:
+        f.write(f"{os.getpid()}\n")
+    time.sleep(3)
+    return 42
+
+
+@pytest.mark.ray
+def test_chaos_kills_a_ray_worker_and_an_actor_and_nothing_is_lost(ray_driver, tmp_path):
+    from conftest import pid_alive, wait_until
+    marker = str(tmp_path / "pids")
+    ref = marks_then_sleeps.remote(marker)
+    pids = lambda: Path(marker).read_text().split() if os.path.exists(marker) else []  # noqa
+    first = int(wait_until(pids, 30, "the task to start")[0])
+    killed = nbray.chaos.kill_worker(pid=first)
+    assert killed["pid"] == first
+    wait_until(lambda: not pid_alive(first), 10, "the worker to die")
+    assert nbray.get(ref, timeout=60) == 42                 # retried on another worker
+    assert len(pids()) == 2
+    h = Holder.options(max_restarts=1, max_task_retries=1).remote()
+    assert nbray.get([h.add.remote(i) for i in range(3)]) == [1, 2, 3]
+    nbray.chaos.kill_actor(h)       # as a crash: it restarts, empty (Ray kills it a little later)
+    wait_until(lambda: _add_once(h) == 1, 60, "the restarted actor to answer afresh")
+    with pytest.raises(NotImplementedError, match="kill_node.*ray backend"):
+        nbray.chaos.kill_node()
+    with pytest.raises(NotImplementedError, match="running=.*ray backend"):
+        nbray.chaos.kill_worker(running=ref)
+
+
+def _add_once(h):
+    try:
+        return nbray.get(h.add.remote(0), timeout=10)
+    except nbray.ActorDiedError:
+        return None
 
 
 @pytest.mark.ray

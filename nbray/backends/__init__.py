@@ -82,6 +82,14 @@ class Backend:
     def runtime_context(self):
         raise NotImplementedError
 
+    # fault injection (nbray.chaos): what the engine allows, else unsupported()
+    def kill_worker(self, pid: int | None, running, node: str | None, rng,
+                    include_actors: bool) -> dict:
+        raise self.unsupported("nbray.chaos.kill_worker()")
+
+    def kill_node(self, node_id: str | None, rng, spare_driver: bool) -> dict:
+        raise self.unsupported("nbray.chaos.kill_node()")
+
     def unsupported(self, what: str) -> NotImplementedError:
         """The error for what nbray's own runtime has and this engine does not."""
         return NotImplementedError(f"{what} is not available on the {self.name} backend "

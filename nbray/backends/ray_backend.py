@@ -19,6 +19,8 @@ import os
 import re
 import time
 
+import psutil
+
 from nbray import backends, errors
 
 try:
@@ -309,6 +311,49 @@ class Backend(backends.Backend):
 
     def runtime_context(self):
         return ray.get_runtime_context()
+
+    # ---- fault injection ---------------------------------------------------------------
+    def kill_worker(self, pid, running, node, rng, include_actors):
+        """SIGKILL one of this cluster's Ray worker processes on this machine (the raylets
+        of its nodes here are their parents)."""
+        if running is not None:
+            raise self.unsupported("nbray.chaos.kill_worker(running=...)")
+        if not include_actors:
+            raise self.unsupported("nbray.chaos.kill_worker(include_actors=False)")
+        candidates = [(n, w) for n, w in _local_workers()
+                      if (node is None or n == node) and (pid is None or w.pid == pid)]
+        if not candidates:
+            raise LookupError("no Ray worker of this cluster on this machine to kill" +
+                              (f" with pid {pid}" if pid else ""))
+        n, w = rng.choice(sorted(candidates, key=lambda c: c[1].pid))
+        try:
+            w.kill()
+        except psutil.NoSuchProcess:
+            raise LookupError(f"worker {w.pid} exited before it could be killed") from None
+        return {"worker_id": None, "pid": w.pid, "node_id": n}
+
+
+_AGENTS = ("ray::DashboardAgent", "ray::RuntimeEnvAgent")
+
+
+def _local_workers() -> list:
+    """(node id, process) of the Ray workers on this machine that belong to this cluster:
+    the ``ray::...`` children of its raylets here."""
+    ours = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+    out = []
+    for p in psutil.process_iter(["name", "cmdline"]):
+        if p.info["name"] != "raylet":
+            continue
+        node = next((a.split("=", 1)[1] for a in p.info["cmdline"] or ()
+                     if a.startswith("--node_id=")), None)
+        if node not in ours:
+            continue
+        try:
+            out += [(node, c) for c in p.children()
+                    if c.name().startswith("ray::") and c.name() not in _AGENTS]
+        except psutil.NoSuchProcess:
+            continue
+    return out
 
 
 def _mark_methods(cls) -> None:
