@@ -353,29 +353,27 @@ def get(refs, *, timeout: float | None = None, progress: bool | None = None):
     always, ``False`` never.
     """
     _check_timeout(timeout)
-    if backends.engine is not None:
-        if isinstance(refs, (list, tuple)):
-            _check_refs(refs, "get")
-        elif not isinstance(refs, ObjectRef):
+    one = isinstance(refs, ObjectRef)
+    if not one:
+        if not isinstance(refs, (list, tuple)):
             raise TypeError(f"nbray.get() takes an ObjectRef or a list of them, got "
                             f"{type(refs).__name__}")
-        return backends.engine.get(refs if isinstance(refs, ObjectRef) else list(refs), timeout)
-    _warn_if_in_an_async_actor()
-    if isinstance(refs, ObjectRef):
-        return _client().get_values([refs], timeout)[0]
-    if isinstance(refs, (list, tuple)):
         _check_refs(refs, "get")
-        if not refs:
-            return []
-        client, refs = _client(), list(refs)
-        if progress_bar.wanted(client, refs, progress):
-            started = time.monotonic()
-            progress_bar.wait_with_bar(client, refs, timeout, show_now=bool(progress))
-            if timeout is not None:
-                timeout = max(0.0, timeout - (time.monotonic() - started))
-        return client.get_values(refs, timeout)
-    raise TypeError(f"nbray.get() takes an ObjectRef or a list of them, got "
-                    f"{type(refs).__name__}")
+        refs = list(refs)
+    if backends.engine is not None:
+        return backends.engine.get(refs, timeout)
+    _warn_if_in_an_async_actor()
+    if one:
+        return _client().get_values([refs], timeout)[0]
+    if not refs:
+        return []
+    client = _client()
+    if progress_bar.wanted(client, refs, progress):
+        started = time.monotonic()
+        progress_bar.wait_with_bar(client, refs, timeout, show_now=bool(progress))
+        if timeout is not None:
+            timeout = max(0.0, timeout - (time.monotonic() - started))
+    return client.get_values(refs, timeout)
 
 
 def _warn_if_in_an_async_actor() -> None:

@@ -147,7 +147,6 @@ class Backend(backends.Backend):
     name = "ray"
 
     def __init__(self):
-        self.started = False        # this process started the Ray instance (no address)
         self.connected = False      # this backend called ray.init (not attached in a worker)
         self._registered()
 
@@ -173,13 +172,13 @@ class Backend(backends.Backend):
         # no address: a Ray instance of its own (Ray's None would join RAY_ADDRESS or the
         # latest `ray start` cluster instead)
         info = ray.init(address=address or "local", runtime_env=env, **kwargs)
-        self.started, self.connected = address is None, True
+        self.connected = True
         resources = ray.cluster_resources()
         gcs = getattr(info, "address_info", {}).get("gcs_address") or address or ""
         return ClusterContext(session=ray.get_runtime_context().get_job_id(), address=gcs,
                               node_address=ray.get_runtime_context().get_node_id(),
                               num_workers=int(resources.get("CPU", 0)),
-                              resources=resources, embedded=self.started, backend="ray")
+                              resources=resources, embedded=address is None, backend="ray")
 
     def attach(self) -> bool:
         return ray.is_initialized()
