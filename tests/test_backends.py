@@ -215,10 +215,49 @@ def test_chaos_kills_a_ray_worker_and_an_actor_and_nothing_is_lost(ray_driver, t
     assert nbray.get([h.add.remote(i) for i in range(3)]) == [1, 2, 3]
     nbray.chaos.kill_actor(h)       # as a crash: it restarts, empty (Ray kills it a little later)
     wait_until(lambda: _add_once(h) == 1, 60, "the restarted actor to answer afresh")
-    with pytest.raises(NotImplementedError, match="kill_node.*ray backend"):
-        nbray.chaos.kill_node()
     with pytest.raises(NotImplementedError, match="running=.*ray backend"):
         nbray.chaos.kill_worker(running=ref)
+
+
+@nbray.remote(max_retries=3)
+def marks_then_waits(marker, gate):
+    with open(marker, "a") as f:
+        f.write(f"{nbray.get_runtime_context().get_node_id()}\n")
+    while not os.path.exists(gate):     # until its node is killed (or, retried, at once)
+        time.sleep(0.05)
+    return os.getpid()
+
+
+@pytest.mark.ray
+def test_chaos_kills_a_ray_node_and_its_tasks_run_again_elsewhere(ray_cluster, ray_driver,
+                                                                   tmp_path):
+    from conftest import pid_alive, wait_until
+    node = ray_cluster.add_node(num_cpus=2)
+    try:
+        ray_cluster.wait_for_nodes()
+        doomed = node.node_id
+        marker, gate = str(tmp_path / "nodes"), str(tmp_path / "gate")
+        there = NodeAffinitySchedulingStrategy(doomed, soft=True)
+        refs = [marks_then_waits.options(scheduling_strategy=there).remote(marker, gate)
+                for _ in range(2)]
+
+        def started():
+            return Path(marker).read_text().split() if os.path.exists(marker) else []
+        assert wait_until(lambda: len(started()) == 2 and started(), 60,
+                          "both tasks to start on the new node") == [doomed] * 2
+        killed = nbray.chaos.kill_node(doomed)
+        assert killed["node_id"] == doomed
+        wait_until(lambda: not pid_alive(killed["pid"]), 10, "the raylet to die")
+        open(gate, "w").close()
+        assert len(nbray.get(refs, timeout=120)) == 2      # retried on the nodes alive
+        again = started()[2:]
+        assert len(again) == 2 and doomed not in again
+        wait_until(lambda: doomed not in {n["NodeID"] for n in nbray.nodes() if n["Alive"]},
+                   60, "Ray to take the node for dead")
+        with pytest.raises(LookupError, match="no node of this Ray cluster"):
+            nbray.chaos.kill_node(doomed)
+    finally:
+        ray_cluster.remove_node(node, allow_graceful=False)     # reaps what was killed
 
 
 def _add_once(h):

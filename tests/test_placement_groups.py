@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 
 import pytest
 
@@ -35,9 +36,10 @@ def parent_in_group():
 
 
 @nbray.remote(max_retries=3)
-def gated(q):
+def holds_its_bundle(q):
     q.put("started")
-    q.get(timeout=60)           # until its worker is killed
+    # until its worker is killed; not in nbray.get, which would lend its CPU to the next task
+    threading.Event().wait(60)
 
 
 @nbray.remote
@@ -79,7 +81,7 @@ def test_removing_a_group_ends_the_actors_in_it(module_cluster):
     a = InBundle.options(scheduling_strategy=InGroup(pg, 0)).remote()
     assert nbray.get(a.ping.remote(), timeout=30) == "pong"
     q = Queue()
-    running = gated.options(scheduling_strategy=InGroup(pg, 0)).remote(q)
+    running = holds_its_bundle.options(scheduling_strategy=InGroup(pg, 0)).remote(q)
     assert q.get(timeout=30) == "started"
     queued = where.options(num_cpus=1, scheduling_strategy=InGroup(pg, 0)).remote()
     remove_placement_group(pg)          # its nodes end what runs in it soon after

@@ -332,21 +332,54 @@ class Backend(backends.Backend):
         return {"worker_id": None, "pid": w.pid, "node_id": n}
 
 
+    def kill_node(self, node_id, rng, spare_driver):
+        """SIGKILL the raylet of one of this cluster's nodes on this machine, and every
+        process it started (its workers and agents), as when its machine fails."""
+        raylets = _local_raylets()
+        if node_id is not None:
+            raylets = {n: p for n, p in raylets.items() if n == node_id}
+        elif spare_driver:
+            raylets.pop(ray.get_runtime_context().get_node_id(), None)
+        if not raylets:
+            raise LookupError("no node of this Ray cluster on this machine to kill" + (
+                f" with id {node_id} (Ray's nodes on other machines cannot be killed from "
+                f"here)" if node_id else ""))
+        node = rng.choice(sorted(raylets))
+        raylet = raylets[node]
+        try:
+            tree = raylet.children(recursive=True)
+        except psutil.NoSuchProcess:
+            tree = []
+        for p in [raylet] + tree:       # the raylet first: nothing it owns is restarted
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+        return {"node_id": node, "pid": raylet.pid}
+
+
 _AGENTS = ("ray::DashboardAgent", "ray::RuntimeEnvAgent")
 
 
-def _local_workers() -> list:
-    """(node id, process) of the Ray workers on this machine that belong to this cluster:
-    the ``ray::...`` children of its raylets here."""
+def _local_raylets() -> dict:
+    """node id -> raylet process, of this cluster's live nodes that run on this machine."""
     ours = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
-    out = []
+    out = {}
     for p in psutil.process_iter(["name", "cmdline"]):
         if p.info["name"] != "raylet":
             continue
         node = next((a.split("=", 1)[1] for a in p.info["cmdline"] or ()
                      if a.startswith("--node_id=")), None)
-        if node not in ours:
-            continue
+        if node in ours:
+            out[node] = p
+    return out
+
+
+def _local_workers() -> list:
+    """(node id, process) of the Ray workers on this machine that belong to this cluster:
+    the ``ray::...`` children of its raylets here."""
+    out = []
+    for node, p in _local_raylets().items():
         try:
             out += [(node, c) for c in p.children()
                     if c.name().startswith("ray::") and c.name() not in _AGENTS]
