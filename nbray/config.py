@@ -43,6 +43,9 @@ class Config:
     actor_inflight_max: int = 1000
     #: pipelining aims to keep about this much work (seconds) queued at each worker
     pipeline_target_s: float = 0.002
+    #: tasks queued behind a worker's running task are taken back (and run elsewhere) once
+    #: it has run this long and 20 times its kind's average
+    take_back_after_s: float = 0.2
     #: the node starts at most this many workers per CPU, and at least ``min_worker_cap``
     #: (workers beyond the CPUs stand in for workers blocked in get: deep recursion needs them)
     max_workers_per_cpu: int = 4

@@ -97,6 +97,31 @@ def test_pipelined_result_is_not_held_behind_next_task(no_cluster):
             nbray.cancel(r)
 
 
+@nbray.remote
+def polls_for(marker):
+    import os
+    while not os.path.exists(marker):       # waits outside nbray.get: it lends no CPU
+        time.sleep(0.01)
+    return "polled"
+
+
+# Regression (seen in CI as test_async_cells_run_side_by_side_and_bind_refs): two tasks of one
+# kind leave together to the one worker the client holds, as pipelining does for short tasks;
+# the first waits (not in nbray.get) for something only the second does, and the second
+# waited behind it for good, with the cluster's other CPU free
+def test_a_task_queued_behind_one_that_waits_for_it_is_taken_back(no_cluster, tmp_path):
+    start_cluster(num_workers=2)
+    for _ in range(50):                             # one lease, deep pipelining
+        nbray.get(slow.remote(0, 1))
+    marker = str(tmp_path / "go")
+    with nbray.util.group():                        # both leave in one push
+        first = polls_for.remote(marker)
+        second = slow.remote(0, "second")
+    assert nbray.get(second, timeout=30) == "second"        # never a hang
+    open(marker, "w").close()
+    assert nbray.get(first, timeout=30) == "polled"
+
+
 def test_recursive_tasks_moderate_depth(cluster):
     assert nbray.get(fib.remote(5), timeout=45) == 5
 

@@ -129,6 +129,7 @@ class Lease:
     placed: str = ""                # why the global scheduler put it there ("": kept local)
     granted_at: float = 0.0         # seconds since the epoch
     off_target: bool = False        # not on the node its tasks prefer: returned once idle
+    taking_back: bool = False       # ReturnQueued sent: its queued tasks are on their way
 
 
 @dataclass(eq=False)
@@ -168,6 +169,7 @@ class CoreClient:
         self.tasks: dict[bytes, Task] = {}
         self.shapes: dict[tuple, Shape] = {}
         self.leases: dict[bytes, Lease] = {}
+        self._take_back_at = 0.0        # when _dispatch looks for stalled workers next
         self.actors = ActorCalls(self)
         self.lineage = Lineage(self)
         self.streams = Streams(self)
@@ -588,11 +590,29 @@ class CoreClient:
             return                      # nbray.util.group(): all together when it ends
         if self.actors.dirty:
             self.actors.dispatch()
+        look_back = now >= self._take_back_at
+        if look_back:               # (every 50 ms at most)
+            self._take_back_at = now + 0.05
         for shape in self.shapes.values():
+            if look_back and shape.leases:
+                self._take_back_stalled(shape, now)
             if shape.ready:
                 self._dispatch_shape(shape, eager)
             if shape.leases:
                 self._return_idle(shape, now, expired_ok=not shape.ready)
+
+    def _take_back_stalled(self, shape: Shape, now: float) -> None:
+        """Tasks pipelined behind a task that has run far longer than its kind does come back
+        (the worker answers them as bounced) and go to another worker: the running one may
+        wait for one of them (a cell polling for a file the next cell writes), and would
+        otherwise hold them until it ends."""
+        late = max(CONFIG.take_back_after_s, 20 * shape.avg_run_s)
+        for lease in shape.leases:
+            if len(lease.inflight) > 1 and not lease.taking_back and lease.actor is None \
+                    and now - lease.progress_at > late:
+                lease.taking_back = True
+                self._post(lease.address, P.ReturnQueued())
+                self._post(lease.node, P.Poke(lease.worker_id, False))  # it may be in user code
 
     def _depth(self, shape: Shape) -> int:
         if shape.avg_run_s <= 0:
@@ -743,11 +763,14 @@ class CoreClient:
             if lease is not None:
                 task.ran_on = (lease.node_id, lease.pid, lease.placed, lease.granted_at)
                 lease.inflight.pop(res.task_id, None)
-                lease.progress_at = now
+                if res.values is not None:      # (a bounce says nothing of its progress)
+                    lease.progress_at = now
+                    lease.taking_back = False
                 if not lease.inflight:
                     lease.idle_since = now
+                    lease.taking_back = False
                 task.worker = None
-            if res.values is None:       # bounced: the worker blocked before starting it
+            if res.values is None:       # bounced: the worker blocked, or was asked for it
                 self._requeue(task, front=True)
                 continue
             shape = self.shapes[task.key]
@@ -1083,6 +1106,7 @@ class CoreClient:
         P.Ack: _on_ack,
         P.PushTasks: _on_push,
         P.CancelTasks: _on_push,
+        P.ReturnQueued: _on_push,
         P.ActorInfoRequest: _on_push,
         P.SetupWorkers: _on_push,
         P.CreateDetached: _on_push,
@@ -1754,6 +1778,12 @@ class CoreClient:
         if any(shape.ready for shape in self.shapes.values()):
             return 10
         ms = 1000 * CONFIG.lease_idle_s if self.leases else 1000
+        try:        # a worker with tasks queued behind its running one: looked at again
+            if any(len(lease.inflight) > 1 and lease.actor is None
+                   for lease in self.leases.values()):
+                ms = min(ms, 50)
+        except RuntimeError:            # (unlocked: the dict changed meanwhile)
+            pass
         try:                            # unlocked: another thread may pop it meanwhile
             ms = min(ms, max(0.0, 1000 * (self._lease_retry[0][0] - time.monotonic())))
         except IndexError:
@@ -1764,7 +1794,7 @@ class CoreClient:
         return 0 if self._outbox or self.released else self.idle_timeout_ms()
 
 
-_PUSHED = (P.PushTasks, P.CancelTasks)
+_PUSHED = (P.PushTasks, P.CancelTasks, P.ReturnQueued)
 _MAIN_POLL_MS = 100
 _LOCALITY = "@node"      # a scheduling key's entry for the node its tasks' inputs are on
 

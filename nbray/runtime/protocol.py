@@ -13,7 +13,8 @@ Who sends what:
     node -> client                       Welcome, LeaseGranted, LeaseRejected, ReclaimLeases,
                                          WorkerDied, NodeInfo, LeaseSpilled, LeasePending,
                                          LeaseBusy
-    client -> leased worker              PushTasks, CancelTasks, ActorInfoRequest
+    client -> leased worker              PushTasks, CancelTasks, ReturnQueued,
+                                         ActorInfoRequest
     worker -> client                     TaskResults, StreamItem, Reply
     worker -> driver                     TaskOutput, SetupDone
     driver -> node -> nodes, workers     SetupWorkers
@@ -335,6 +336,13 @@ class PushTasks(NamedTuple):
 
 class CancelTasks(NamedTuple):
     task_ids: tuple
+
+
+class ReturnQueued(NamedTuple):
+    """Client -> leased worker: answer the tasks pushed to you that have not started as
+    bounced (as when you block in get), so they run elsewhere: the one running has run far
+    longer than its kind does, and what waits behind it may be what it waits for."""
+    note: str = ""
 
 
 class TaskResults(NamedTuple):

@@ -83,6 +83,10 @@ class Executor:
                     self.client.cancel_children(tid)    # what it started goes with it
                 else:
                     self.cancelled.add(tid)
+        elif type(msg) is P.ReturnQueued:
+            self.client.cancels_seen += 1       # (a poke waits for a message for the task)
+            if not self.hosting:
+                self.bounce_queued(output=False)    # (the running task's line goes on)
         elif type(msg) is P.SetupWorkers:
             if self.host is not None and self.host.concurrent:
                 self.client._send(msg.owner, P.SetupDone(
@@ -102,8 +106,9 @@ class Executor:
                 {"queued": queued, "running": 0}
             self.client._send(peer, P.Reply(msg.request_id, info))
 
-    def bounce_queued(self) -> None:
-        self.output.end_task()      # what the task printed before it waits leaves now
+    def bounce_queued(self, output: bool = True) -> None:
+        if output:
+            self.output.end_task()      # what the task printed before it waits leaves now
         while self.queue:
             owner, spec = self.queue.popleft()
             self._add_result(owner, P.TaskResult(spec.task_id, None, 0.0))
