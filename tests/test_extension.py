@@ -148,7 +148,6 @@ def test_actor_cells_share_a_namespace_on_the_cluster(ip):
 
 
 def test_remote_output_reaches_the_driver_tagged_with_the_cell(ip, capfd):
-    nbray_only('remote output routed to its cell')
     run(ip, "%%remote\nimport sys\nprint('from the cluster')\n"
             "print('to stderr', file=sys.stderr)")
     out = wait_until(lambda: (lambda c: c if "from the cluster" in c.out else None)(
@@ -172,7 +171,6 @@ def test_refs_do_not_stay_in_the_output_history(ip, capsys):
     run(ip, "put(5)")
     n = ip.execution_count - 1
     assert n not in ip.user_ns["Out"] and f"_{n}" not in ip.user_ns
-    nbray_only("%nbray refs", "%nbray refs")
     run(ip, "kept = put(6)")
     table = repr(run(ip, "%nbray refs"))
     assert "kept" in table
@@ -235,15 +233,15 @@ def test_unknown_commands_and_bad_arguments_are_usage_errors(ip):
 def sleeper(marker):
     Path(marker + ".started").touch()
     try:
-        time.sleep(60)
-    except nbray.TaskCancelledError:
+        for _ in range(600):    # (Ray's cancel lands between two sleeps, not inside one)
+            time.sleep(0.1)
+    except (nbray.TaskCancelledError, KeyboardInterrupt):   # (nbray's, Ray's)
         Path(marker + ".cancelled").touch()
         raise
     return "slept"
 
 
 def test_an_interrupted_cell_cancels_the_remote_work_it_started(ip, tmp_path, capsys):
-    nbray_only('the cell-scoped interrupt')
     ip.user_ns.update(sleeper=sleeper, marker=str(tmp_path / "t"))
     result = ip.run_cell("ref = sleeper.remote(marker)\nimport os, time\n"
                          "while not os.path.exists(marker + '.started'):\n"
@@ -258,7 +256,6 @@ def test_an_interrupted_cell_cancels_the_remote_work_it_started(ip, tmp_path, ca
 
 
 def test_all_runs_a_setup_on_every_worker_now_and_on_those_started_later(ip, capsys):
-    nbray_only('%%remote --all', '%%remote --all')
     import signal
     ip.user_ns["seed"] = 7
     table = run(ip, "%%remote --all\nimport os, random\nrandom.seed(seed)\n"
@@ -271,7 +268,7 @@ def test_all_runs_a_setup_on_every_worker_now_and_on_those_started_later(ip, cap
     assert all(ok for _, ok in seen)        # (a worker the node just started too)
     pids |= {pid for pid, _ in seen}
     from conftest import pid_alive
-    hosts = {a["worker_pid"] for a in nbray.state.actors(detail=False)}
+    hosts = set() if on_ray() else {a["worker_pid"] for a in nbray.state.actors(detail=False)}
     victims = {pid for pid, _ in seen} | (pids - hosts)     # every task worker
     for victim in victims:
         os.kill(victim, signal.SIGKILL)             # their replacements run the setup first
@@ -287,7 +284,6 @@ def test_all_runs_a_setup_on_every_worker_now_and_on_those_started_later(ip, cap
 
 
 def test_a_failing_setup_says_where_and_why(ip, capsys):
-    nbray_only('%%remote --all', '%%remote --all')
     table = run(ip, "%%remote --all\nraise ValueError('bad setup')")
     assert table.rows and all(row[1] == "error" and "bad setup" in row[2] for row in table.rows)
     err = capsys.readouterr().err

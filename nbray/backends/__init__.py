@@ -90,11 +90,81 @@ class Backend:
     def kill_node(self, node_id: str | None, rng, spare_driver: bool) -> dict:
         raise self.unsupported("nbray.chaos.kill_node()")
 
+    #: what the IPython extension asks of this engine around a notebook's cells
+    notebook: "Notebook"
+
     def unsupported(self, what: str) -> NotImplementedError:
-        """The error for what nbray's own runtime has and this engine does not."""
-        return NotImplementedError(f"{what} is not available on the {self.name} backend "
-                                   f"(nbray's own runtime has it: nbray.init() without "
-                                   f"backend=)")
+        return unsupported(self.name, what)
+
+
+def unsupported(name: str, what: str) -> NotImplementedError:
+    """The error for what nbray's own runtime has and engine ``name`` does not."""
+    return NotImplementedError(f"{what} is not available on the {name} backend (nbray's own "
+                               f"runtime has it: nbray.init() without backend=)")
+
+
+class Notebook:
+    """What the IPython extension (``nbray/extension/``) asks of the engine around a
+    notebook's cells. Each cell is a *scope*: what it submits carries its number, so that its
+    remote output lands in it and its interrupt cancels that work. The extension reaches the
+    engine only through this class: ``backends.notebook()``."""
+
+    name = "?"      # the engine's
+    #: a SIGINT came while the engine was in its own code: raised when it lets go
+    interrupt_pending = False
+
+    def begin_cell(self, scope: int) -> None:
+        """Cell ``scope`` starts: what the driver submits from now on is its."""
+
+    def end_cell(self, scope: int, interrupted: bool) -> int:
+        """Cell ``scope`` ended (by an interrupt: cancel, recursively, what it started that
+        has not finished; returns how many)."""
+        return 0
+
+    def stop(self) -> None:
+        """The extension is unloaded."""
+
+    def busy_in_runtime(self) -> bool:
+        """Whether this thread is in the engine's own code, where an exception raised by an
+        interrupt would leave it half way through a change."""
+        return False
+
+    def route_output(self, write) -> None:
+        """Remote output goes to ``write(scope, stream, text)`` (None: this process's own
+        stdout and stderr)."""
+
+    def worker_driver(self) -> str:
+        """In a task: the driver whose cell it serves ('' outside any)."""
+        return ""
+
+    #: where ``run_everywhere`` runs a setup now, and what runs it later
+    setup_unit = "worker"
+    setup_later = "workers started later run it before their first task"
+
+    def run_everywhere(self, fn, args: tuple, key: str, timeout: float) -> tuple[list, int]:
+        """``%%remote --all``: ``fn(*args)`` on every worker, now and on those started later
+        (before their first task); ([(where, error text or '', value)], how many expected).
+        ``key`` names the setup: run again, it replaces the one of that key."""
+        raise unsupported(self.name, "%%remote --all")
+
+    def summary(self) -> dict:
+        """This driver's work for ``%nbray status``: ``tasks_unfinished``, ``objects``
+        (held), ``owned``, ``owned_bytes``."""
+        raise unsupported(self.name, "%nbray status")
+
+    def held_objects(self) -> list[dict]:
+        """The objects this driver holds refs to, as ``nbray.state.objects()`` lists them:
+        ``object_id`` (hex), ``owned``, ``state``, ``size`` (None: unknown), ``refs``,
+        ``pinned_by_tasks``, ``pending_tasks``, ``borrowers``."""
+        raise unsupported(self.name, "%nbray refs")
+
+
+def notebook() -> Notebook:
+    """The notebook hooks of the engine in use (nbray's own runtime's by default)."""
+    if engine is not None:
+        return engine.notebook
+    from nbray.backends import native
+    return native.NOTEBOOK
 
 
 def load(name: str) -> Backend:

@@ -31,6 +31,8 @@ except ImportError as e:     # pragma: no cover - depends on the installation
     raise ImportError('the ray backend needs Ray: pip install "nbray[ray]" (or pip install '
                       '"ray[default]")') from e
 
+from nbray.backends import ray_notebook    # noqa: E402 - it needs Ray too
+
 KILL_WAIT_S = 10.0         # at most so long for a killed actor to be seen dead
 KILL_POLL_S = 0.05
 
@@ -148,6 +150,7 @@ class Backend(backends.Backend):
 
     def __init__(self):
         self.connected = False      # this backend called ray.init (not attached in a worker)
+        self.notebook = ray_notebook.RayNotebook()
         self._registered()
 
     @staticmethod
@@ -184,11 +187,15 @@ class Backend(backends.Backend):
         return ray.is_initialized()
 
     def shutdown(self) -> None:
+        self.notebook.close()
         if self.connected and ray.is_initialized():   # a worker's connection is Ray's
             ray.shutdown()
 
     # ---- tasks and actors --------------------------------------------------------------
     def submit(self, rf, args, kwargs):
+        cell = self.notebook.cell or ray_notebook.current_cell()
+        if cell is not None:
+            return self._submit_in_cell(rf, cell, args, kwargs)
         try:
             fn = rf._engine_fn
         except AttributeError:
@@ -198,12 +205,43 @@ class Backend(backends.Backend):
         except TypeError as e:
             raise _serialization_error(e) from None
 
-    def _remote_function(self, rf):
+    def _submit_in_cell(self, rf, cell, args, kwargs):
+        """A task of a notebook cell (ray_notebook.py): it carries the cell."""
+        try:
+            fn = rf._engine_cell_fn
+        except AttributeError:
+            tagged = self._remote_function(rf, in_cell=True)
+            if tagged is not None:
+                fn = tagged.remote              # its first argument: the cell
+            else:       # (a generator or coroutine function: Ray's own, untagged)
+                plain = self._remote_function(rf).remote
+
+                def fn(cell, *args, **kwargs):
+                    return plain(*args, **kwargs)
+            rf._engine_cell_fn = fn
+        try:
+            ref = fn(cell, *args, **kwargs)
+        except TypeError as e:
+            raise _serialization_error(e) from None
+        if cell is self.notebook.cell:      # the driver's own cell: its interrupt cancels it
+            self.notebook.submitted(cell, ref)
+        return ref
+
+    def _remote_function(self, rf, in_cell: bool = False):
         shared = rf._shared
-        if "ray" not in shared:
-            shared["ray"] = ray.remote(_as_function(rf._function, rf._name))
+        key = "ray-in-cell" if in_cell else "ray"
+        if key not in shared:
+            fn = _as_function(rf._function, rf._name)
+            if in_cell:
+                fn = ray_notebook.in_cell(fn)
+                if fn is None:      # (a generator or coroutine function: Ray's own)
+                    shared[key] = None
+                    return None
+            shared[key] = ray.remote(fn)
+        if shared[key] is None:
+            return None
         options = self._options(rf._options, "remote function")
-        return shared["ray"].options(**options) if options else shared["ray"]
+        return shared[key].options(**options) if options else shared[key]
 
     def create_actor(self, ac, args, kwargs):
         shared = ac._shared

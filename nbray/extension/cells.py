@@ -72,9 +72,8 @@ SETUP_DRIVERS_KEPT = 16
 
 
 def _driver() -> str:
-    from nbray.runtime import output
-    current = output.CURRENT.get()
-    return current[0][0] if current and current[0] else ""
+    from nbray import backends
+    return backends.notebook().worker_driver()
 
 
 def run_cell(code: str, filename: str, names: list, outputs: list, *values):

@@ -52,10 +52,12 @@ class NbrayMagics(Magics):
             print("nbray: already initialized (%nbray shutdown first to start another)")
             return None
         ctx = nbray.init(**kwargs)
-        from nbray.runtime import core_client
-        client = core_client.current()
-        if client is not None:
-            client.scope = core_client.CoreClient.scope
+        from nbray import backends
+        session = _session(self.shell)
+        if session is not None:         # this cell's work is this cell's on the new engine
+            hooks = backends.notebook()
+            hooks.route_output(session.write)
+            hooks.begin_cell(session.scope)
         return views.ClusterView(ctx)
 
     def _cmd_status(self, args):
@@ -77,7 +79,6 @@ class NbrayMagics(Magics):
 
     def _cmd_refs(self, args):
         opts = _parse(_REFS, args, "refs")
-        _native_only("%nbray refs")
         return views.refs(self.shell, release_history=opts.release_history)
 
     def _cmd_timeline(self, args):
@@ -147,7 +148,6 @@ class NbrayMagics(Magics):
         n = self.shell.execution_count
         filename = f"<remote cell [{n}]>"
         if opts.all:
-            _native_only("%%remote --all")
             return _run_everywhere(code, filename, names, values, opts.timeout)
         options = {"num_returns": max(1, len(outputs))}
         if opts.num_cpus is not None:
@@ -196,34 +196,29 @@ _NAMESPACE_ACTORS: dict = {}
 def _run_everywhere(code: str, filename: str, names: list, values: list, timeout: float):
     """``%%remote --all``: the cell runs on every worker of the cluster (and on those started
     later); returns a table of how it went on each."""
-    import time
-    import cloudpickle
-    from nbray import api
-    values = [nbray.get(v) if isinstance(v, nbray.ObjectRef) else v for v in values]
-    client = api._client()
-    expected = sum(n.get("workers", 0) for n in nbray.state.nodes({"state": "alive"}))
-    blob = cloudpickle.dumps((cells.run_setup, (code, filename, names, *values)), protocol=5)
     import hashlib
-    setup_id = client.setup_workers(blob, hashlib.sha256(code.encode()).hexdigest())
-    results = client.setup_results[setup_id]
-    deadline = time.monotonic() + timeout
-    try:
-        client.wait_for(lambda: True if len(results) >= expected else None, deadline)
-    finally:
-        client.setup_results.pop(setup_id, None)      # later replies are not wanted
-    rows = [[r.source, "error" if r.error else "ok",
-             r.error.strip().splitlines()[-1] if r.error else repr(r.value)] for r in results]
-    failed = [r for r in results if r.error]
+    import sys
+    from nbray import backends
+    values = [nbray.get(v) if isinstance(v, nbray.ObjectRef) else v for v in values]
+    hooks = backends.notebook()
+    unit = hooks.setup_unit
+    results, expected = hooks.run_everywhere(
+        cells.run_setup, (code, filename, names, *values),
+        hashlib.sha256(code.encode()).hexdigest(), timeout)
+    rows = [[source, "error" if error else "ok",
+             error.strip().splitlines()[-1] if error else repr(value)]
+            for source, error, value in results]
+    failed = [error for _, error, _ in results if error]
     notes = []
     if len(results) < expected:
-        notes.append(f"{expected - len(results)} worker(s) busy: they run it before their "
-                     f"next task")
-    notes.append("workers started later run it before their first task")
+        notes.append(f"{expected - len(results)} {unit}(s) did not answer within {timeout:g} "
+                     f"s (busy): they run it before their next task")
+    notes.append(hooks.setup_later)
     if failed:
-        print(f"nbray: the setup failed on {len(failed)} worker(s); the first error:\n"
-              f"{failed[0].error}", file=__import__("sys").stderr)
-    return views.Table(f"%%remote --all: ran on {len(results)} of {expected} worker(s)",
-                       ["worker", "", "value"], rows, notes)
+        print(f"nbray: the setup failed on {len(failed)} {unit}(s); the first error:\n"
+              f"{failed[0]}", file=sys.stderr)
+    return views.Table(f"%%remote --all: ran on {len(results)} of {expected} {unit}(s)",
+                       [unit, "", "value"], rows, notes)
 
 
 def _namespace_actor(name: str, options: dict):

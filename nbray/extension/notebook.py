@@ -18,8 +18,8 @@ import signal
 import sys
 import threading
 
+from nbray import backends
 from nbray.object_ref import ObjectRef
-from nbray.runtime import core_client, output
 
 _NOTICE = ("nbray: Out[{n}] is not kept: it holds refs, which would keep their objects alive "
            "for the life of the kernel (assign them to a variable to keep them)")
@@ -44,7 +44,7 @@ class NotebookSession:
         events.register("post_run_cell", self.post_run_cell)
         from nbray.errors import RemoteError
         self.shell.set_custom_exc((RemoteError,), _show_remote_error)
-        output.route = self.write
+        backends.notebook().route_output(self.write)
 
     def stop(self) -> None:
         events = self.shell.events
@@ -55,19 +55,17 @@ class NotebookSession:
             except ValueError:
                 pass
         self.shell.set_custom_exc((), None)
-        if output.route == self.write:
-            output.route = None
+        hooks = backends.notebook()
+        hooks.route_output(None)
+        hooks.stop()
         self._restore_sigint()
-        core_client.CoreClient.scope = 0
 
     # ---- cells -------------------------------------------------------------------------------
     def pre_run_cell(self, info=None) -> None:
         self.scope = self.shell.execution_count
-        core_client.CoreClient.scope = self.scope       # the driver's client, now or later
-        client = core_client.current()
-        if client is not None:
-            client.scope = self.scope
-            client.interrupt_pending = False        # one from an earlier cell is stale
+        hooks = backends.notebook()     # (the engine may have changed since the last cell)
+        hooks.route_output(self.write)
+        hooks.begin_cell(self.scope)
         if threading.current_thread() is threading.main_thread():
             previous = signal.getsignal(signal.SIGINT)
             if previous != self._on_sigint:
@@ -82,25 +80,16 @@ class NotebookSession:
     def post_run_cell(self, result) -> None:
         self._restore_sigint()
         scope = self.scope
-        client = core_client.current()
+        hooks = backends.notebook()
         interrupted = isinstance(getattr(result, "error_in_exec", None), KeyboardInterrupt)
-        if client is not None and client.interrupt_pending:    # deferred, never raised
-            client.interrupt_pending, interrupted = False, True
-        if interrupted and client:
-            n = client.cancel_scope(scope)
-            if n:
-                self.cancelled[scope] = n
-                print(f"nbray: interrupted: cancelled {n} remote task(s) and call(s) this cell "
-                      f"started, and what they started", file=sys.stderr)
+        if hooks.interrupt_pending:         # deferred, never raised
+            hooks.interrupt_pending, interrupted = False, True
+        n = hooks.end_cell(scope, interrupted)
+        if n:
+            self.cancelled[scope] = n
+            print(f"nbray: interrupted: cancelled {n} remote task(s) and call(s) this cell "
+                  f"started, and what they started", file=sys.stderr)
         self._keep_refs_out_of_history(result)
-        if client is not None:
-            with client.lock:
-                busy = {t.spec.origin[1] for t in client.tasks.values()
-                        if t.spec.origin and t.spec.origin[0] == client.address}
-            with client.printer.lock:
-                scopes = list(client.printer.scopes)
-            for done in [s for s in scopes if s not in busy]:
-                client.printer.finish(done)
 
     def _restore_sigint(self) -> None:
         if self._sigint is not None and threading.current_thread() is threading.main_thread() \
@@ -150,9 +139,9 @@ class NotebookSession:
 
     # ---- interrupts --------------------------------------------------------------------------
     def _on_sigint(self, signum, frame) -> None:
-        client = core_client.current()
-        if client is not None and client.busy_in_runtime():
-            client.interrupt_pending = True     # raised when the runtime lets go
+        hooks = backends.notebook()
+        if hooks.busy_in_runtime():
+            hooks.interrupt_pending = True      # raised when the runtime lets go
             return
         previous = self._sigint
         if callable(previous) and previous is not self._on_sigint:

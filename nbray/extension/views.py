@@ -88,9 +88,8 @@ def status() -> Report:
     import nbray
     if not nbray.is_initialized():
         return Report(Table("nbray: not initialized (%nbray init)", [], []))
-    from nbray import api
-    from nbray.runtime import protocol as P
-    client = api._client()
+    from nbray import api, backends
+    mine = backends.notebook().summary()
     nodes = nbray.state.nodes()
     now = time.time()
     node_rows = [[n["node_id"][:8], n["host"], n["state"],
@@ -99,19 +98,15 @@ def status() -> Report:
                   _age(now - n.get("registered_at", now))] for n in nodes]
     actors = nbray.state.actors(detail=False)
     live = [a for a in actors if a["state"] != "dead"]
-    with client.lock:
-        tasks = list(client.tasks.values())
-        objects = list(client.objects.values())
-    owned = [o for o in objects if o.owned]
-    size = sum(P.value_size(o.value) or 0 for o in owned)
-    mine = [["tasks unfinished", sum(1 for t in tasks if t.spec.kind != P.ACTOR_CREATE)],
-            ["objects held (owned)", f"{len(objects)} ({len(owned)}), {_bytes(size)}"],
+    rows = [["tasks unfinished", mine["tasks_unfinished"]],
+            ["objects held (owned)",
+             f"{mine['objects']} ({mine['owned']}), {_bytes(mine['owned_bytes'])}"],
             ["actors alive (of all known)", f"{len(live)} ({len(actors)})"]]
     return Report(
-        Table(f"nbray cluster {client.session}", ["node", "host", "state",
+        Table(f"nbray cluster {api.context().session}", ["node", "host", "state",
                                                   "resources free / total", "workers",
                                                   "queue", "up"], node_rows),
-        Table("this notebook", ["", ""], mine))
+        Table("this notebook", ["", ""], rows))
 
 
 def refs(shell, release_history: bool = False) -> Table:
@@ -144,7 +139,8 @@ def refs(shell, release_history: bool = False) -> Table:
             for where, ref in _refs_in(value, f"Out[{n}]"):
                 holders.setdefault(ref.binary(), []).append(where + " (output history)")
     rows = []
-    for o in nbray.state.objects():
+    from nbray import backends
+    for o in backends.notebook().held_objects():
         if o["refs"] <= 0 and not o["pinned_by_tasks"]:
             continue
         why = list(holders.get(bytes.fromhex(o["object_id"]), []))
@@ -156,7 +152,8 @@ def refs(shell, release_history: bool = False) -> Table:
             why.append("a ref elsewhere (inside an object, a task, or a dropped variable "
                        "not yet collected)")
         rows.append([o["object_id"], _bytes(o["size"]), o["state"],
-                     "owned" if o["owned"] else "borrowed", "; ".join(why)])
+                     {True: "owned", False: "borrowed"}.get(o["owned"], "-"),
+                     "; ".join(why)])
     rows.sort(key=lambda r: r[0])
     notes = [f"released {released} output-history entries holding refs"] if released else []
     return Table(f"nbray: {len(rows)} object(s) held by this kernel",
