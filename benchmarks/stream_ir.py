@@ -4,13 +4,16 @@ CDF and latency against data size as bokeh HTML and PNG under ``benchmarks/resul
 
     python benchmarks/stream_ir.py --plot                       # the evaluation (a few min)
     python benchmarks/stream_ir.py --nodes 2 --data-size 100000 --use-groups 1
+    python benchmarks/stream_ir.py --backend nbray ray --plot   # both engines, one run
 
 Each iteration: a ``Broadcast`` of generated data to every CPU (a block of records, each record
 a timestamp and its payload), ``--maps`` ``Map`` stages that touch every byte, a shuffle ``Map``
 splitting each block in one part per reducer, and ``ReduceActors`` whose actors note, for every
 record, the time from its generation to its arrival: the per-record latency. Iterations run
 back to back, two in flight. The cluster is ``--nodes`` node processes on this machine (one
-head; ``--workers`` each), over TCP.
+head; ``--workers`` each), over TCP: nbray's own, or with ``--backend ray`` a local Ray
+cluster of as many nodes (Ray's multi-node test helper), driven through nbray's API; given
+both, each runs in turn in the same process.
 
 Parameters (the study's): nodes, data size (bytes per Broadcast output), maps, reducers,
 iterations, use_groups.
@@ -128,8 +131,45 @@ def stop_cluster(head, head_procs, joined) -> None:
     cluster.stop(head, head_procs)
 
 
+def on_nbray(args, body) -> None:
+    with tempfile.TemporaryDirectory(prefix="nbs-", dir="/tmp") as root:
+        CONFIG.run_root = root
+        head, head_procs, joined = start_cluster(args.nodes, args.workers)
+        try:
+            nbray.init(address=head.tcp_address)
+            wait_for_nodes(args.nodes, lambda: len(nbray.state.nodes({"state": "alive"})))
+            body()
+        finally:
+            stop_cluster(head, head_procs, joined)
+
+
+def on_ray(args, body) -> None:
+    from ray.cluster_utils import Cluster
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": args.workers,
+                                                        "include_dashboard": False})
+    try:
+        for _ in range(args.nodes - 1):
+            c.add_node(num_cpus=args.workers)
+        c.wait_for_nodes()
+        nbray.init(backend="ray", address=c.address, log_to_driver=False)
+        wait_for_nodes(args.nodes, lambda: sum(n["Alive"] for n in nbray.nodes()))
+        body()
+    finally:
+        if nbray.is_initialized():
+            nbray.shutdown()
+        c.shutdown()
+
+
+def wait_for_nodes(n: int, alive) -> None:
+    deadline = time.monotonic() + 30
+    while alive() < n:
+        if time.monotonic() > deadline:
+            raise RuntimeError("the nodes did not all register")
+        time.sleep(0.05)
+
+
 # ---- the plots -----------------------------------------------------------------------------------
-def plot(out: dict, stem: str) -> list[str]:
+def plot(out: dict, stem: str, backend: str = "nbray") -> list[str]:
     from bokeh.io import save
     from bokeh.layouts import row
     from bokeh.plotting import figure
@@ -137,8 +177,9 @@ def plot(out: dict, stem: str) -> list[str]:
     colours = {False: "#d62728", True: "#1f77b4"}
     labels = {False: "vanilla (per task)", True: "group scheduling"}
     cdf_size = out["cdf_data_size"]
+    on = "" if backend == "nbray" else f" (on {backend})"
     cdf = figure(width=520, height=460, title=f"per-record latency CDF, {cdf_size:,} B per "
-                 f"block", x_axis_label="latency (ms)", y_axis_label="fraction of records",
+                 f"block{on}", x_axis_label="latency (ms)", y_axis_label="fraction of records",
                  x_axis_type="log", tools="", toolbar_location=None)
     vs = figure(width=520, height=460, title="latency against data size (p50 solid, p99 "
                 "dashed)", x_axis_label="bytes per block", y_axis_label="latency (ms)",
@@ -195,35 +236,35 @@ def main(argv=None) -> int:
     ap.add_argument("--iterations", type=int, default=20)
     ap.add_argument("--use-groups", type=int, nargs="+", default=[0, 1], choices=[0, 1])
     ap.add_argument("--plot", action="store_true", help="write HTML and PNG figures")
+    ap.add_argument("--backend", nargs="+", default=["nbray"], choices=["nbray", "ray"],
+                    help="the engine(s) to run it on, in turn")
     args = ap.parse_args(argv)
     reducers = args.reducers or args.nodes
     out = {"cpus": os.cpu_count(), "nodes": args.nodes, "workers_per_node": args.workers,
            "maps": args.maps, "reducers": reducers, "iterations": args.iterations,
-           "record_bytes": RECORD, "runs": []}
-    with tempfile.TemporaryDirectory(prefix="nbs-", dir="/tmp") as root:
-        CONFIG.run_root = root
-        head, head_procs, joined = start_cluster(args.nodes, args.workers)
-        try:
-            nbray.init(address=head.tcp_address)
-            deadline = time.monotonic() + 20
-            while len(nbray.state.nodes({"state": "alive"})) < args.nodes:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("the nodes did not all register")
-                time.sleep(0.05)
-            cpus = args.nodes * args.workers
+           "record_bytes": RECORD, "backends": args.backend, "runs": []}
+    cpus = args.nodes * args.workers
+    for backend in args.backend:
+        def body(backend=backend):
             for size in args.data_size:
                 for groups in args.use_groups:
-                    log(f"data size {size:,} B, use_groups={groups}")
+                    log(f"{backend}: data size {size:,} B, use_groups={groups}")
                     r = run(size, args.maps, reducers, args.iterations, bool(groups), cpus)
                     log(f"  p50 {r['latency_ms_p50']} ms, p99 {r['latency_ms_p99']} ms, "
                         f"{r['iterations_per_s']} iterations/s")
-                    out["runs"].append(r)
-        finally:
-            stop_cluster(head, head_procs, joined)
+                    out["runs"].append({"backend": backend, **r})
+        (on_ray if backend == "ray" else on_nbray)(args, body)
     if args.plot and set(args.use_groups) == {0, 1}:
         out["cdf_data_size"] = args.data_size[len(args.data_size) // 2]
         stem = f"stream_ir_{time.strftime('%Y-%m-%d')}_{args.nodes}nodes"
-        out["figures"] = [os.path.relpath(p, REPO) for p in plot(out, stem)]
+        if args.backend != ["nbray"]:
+            stem += "_" + "_".join(args.backend)
+        out["figures"] = []
+        for backend in args.backend:
+            runs = [r for r in out["runs"] if r["backend"] == backend]
+            out["figures"] += [os.path.relpath(p, REPO) for p in plot(
+                {**out, "runs": runs}, stem + ("" if len(args.backend) == 1 else
+                                               f"_{backend}"), backend)]
         with open(os.path.join(REPO, "benchmarks", "results", f"{stem}.json"), "w") as f:
             json.dump(out, f, indent=1)
     print(json.dumps(out, indent=1))
