@@ -361,6 +361,9 @@ def get(refs, *, timeout: float | None = None, progress: bool | None = None):
         _check_refs(refs, "get")
         refs = list(refs)
     if backends.engine is not None:
+        if not one and refs and progress_bar.wanted(backends.in_engine_worker(), refs,
+                                                     progress):
+            timeout = _with_bar(_engine_wait, refs, timeout, bool(progress))
         return backends.engine.get(refs, timeout)
     _warn_if_in_an_async_actor()
     if one:
@@ -368,12 +371,20 @@ def get(refs, *, timeout: float | None = None, progress: bool | None = None):
     if not refs:
         return []
     client = _client()
-    if progress_bar.wanted(client, refs, progress):
-        started = time.monotonic()
-        progress_bar.wait_with_bar(client, refs, timeout, show_now=bool(progress))
-        if timeout is not None:
-            timeout = max(0.0, timeout - (time.monotonic() - started))
+    if progress_bar.wanted(client.worker_id is not None, refs, progress):
+        timeout = _with_bar(client.wait, refs, timeout, bool(progress))
     return client.get_values(refs, timeout)
+
+
+def _with_bar(wait, refs: list, timeout, show_now: bool, num_returns: int | None = None):
+    """Wait with a progress bar (``nbray/progress.py``); the time left of ``timeout``."""
+    started = time.monotonic()
+    progress_bar.wait_with_bar(wait, refs, timeout, show_now, num_returns)
+    return None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
+
+
+def _engine_wait(refs: list, num_returns: int, timeout):
+    return backends.engine.wait(refs, num_returns, timeout, False)
 
 
 def _warn_if_in_an_async_actor() -> None:
@@ -419,16 +430,18 @@ def wait(refs, *, num_returns: int = 1, timeout: float | None = None, fetch_loca
     if not refs:
         return [], []
     if backends.engine is not None:
+        if (num_returns >= CONFIG.progress_min_refs or progress) and progress_bar.wanted(
+                backends.in_engine_worker(), refs, progress) and not any(
+                isinstance(r, ObjectRefGenerator) for r in refs):
+            timeout = _with_bar(_engine_wait, list(refs), timeout, bool(progress),
+                                num_returns)
         return backends.engine.wait(list(refs), num_returns, timeout, fetch_local)
     client, refs = _client(), list(refs)
     if streams:
         return _wait_with_streams(client, refs, num_returns, timeout)
     if num_returns >= CONFIG.progress_min_refs or progress:
-        if progress_bar.wanted(client, refs, progress):
-            started = time.monotonic()
-            progress_bar.wait_with_bar(client, refs, timeout, bool(progress), num_returns)
-            if timeout is not None:
-                timeout = max(0.0, timeout - (time.monotonic() - started))
+        if progress_bar.wanted(client.worker_id is not None, refs, progress):
+            timeout = _with_bar(client.wait, refs, timeout, bool(progress), num_returns)
     return client.wait(refs, num_returns, timeout)
 
 

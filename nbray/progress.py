@@ -16,25 +16,24 @@ from nbray.config import CONFIG
 STEP_S = 0.2
 
 
-def wanted(client, refs: list, progress) -> bool:
-    if progress is False or client.worker_id is not None:
+def wanted(in_worker: bool, refs: list, progress) -> bool:
+    if progress is False or in_worker:
         return False
     return bool(progress) or len(refs) >= CONFIG.progress_min_refs
 
 
-def wait_with_bar(client, refs: list, timeout: float | None, show_now: bool,
+def wait_with_bar(wait, refs: list, timeout: float | None, show_now: bool,
                   num_returns: int | None = None) -> None:
     """Wait for ``num_returns`` of ``refs`` (all by default) with a bar; returns at the
-    deadline too (the caller's get raises, its wait returns what is ready)."""
+    deadline too (the caller's get raises, its wait returns what is ready). ``wait(refs, n,
+    timeout)`` is the engine's: ``(ready, not ready)``."""
     deadline = None if timeout is None else time.monotonic() + timeout
-    unique = list(dict.fromkeys(r._id for r in refs))
-    by_id = {r._id: r for r in refs}
-    pending = [by_id[i] for i in unique]
-    goal = len(unique) if num_returns is None else num_returns
+    pending = list(dict.fromkeys(refs))
+    goal = len(pending) if num_returns is None else num_returns
     first = 0.0 if show_now else CONFIG.progress_after_s
     if deadline is not None:
         first = min(first, max(0.0, deadline - time.monotonic()))
-    ready, pending = client.wait(pending, min(goal, len(pending)), first)
+    ready, pending = wait(pending, min(goal, len(pending)), first)
     done = len(ready)
     if done >= goal:
         return
@@ -44,7 +43,7 @@ def wait_with_bar(client, refs: list, timeout: float | None, show_now: bool,
             step = STEP_S if deadline is None else min(STEP_S, deadline - time.monotonic())
             if step <= 0:
                 return
-            ready, pending = client.wait(pending, min(goal - done, len(pending)), step)
+            ready, pending = wait(pending, min(goal - done, len(pending)), step)
             if ready:
                 done += len(ready)
                 bar.update(min(len(ready), goal - bar.n))

@@ -210,7 +210,7 @@ def ray_cluster():
         ray.cloudpickle.register_pickle_by_value(module)
     before = {p.pid for p in descendants()}
     c = RayCluster(initialize_head=True, head_node_args={
-        "num_cpus": NUM_WORKERS, "include_dashboard": False})
+        "num_cpus": NUM_WORKERS, "include_dashboard": True})      # (Ray's state API)
     try:
         c.add_node(num_cpus=NUM_WORKERS)
         c.wait_for_nodes()

@@ -168,9 +168,6 @@ def test_node_affinity_places_a_task_on_the_node_asked_for(ray_driver):
 
 @pytest.mark.ray
 def test_what_only_nbrays_runtime_has_is_a_clear_error_naming_it(ray_driver):
-    with pytest.raises(NotImplementedError, match=r"nbray.state.tasks\(\) is not available on "
-                                                  r"the ray backend"):
-        nbray.state.tasks()
     with pytest.raises(NotImplementedError, match="ray backend"):
         nbray.util.placement_group.placement_group([{"CPU": 1}])
 

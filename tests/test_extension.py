@@ -2,8 +2,7 @@
 ``%nbray init``: loading and unloading, each magic and flag, remote output, remote tracebacks,
 refs kept out of the output history, and an interrupted cell cancelling its remote work.
 
-The shell runs on nbray's runtime and (marked ``ray``) on the Ray backend; what the notebook
-layer does not yet do on Ray is skipped there, by ``nbray_only``, with the reason."""
+The shell runs on nbray's runtime and (marked ``ray``) on the Ray backend."""
 from __future__ import annotations
 
 import os
@@ -46,17 +45,6 @@ def on_ray() -> bool:
     return backends.engine is not None
 
 
-def nbray_only(what: str, magic: str | None = None) -> None:
-    """Skip the rest of the test on Ray; where a magic says so itself, check it does."""
-    if on_ray():
-        if magic is not None:
-            shell = InteractiveShell.instance()
-            with pytest.raises(NotImplementedError, match="not available on the ray backend"):
-                shell.run_cell_magic("remote", magic[9:], "1") if magic.startswith("%%") \
-                    else shell.run_line_magic("nbray", magic[7:])
-        pytest.skip(f"not yet on the Ray backend: {what}")
-
-
 def run(shell, source: str):
     """Run a cell as the notebook would; returns its result (its error is raised)."""
     result = shell.run_cell(source, store_history=True)
@@ -86,7 +74,6 @@ def test_unloading_removes_the_magics_and_names_then_loading_again_works(ip):
 
 
 def test_status_is_a_table_of_nodes_and_of_this_notebook(ip):
-    nbray_only('%nbray status', '%nbray status')
     report = run(ip, "%nbray status")
     text = repr(report)
     assert "alive" in text and "CPU" in text and "this notebook" in text
@@ -142,7 +129,6 @@ def test_actor_cells_share_a_namespace_on_the_cluster(ip):
     assert run(ip, "%%remote --actor nb-ns\ncounter += 1\ncounter") == 11
     assert run(ip, "%%remote --actor nb-ns -o counter,where\npass") is None
     assert ip.user_ns["counter"] == 11 and ip.user_ns["where"] != os.getpid()
-    nbray_only("nbray.state.actors()")
     rows = nbray.state.actors({"name": "nb-ns"})
     assert rows and rows[0]["user_state"]["cells"] == 3
 
@@ -178,11 +164,12 @@ def test_refs_do_not_stay_in_the_output_history(ip, capsys):
 
 
 def test_timeline_writes_a_chrome_trace_of_the_cells_tasks(ip, tmp_path, capsys):
-    nbray_only('%nbray timeline', '%nbray timeline /tmp/t.json')
     import json
     run(ip, "%%remote\n1 + 1")
     path = str(tmp_path / "t.json")
-    wait_until(lambda: nbray.state.tasks({"state": "finished"}), 10, "a task record")
+    wait_until(lambda: [r for r in nbray.state.tasks({"state": "finished"})
+                        if r["name"].startswith("cell[") and r["started"]], 20,
+               "the cell's task record")
     run(ip, f"%nbray timeline {path}")
     trace = json.loads(Path(path).read_text())
     assert any(e["ph"] == "X" and e["name"].startswith("cell[") for e in trace["traceEvents"])
@@ -203,13 +190,11 @@ def test_an_async_cell_without_outputs_keeps_its_ref_and_actor_flags_place_it(ip
     n = ip.execution_count - 1
     assert ip.user_ns["Out"][n] is ref and nbray.get(ref) == "kept"
     assert run(ip, "%%remote --actor placed-ns --num-cpus 1\n'placed'") == "placed"
-    nbray_only("nbray.state.actors()")
     (row,) = nbray.state.actors({"name": "placed-ns"})
     assert row["resources"].get("CPU") == 1
 
 
 def test_the_dashboard_magic_shows_live_panels(ip):
-    nbray_only('%nbray dashboard', '%nbray dashboard')
     board = run(ip, "%nbray dashboard --interval 0.2")
     try:
         wait_until(lambda: all(p.refreshes >= 2 for p in board.panels), 10, "refreshes")

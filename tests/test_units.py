@@ -21,7 +21,7 @@ def test_public_api_is_the_explicit_list():
     exported = {name for name in dir(nbray) if not name.startswith("_")}
     modules = {"api", "actor", "errors", "object_ref", "remote_function", "runtime", "config",
                "extension", "cli", "demo", "progress", "dashboard", "cluster_utils",
-               "jupyter", "runtime_context", "futures", "generators", "backends"}
+               "jupyter", "runtime_context", "futures", "generators", "backends", "records"}
     assert exported - modules == set(nbray.__all__)
     for name in nbray.__all__:
         assert getattr(nbray, name) is not None

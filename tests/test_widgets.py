@@ -1,5 +1,5 @@
 """The live panels, their models updated from a real cluster (what the browser would draw is
-the HTML they hold)."""
+the HTML they hold), on nbray's runtime and (marked ``ray``) on the Ray backend."""
 from __future__ import annotations
 
 import pytest
@@ -31,15 +31,15 @@ class Learner:
         return {"steps": self.steps}
 
 
-def test_the_cluster_panel_shows_the_nodes(module_cluster):
+def test_the_cluster_panel_shows_the_nodes(any_cluster):
     panel = ClusterPanel()
     panel.refresh()
     html = panel.widget.value
-    assert module_cluster.client.node_id.hex()[:8] in html and "alive" in html
+    assert all(n["node_id"][:8] in html for n in nbray.state.nodes()) and "alive" in html
     assert "CPU" in html and "memory" in html and "nbray-cluster" in panel.widget._dom_classes
 
 
-def test_the_actor_panel_shows_each_actor_and_its_state(module_cluster):
+def test_the_actor_panel_shows_each_actor_and_its_state(any_cluster):
     learner = Learner.options(name="learner").remote()
     nbray.get([learner.step.remote() for _ in range(3)])
     panel = ActorPanel()
@@ -49,15 +49,14 @@ def test_the_actor_panel_shows_each_actor_and_its_state(module_cluster):
     nbray.kill(learner)
 
 
-def test_the_task_panel_counts_by_function(module_cluster):
+def test_the_task_panel_counts_by_function(any_cluster):
     nbray.get([square.remote(i) for i in range(5)])
     panel = TaskPanel()
-    wait_until(lambda: panel.refresh() or ">square<" in panel.widget.value, 10,
-               "the task records")
-    assert " ms" in panel.widget.value
+    wait_until(lambda: panel.refresh() or ">square<" in panel.widget.value and
+               " ms" in panel.widget.value, 20, "the task records and their times")
 
 
-def test_a_started_panel_updates_live_and_stops_when_closed(module_cluster):
+def test_a_started_panel_updates_live_and_stops_when_closed(any_cluster):
     panel = ClusterPanel().start(interval=0.2)
     wait_until(lambda: panel.refreshes >= 3, 10, "three refreshes")
     panel.widget.close()                        # the browser side went away
@@ -68,7 +67,7 @@ def test_a_started_panel_updates_live_and_stops_when_closed(module_cluster):
     assert not learner._thread.is_alive()
 
 
-def test_the_dashboard_has_every_panel_and_refreshes_them(module_cluster):
+def test_the_dashboard_has_every_panel_and_refreshes_them(any_cluster):
     board = Dashboard(interval=0.2, plots=False).start()      # the plots: test_plots.py
     try:
         assert [type(p) for p in board.panels] == [ClusterPanel, TaskPanel, ActorPanel]

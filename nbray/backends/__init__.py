@@ -92,6 +92,8 @@ class Backend:
 
     #: what the IPython extension asks of this engine around a notebook's cells
     notebook: "Notebook"
+    #: what ``nbray.state`` reads of this engine
+    state: "State"
 
     def unsupported(self, what: str) -> NotImplementedError:
         return unsupported(self.name, what)
@@ -152,11 +154,72 @@ class Notebook:
         (held), ``owned``, ``owned_bytes``."""
         raise unsupported(self.name, "%nbray status")
 
+    #: what ``%nbray dashboard --tab`` and ``%nbray status`` call the page ``dashboard_url``
+    #: gives
+    dashboard_name = "nbray dashboard"
+
+    def dashboard_url(self) -> str | None:
+        """A web page of this cluster's dashboard (None: none this kernel can point to)."""
+        return None
+
     def held_objects(self) -> list[dict]:
         """The objects this driver holds refs to, as ``nbray.state.objects()`` lists them:
         ``object_id`` (hex), ``owned``, ``state``, ``size`` (None: unknown), ``refs``,
         ``pinned_by_tasks``, ``pending_tasks``, ``borrowers``."""
         raise unsupported(self.name, "%nbray refs")
+
+
+class State:
+    """What ``nbray.state`` (and through it the widgets, the dashboard, ``nbray.timeline`` and
+    ``%nbray status``) reads of the engine, in nbray's own row formats: tasks as the records of
+    ``nbray/records.py``, actors, nodes and the rest as ``nbray.state`` documents them.
+
+    Where the engine does not expose a datum, ``unexposed`` says so, by view (``"tasks"``,
+    ``"task_graph"``, ``"latency"``, ``"scheduler"``, ``"events"``, ``"nodes"``,
+    ``"actors"``, ``"objects"``): the views show that note instead of an empty or guessed
+    figure."""
+
+    name = "?"
+    unexposed: dict = {}
+
+    def tasks(self, limit: int | None, pending: bool, finished: bool) -> list[dict]:
+        """Task records: the ended ones oldest first (the newest ``limit``), then, with
+        ``pending``, the unfinished ones oldest first (the newest ``limit``)."""
+        raise unsupported(self.name, "nbray.state.tasks()")
+
+    def task_summary(self) -> dict:
+        """{function: {finished, failed, cancelled, running, queued, waiting, mean_run_s,
+        mean_wait_s}} over every task the engine still knows."""
+        raise unsupported(self.name, "nbray.state.summary()")
+
+    def actors(self, detail: bool) -> list[dict]:
+        raise unsupported(self.name, "nbray.state.actors()")
+
+    def nodes(self) -> list[dict]:
+        raise unsupported(self.name, "nbray.state.nodes()")
+
+    def events(self, kinds, since_seq: int, limit: int | None) -> list[dict]:
+        raise unsupported(self.name, "nbray.state.events()")
+
+    def scheduler(self) -> dict:
+        """{"nodes": per node, "decisions": [...], "pending": [...]}."""
+        raise unsupported(self.name, "nbray.state.scheduler()")
+
+    def objects(self) -> list[dict]:
+        raise unsupported(self.name, "nbray.state.objects()")
+
+    def object_counts(self) -> tuple[int, int]:
+        """(objects this process holds refs to, how many of them it owns)."""
+        objs = self.objects()
+        return len(objs), sum(1 for o in objs if o["owned"])
+
+
+def state() -> State:
+    """The state of the engine in use (nbray's own runtime's by default)."""
+    if engine is not None:
+        return engine.state
+    from nbray.backends import native_state
+    return native_state.STATE
 
 
 def notebook() -> Notebook:
@@ -178,6 +241,12 @@ def load(name: str) -> Backend:
 
 #: set by a backend in the environment of the worker processes its engine starts
 WORKER_ENV = "NBRAY_ENGINE_WORKER"
+
+
+def in_engine_worker() -> bool:
+    """Whether this process is a worker of the engine in use (which shows no progress bar:
+    its output would land in the notebook)."""
+    return os.environ.get(WORKER_ENV) == getattr(engine, "name", None)
 
 
 def attach_in_worker() -> None:

@@ -87,6 +87,14 @@ class NativeNotebook(backends.Notebook):
         return {"tasks_unfinished": sum(1 for t in tasks if t.spec.kind != P.ACTOR_CREATE),
                 "objects": len(objects), "owned": len(owned), "owned_bytes": size}
 
+    def dashboard_url(self) -> str | None:
+        """The dashboard page of this kernel's cluster on its Jupyter server, if it runs
+        under one (nbray's server extension serves it)."""
+        from nbray import api
+        from nbray.jupyter.link import dashboard_url
+        record = api._driver.record
+        return dashboard_url(record.session) if record is not None else None
+
     def held_objects(self) -> list[dict]:
         import nbray
         return nbray.state.objects()

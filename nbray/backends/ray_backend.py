@@ -18,6 +18,7 @@ import inspect
 import os
 import re
 import time
+import weakref
 
 import psutil
 
@@ -31,10 +32,11 @@ except ImportError as e:     # pragma: no cover - depends on the installation
     raise ImportError('the ray backend needs Ray: pip install "nbray[ray]" (or pip install '
                       '"ray[default]")') from e
 
-from nbray.backends import ray_notebook    # noqa: E402 - it needs Ray too
+from nbray.backends import ray_notebook, ray_state    # noqa: E402 - they need Ray too
 
 KILL_WAIT_S = 10.0         # at most so long for a killed actor to be seen dead
 KILL_POLL_S = 0.05
+DEPS_KEPT = 20_000         # tasks whose arguments' tasks are kept for the task graph
 
 #: options nbray's runtime has and Ray does not
 _NBRAY_ONLY = {"max_pending", "max_pending_calls", "on_overload", "overload_timeout"}
@@ -151,6 +153,12 @@ class Backend(backends.Backend):
     def __init__(self):
         self.connected = False      # this backend called ray.init (not attached in a worker)
         self.notebook = ray_notebook.RayNotebook()
+        self.state = ray_state.RayState(self)
+        #: the actors this process created, by id (for their ``__nbray_state__()``)
+        self.handles = weakref.WeakValueDictionary()
+        #: task id -> the ids of the tasks whose refs it was given (Ray's task events do
+        #: not say; the task graph's edges), the newest ``DEPS_KEPT``
+        self.task_deps: dict = {}
         self._registered()
 
     @staticmethod
@@ -201,9 +209,27 @@ class Backend(backends.Backend):
         except AttributeError:
             fn = rf._engine_fn = self._remote_function(rf).remote
         try:
-            return fn(*args, **kwargs)
+            ref = fn(*args, **kwargs)
         except TypeError as e:
             raise _serialization_error(e) from None
+        self._note_deps(ref, args, kwargs)
+        return ref
+
+    def _note_deps(self, ref, args, kwargs) -> None:
+        """The tasks whose refs a task was given (only its top-level arguments, those Ray
+        resolves), for the task graph."""
+        deps = [a.task_id().hex() for a in args if type(a) is ray.ObjectRef]
+        if kwargs:
+            deps += [a.task_id().hex() for a in kwargs.values() if type(a) is ray.ObjectRef]
+        if not deps or ref is None:
+            return
+        first = ref[0] if isinstance(ref, list) else ref
+        if type(first) is not ray.ObjectRef:        # (a generator's)
+            return
+        self.task_deps[first.task_id().hex()] = deps
+        if len(self.task_deps) > DEPS_KEPT:
+            for old in list(self.task_deps)[:DEPS_KEPT // 2]:
+                del self.task_deps[old]
 
     def _submit_in_cell(self, rf, cell, args, kwargs):
         """A task of a notebook cell (ray_notebook.py): it carries the cell."""
@@ -223,6 +249,7 @@ class Backend(backends.Backend):
             ref = fn(cell, *args, **kwargs)
         except TypeError as e:
             raise _serialization_error(e) from None
+        self._note_deps(ref, args, kwargs)
         if cell is self.notebook.cell:      # the driver's own cell: its interrupt cancels it
             self.notebook.submitted(cell, ref)
         return ref
@@ -250,7 +277,7 @@ class Backend(backends.Backend):
             shared["ray"] = ray.remote(ac._cls)
         opts = self._options(ac._options, "actor")
         try:
-            return shared["ray"].options(**opts).remote(*args, **kwargs)
+            handle = shared["ray"].options(**opts).remote(*args, **kwargs)
         except ValueError as e:
             if opts.get("name") and "already taken" in str(e):    # as nbray's runtime says it
                 raise ValueError(f"an actor named {opts['name']!r} already exists "
@@ -258,6 +285,8 @@ class Backend(backends.Backend):
             raise
         except TypeError as e:
             raise _serialization_error(e) from None
+        self.handles[handle._actor_id.hex()] = handle
+        return handle
 
     def _options(self, options: dict, what: str) -> dict:
         nbray_only = sorted(set(options) & _NBRAY_ONLY)

@@ -234,6 +234,23 @@ class RayNotebook(backends.Notebook):
         done, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout)
         return [ray.get(r) for r in done], len(nodes)
 
+    dashboard_name = "Ray's dashboard"
+
+    def dashboard_url(self) -> str | None:
+        """Ray's own dashboard (nbray's widgets show its state in the notebook)."""
+        url = ray._private.worker.get_dashboard_url()
+        if not url:
+            return None
+        return url if url.startswith("http") else f"http://{url}"
+
+    def summary(self) -> dict:
+        """This driver's unfinished tasks (Ray's state API, by its job) and the refs it holds
+        (Ray does not say which of them it owns, nor their sizes, without a query per
+        object)."""
+        from nbray import backends
+        job = ray.get_runtime_context().get_job_id()
+        return {"tasks_unfinished": backends.engine.state.unfinished_of_job(job),
+                "objects": len(self.held_objects()), "owned": None, "owned_bytes": None}
 
     def held_objects(self) -> list[dict]:
         """The refs this driver holds, with Ray's counts of them (its core worker's table;

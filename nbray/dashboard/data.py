@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from nbray.runtime.task_log import PHASES, phases
+from nbray.records import PHASES, phases
 
 #: tasks drawn at most (the newest)
 MAX_TASKS = 2000
@@ -22,8 +22,9 @@ STATE_COLOURS = {"finished": "#2ca02c", "failed": "#d62728", "cancelled": "#7f7f
                  "running": "#ff7f0e", "queued": "#bcbd22", "waiting": "#9ecae1"}
 PHASE_COLOURS = ("#c6dbef", "#fdae6b", "#fdd0a2", "#9e9ac8", "#31a354")
 #: why a task's worker lease was where it was (``placement`` of a task record)
-PLACEMENTS = ("kept local", "spilled: resources", "spilled: queue", "spilled: locality")
-PLACEMENT_COLOURS = ("#2ca02c", "#d62728", "#ff7f0e", "#1f77b4")
+PLACEMENTS = ("kept local", "spilled: resources", "spilled: queue", "spilled: locality",
+              "not told by the engine")
+PLACEMENT_COLOURS = ("#2ca02c", "#d62728", "#ff7f0e", "#1f77b4", "#bdbdbd")
 
 
 @dataclass
@@ -32,6 +33,7 @@ class Snapshot:
     reconstructed: set = field(default_factory=set)     # task ids run again to rebuild
     nodes: list = field(default_factory=list)
     scheduler: dict = field(default_factory=dict)
+    notes: dict = field(default_factory=dict)           # nbray.state.unexposed()
 
     @classmethod
     def take(cls, max_tasks: int = MAX_TASKS, *, scheduler: bool = True) -> "Snapshot":
@@ -49,7 +51,8 @@ class Snapshot:
         return cls(tasks=ended + unfinished,
                    reconstructed={e["task_id"] for e in rebuilt},
                    nodes=nbray.state.nodes(),
-                   scheduler=nbray.state.scheduler() if scheduler else {})
+                   scheduler=nbray.state.scheduler() if scheduler else {},
+                   notes=nbray.state.unexposed())
 
 
 # ---- the task graph --------------------------------------------------------------------------
@@ -102,7 +105,8 @@ def graph(snap: Snapshot) -> tuple[dict, dict, dict]:
         nodes["ran_ms"].append(_ms(ran))
         nodes["waited_ms"].append(_ms(waited))
         nodes["error"].append(r.get("error") or "")
-        nodes["placement"].append(r.get("placement") or "")
+        placed = r.get("placement", "")
+        nodes["placement"].append("not told by the engine" if placed is None else placed or "")
     edges = {"start": starts, "end": ends}
     return nodes, edges, layout
 
@@ -148,7 +152,10 @@ def latency(snap: Snapshot, function: str | None = None, bins: int = 30
 
 # ---- the hybrid scheduler --------------------------------------------------------------------
 def placement_kind(placement: str) -> str:
-    """One of ``PLACEMENTS`` for a task record's ``placement``."""
+    """One of ``PLACEMENTS`` for a task record's ``placement`` (None: the engine does not
+    tell)."""
+    if placement is None:
+        return PLACEMENTS[-1]
     if not placement:
         return PLACEMENTS[0]
     reason = placement.split(":", 1)[0].strip()

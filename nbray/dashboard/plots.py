@@ -29,7 +29,7 @@ from bokeh.plotting import figure
 from bokeh.transform import factor_cmap
 
 from nbray.dashboard import data
-from nbray.runtime.task_log import PHASES
+from nbray.records import PHASES
 
 PHASE_LABELS = {"inputs": "waiting for inputs", "scheduling": "scheduling",
                 "queueing": "queueing", "transfer": "input transfer",
@@ -119,10 +119,10 @@ class TaskGraphPlot:
             self.edges.data = _columns(edges)
             where = {t: i for i, t in enumerate(nodes["task_id"])}
             self.nodes.selected.indices = [where[t] for t in chosen if t in where]
-            self._status(nodes)
+            self._status(nodes, snap.notes.get("task_graph", ""))
         self.updates += 1
 
-    def _status(self, nodes: dict) -> None:
+    def _status(self, nodes: dict, note: str = "") -> None:
         states = {}
         for s in nodes["state"]:
             states[s] = states.get(s, 0) + 1
@@ -130,7 +130,7 @@ class TaskGraphPlot:
         self.status.text = (f"tasks: {len(nodes['task_id'])} drawn (the newest, at most "
                             f"{self.max_tasks}): " + ", ".join(
                                 f"{n} {s}" for s, n in sorted(states.items())) +
-                            (f"; {rebuilt} reconstructed" if rebuilt else ""))
+                            (f"; {rebuilt} reconstructed" if rebuilt else "") + _note(note))
 
 
 class LatencyPlot:
@@ -168,10 +168,10 @@ class LatencyPlot:
     def update(self, snap: data.Snapshot) -> None:
         cols, hist, pct = data.latency(snap, self.function)
         with _changing(self.layout):
-            self._show(cols, hist, pct)
+            self._show(cols, hist, pct, snap.notes.get("latency", ""))
         self.updates += 1
 
-    def _show(self, cols: dict, hist: dict, pct: dict) -> None:
+    def _show(self, cols: dict, hist: dict, pct: dict, note: str = "") -> None:
         if list(self.bars.y_range.factors) != cols["function"]:
             self.bars.y_range.factors = list(cols["function"])
         self.phases.data = _columns(cols)
@@ -182,7 +182,7 @@ class LatencyPlot:
         which = self.function or "all functions"
         self.status.text = (f"{html.escape(which)}: {pct['count']} tasks" + (
             f", p50 {pct['p50']:.2f} ms, p90 {pct['p90']:.2f} ms, p99 {pct['p99']:.2f} ms"
-            if pct["count"] else ""))
+            if pct["count"] else "") + _note(note))
 
 
 class SchedulerPlot:
@@ -225,12 +225,21 @@ class SchedulerPlot:
             self.bars.x_range.factors = list(per_node["node"])
         self.per_node.data = _columns(per_node)
         self.decisions.data = table
+        note = snap.notes.get("scheduler", "")
+        if note:            # the engine does not tell its decisions: no guess at them
+            self.status.text = _note(note)[2:]
+            return
         leases = ", ".join(f"{n['node_id'][:8]} kept {n['kept_local']} spilled {n['spilled']}"
                            for n in snap.scheduler.get("nodes", ()))
         pending = len(snap.scheduler.get("pending", ()))
         self.status.text = (f"lease requests per node: {leases or 'none yet'}" +
                             (f"; {pending} waiting for a node with the resources"
                              if pending else ""))
+
+
+def _note(note: str) -> str:
+    """What the engine does not tell, said after a plot's status."""
+    return f"; <i>not shown: {html.escape(note)}</i>" if note else ""
 
 
 def _legend_below(p) -> None:

@@ -15,6 +15,7 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
 import nbray
+from nbray import backends
 from nbray.extension import cells, views
 
 
@@ -52,7 +53,7 @@ class NbrayMagics(Magics):
             print("nbray: already initialized (%nbray shutdown first to start another)")
             return None
         ctx = nbray.init(**kwargs)
-        from nbray import backends
+
         session = _session(self.shell)
         if session is not None:         # this cell's work is this cell's on the new engine
             hooks = backends.notebook()
@@ -62,11 +63,11 @@ class NbrayMagics(Magics):
 
     def _cmd_status(self, args):
         _parse(_NOARGS, args, "status")
-        _native_only("%nbray status")
         report = views.status()
-        url = _dashboard_url()
+        hooks = backends.notebook()
+        url = hooks.dashboard_url()
         if url:
-            print(f"nbray dashboard: {url}")
+            print(f"{hooks.dashboard_name}: {url}")
         return report
 
     def _cmd_shutdown(self, args):
@@ -87,7 +88,6 @@ class NbrayMagics(Magics):
                              "https://ui.perfetto.dev or chrome://tracing)")
         if not nbray.is_initialized():
             raise UsageError("%nbray timeline: not initialized (%nbray init)")
-        _native_only("%nbray timeline")
         trace = nbray.timeline(args[0])
         n = sum(1 for e in trace["traceEvents"] if e["ph"] == "X")
         print(f"nbray: wrote {n} task(s) to {args[0]} (open it in https://ui.perfetto.dev or "
@@ -97,9 +97,9 @@ class NbrayMagics(Magics):
         opts = _parse(_DASHBOARD, args, "dashboard")
         if not nbray.is_initialized():
             raise UsageError("%nbray dashboard: not initialized (%nbray init)")
-        _native_only("%nbray dashboard")
         if opts.tab:
-            return views.dashboard_link(_dashboard_url())
+            hooks = backends.notebook()
+            return views.dashboard_link(hooks.dashboard_url(), hooks.dashboard_name)
         from nbray.extension.widgets import Dashboard
         return Dashboard(opts.interval).start()
 
@@ -244,13 +244,6 @@ def _namespace_actor(name: str, options: dict):
     return handle
 
 
-def _native_only(what: str) -> None:
-    """A clear error for what the notebook layer does only on nbray's own runtime so far."""
-    from nbray import backends
-    if backends.engine is not None:
-        raise backends.engine.unsupported(what)
-
-
 def _session(shell):
     from nbray.extension import _loaded
     return _loaded[id(shell)][0]
@@ -273,13 +266,6 @@ _DASHBOARD = _parser("dashboard", (("--interval",), {"type": float, "default": 1
                      (("--tab",), {"action": "store_true"}))
 
 
-def _dashboard_url() -> str | None:
-    """The dashboard page of this kernel's cluster on its Jupyter server, if it runs under
-    one (nbray's server extension serves it)."""
-    from nbray import api
-    from nbray.jupyter.link import dashboard_url
-    record = api._driver.record
-    return dashboard_url(record.session) if record is not None else None
 _NOARGS = None
 
 

@@ -75,13 +75,15 @@ class Link:
         return f"{self.text}: {self.url}"
 
 
-def dashboard_link(url: str | None):
-    """``%nbray dashboard --tab``: the Jupyter server's dashboard page, to open in a tab (a
-    notebook cannot open a JupyterLab tab by itself, so it is a link)."""
+def dashboard_link(url: str | None, name: str = "nbray dashboard"):
+    """``%nbray dashboard --tab``: the dashboard page (on nbray's runtime the Jupyter
+    server's, on Ray Ray's own), to open in a tab (a notebook cannot open a JupyterLab tab
+    by itself, so it is a link)."""
     if url is None:
-        return Table("nbray: this kernel does not run under a Jupyter server with nbray's "
-                     "extension; %nbray dashboard shows the dashboard here", [], [])
-    return Link("nbray dashboard (opens in a new tab)", url)
+        return Table(f"nbray: no {name} this kernel can point to (on nbray's runtime: it "
+                     "does not run under a Jupyter server with nbray's extension); "
+                     "%nbray dashboard shows the dashboard here", [], [])
+    return Link(f"{name} (opens in a new tab)", url)
 
 
 def status() -> Report:
@@ -94,19 +96,22 @@ def status() -> Report:
     now = time.time()
     node_rows = [[n["node_id"][:8], n["host"], n["state"],
                   _amounts(n.get("resources_available", {}), n.get("resources", {})),
-                  n.get("workers", "?"), n.get("lease_queue", 0),
-                  _age(now - n.get("registered_at", now))] for n in nodes]
+                  n.get("workers", "?"), _known(n.get("lease_queue", 0)),
+                  _age(now - (n.get("registered_at") or now))] for n in nodes]
     actors = nbray.state.actors(detail=False)
     live = [a for a in actors if a["state"] != "dead"]
     rows = [["tasks unfinished", mine["tasks_unfinished"]],
             ["objects held (owned)",
-             f"{mine['objects']} ({mine['owned']}), {_bytes(mine['owned_bytes'])}"],
+             f"{mine['objects']} ({_known(mine['owned'])}), {_bytes(mine['owned_bytes'])}"],
             ["actors alive (of all known)", f"{len(live)} ({len(actors)})"]]
+    unexposed = nbray.state.unexposed()     # what the engine does not tell, said
     return Report(
         Table(f"nbray cluster {api.context().session}", ["node", "host", "state",
                                                   "resources free / total", "workers",
-                                                  "queue", "up"], node_rows),
-        Table("this notebook", ["", ""], rows))
+                                                  "queue", "up"], node_rows,
+              [unexposed["nodes"]] if "nodes" in unexposed else ()),
+        Table("this notebook", ["", ""], rows,
+              [unexposed["objects"]] if "objects" in unexposed else ()))
 
 
 def refs(shell, release_history: bool = False) -> Table:
@@ -183,6 +188,11 @@ def _bytes(n) -> str:
         if n < 1024 or unit == "GB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
+
+
+def _known(value) -> str:
+    """A figure, or ``-`` where the engine does not tell it."""
+    return "-" if value is None else value
 
 
 def _amounts(free: dict, total: dict) -> str:

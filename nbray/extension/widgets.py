@@ -42,6 +42,7 @@ class Panel:
 
     title = ""
     css = ""
+    view = ""           # its name in nbray.state.unexposed(): what the engine does not tell
 
     def __init__(self):
         self._show(W.HTML(value=self._table([], [])))
@@ -69,9 +70,11 @@ class Panel:
         try:
             columns, rows = self.rows()
             self.error = ""
+            note = nbray.state.unexposed().get(self.view, "")
         except Exception as e:          # the cluster went away under us, say
             columns, rows, self.error = [], [], f"{type(e).__name__}: {e}"
-        return self._table(columns, rows, self.error)
+            note = self.error
+        return self._table(columns, rows, note)
 
     def _closed(self) -> bool:
         return self.widget.comm is None
@@ -116,28 +119,31 @@ class Panel:
 class ClusterPanel(Panel):
     title = "nodes"
     css = "nbray-cluster"
+    view = "nodes"
 
     def rows(self):
         import psutil
         out = []
+        alive_only = "nodes" in nbray.state.unexposed()    # (Ray: no idle from busy)
         for n in nbray.state.nodes():
             total = n.get("resources_total") or n.get("resources") or {}
             free = n.get("resources_available") or {}
-            out.append([n["node_id"][:8], n.get("host", ""), n.get("state", ""),
-                        f"{n.get('workers_idle', '?')} / {n.get('workers_leased', '?')} / "
-                        f"{n.get('workers_blocked', '?')}",
-                        views._amounts(free, total),
-                        n.get("lease_queue", 0)])
+            workers = f"{n.get('workers', '?')} alive" if alive_only else (
+                f"{n.get('workers_idle', '?')} / {n.get('workers_leased', '?')} / "
+                f"{n.get('workers_blocked', '?')}")
+            out.append([n["node_id"][:8], n.get("host", ""), n.get("state", ""), workers,
+                        views._amounts(free, total), views._known(n.get("lease_queue", 0))])
         mem = psutil.virtual_memory()
         self.title = (f"nodes (this machine: CPU {psutil.cpu_percent(None):.0f}%, memory "
                       f"{mem.used / 2**30:.1f} of {mem.total / 2**30:.1f} GiB)")
-        return ["node", "host", "state", "workers idle / leased / blocked",
-                "resources free / total", "lease queue"], out
+        workers = "workers" if alive_only else "workers idle / leased / blocked"
+        return ["node", "host", "state", workers, "resources free / total", "lease queue"], out
 
 
 class ActorPanel(Panel):
     title = "actors"
     css = "nbray-actors"
+    view = "actors"
 
     def rows(self):
         out = []
@@ -159,6 +165,7 @@ class ActorPanel(Panel):
 class TaskPanel(Panel):
     title = "tasks"
     css = "nbray-tasks"
+    view = "tasks"
 
     def rows(self):
         out = []
