@@ -384,7 +384,7 @@ def _with_bar(wait, refs: list, timeout, show_now: bool, num_returns: int | None
 
 
 def _engine_wait(refs: list, num_returns: int, timeout):
-    return backends.engine.wait(refs, num_returns, timeout, False)
+    return backends.engine.progress_wait(refs, num_returns, timeout)
 
 
 def _warn_if_in_an_async_actor() -> None:

@@ -59,6 +59,11 @@ class Backend:
     def wait(self, refs: list, num_returns: int, timeout: float | None, fetch_local: bool):
         raise NotImplementedError
 
+    def progress_wait(self, refs: list, num_returns: int, timeout: float) -> tuple:
+        """For a progress bar: (ready, not ready) once ``num_returns`` are or ``timeout``
+        passed, in any order, without fetching the values."""
+        return self.wait(refs, num_returns, timeout, False)
+
     def cancel(self, ref, force: bool, recursive: bool) -> None:
         raise NotImplementedError
 

@@ -321,6 +321,9 @@ class Backend(backends.Backend):
         except TypeError as e:
             raise _serialization_error(e) from None
 
+    def progress_wait(self, refs, num_returns, timeout):
+        return ray.wait(refs, num_returns=num_returns, timeout=timeout, fetch_local=False)
+
     def wait(self, refs, num_returns, timeout, fetch_local):
         if num_returns == 0:            # nbray allows it (Ray does not): nothing to wait for
             return [], refs
