@@ -379,6 +379,8 @@ def main(argv=None) -> int:
                     help="run 1,000,000 tasks (instead of 100,000) for the memory check")
     ap.add_argument("--workers", type=int, default=2, help="workers of the cluster (default 2)")
     ap.add_argument("--no-floor", action="store_true", help="skip the machine floor")
+    ap.add_argument("--rounds", type=int, default=None,
+                    help="--backend ray: runs of each rate workload per side (default 9)")
     ap.add_argument("--backend", choices=("nbray", "ray"), default="nbray",
                     help="ray: the core workloads on Ray through nbray and on Ray directly, "
                          "side by side (benchmarks/ray_compare.py)")
@@ -398,7 +400,7 @@ def main(argv=None) -> int:
         import contextlib
         import ray_compare
         with contextlib.redirect_stdout(sys.stderr):    # Ray's own warnings print to stdout
-            result.update(ray_compare.run(q, log, args.address))
+            result.update(ray_compare.run(q, log, args.address, args.rounds))
         result["floor"] = {"skipped": "--no-floor"} if args.no_floor else run_floor(600)
         result["bench_total_s"] = round(time.perf_counter() - t_all, 1)
         print(json.dumps(result, indent=2))

@@ -4,7 +4,10 @@ one run on one Ray instance, so the difference is what nbray's layer adds.
 Each workload is the same Python function made remote twice, by ``nbray.remote`` (on the Ray
 backend) and by ``ray.remote``; the two are measured alternately (a sample or a run of each in
 turn, the order swapped every round), so drift of the machine falls on both alike. Latencies are
-medians of the interleaved samples; rates and durations the best of the runs.
+medians of the interleaved samples; rates and durations the best of the runs. Each row also
+has ``nbray_adds_pct_paired``: the median, over the rounds, of what nbray added in that round
+against Ray's run right next to it (a figure less moved by the machine's drift between rounds
+than a comparison of two bests).
 """
 from __future__ import annotations
 
@@ -86,12 +89,16 @@ def _entry(what: str, unit: str, figures: dict, better: str) -> dict:
     pick = statistics.median if unit == "us" else (max if better == "higher" else min)
     nb, direct = pick(figures["nbray"]), pick(figures["ray"])
     added = (nb - direct) / direct if better == "lower" else (direct - nb) / direct
+    pairs = [(n - r) / r if better == "lower" else (r - n) / r
+             for n, r in zip(figures["nbray"], figures["ray"])]
     return {"workload": what, "unit": unit, "nbray_on_ray": round(nb, 3 if unit == "s" else 1),
             "ray_direct": round(direct, 3 if unit == "s" else 1),
-            "nbray_adds_pct": round(100 * added, 1), "samples": len(figures["nbray"])}
+            "nbray_adds_pct": round(100 * added, 1),
+            "nbray_adds_pct_paired": round(100 * statistics.median(pairs), 1),
+            "samples": len(figures["nbray"])}
 
 
-def run(quick: bool, log, address: str | None = None) -> dict:
+def run(quick: bool, log, address: str | None = None, rounds: int | None = None) -> dict:
     import ray
     log("starting Ray through nbray.init(backend='ray')")
     t = time.perf_counter()
@@ -104,7 +111,7 @@ def run(quick: bool, log, address: str | None = None) -> dict:
         for api in (NB, RAY):       # warm both: workers, function exports, leases
             api["get"]([api["noop"].remote() for _ in range(500)])
         samples = 300 if quick else 2000
-        rounds = 3 if quick else 9
+        rounds = rounds or (3 if quick else 9)
         log(f"no-op task round trips, {samples} each, interleaved")
         rows.append(_entry("task round trip", "us",
                            _alternate(samples, lambda a: _rtt(a, lambda a: a["noop"].remote())),
@@ -148,7 +155,8 @@ def run(quick: bool, log, address: str | None = None) -> dict:
     return {"backend": "ray", "ray_version": ray.__version__, "startup_s": round(startup, 2),
             "resources": {k: v for k, v in ctx.resources.items() if k in ("CPU", "GPU")},
             "workloads": rows,
-            "max_nbray_adds_pct": max(r["nbray_adds_pct"] for r in rows)}
+            "max_nbray_adds_pct": max(r["nbray_adds_pct"] for r in rows),
+            "max_nbray_adds_pct_paired": max(r["nbray_adds_pct_paired"] for r in rows)}
 
 
 def _timed(fn) -> float:
