@@ -23,6 +23,13 @@ from __future__ import annotations
 PHASES = ("inputs", "scheduling", "queueing", "transfer", "execution")
 
 
+def summary_row(funcs: dict, name: str) -> dict:
+    """The row of function ``name`` in ``nbray.state.summary()["tasks"]`` (made empty)."""
+    return funcs.setdefault(name, {"finished": 0, "failed": 0, "cancelled": 0, "running": 0,
+                                   "queued": 0, "waiting": 0, "mean_run_s": None,
+                                   "mean_wait_s": None})
+
+
 def phases(r: dict) -> dict | None:
     """Seconds in each of ``PHASES`` for a record that ran (None if it did not)."""
     started, ended = r.get("started"), r.get("ended")

@@ -9,7 +9,10 @@ owner reports.
 """
 from __future__ import annotations
 
+import functools
+
 from nbray.backends import State
+from nbray.records import summary_row
 from nbray.runtime import protocol as P
 
 #: how long ``actors()`` waits for live actors to describe themselves (seconds)
@@ -89,7 +92,7 @@ class NativeState(State):
             client._flush_events()
         totals = client.request(client.head_address, lambda r: P.TaskSummary(r))
         funcs: dict = {}
-        row = _summary_row(funcs)
+        row = functools.partial(summary_row, funcs)
         for name, (finished, failed, cancelled, run_s, wait_s, timed) in totals.items():
             f = row(name)
             f.update(finished=finished, failed=failed, cancelled=cancelled)
@@ -138,14 +141,6 @@ class NativeState(State):
 
 
 STATE = NativeState()
-
-
-def _summary_row(funcs: dict):
-    def row(name):
-        return funcs.setdefault(name, {"finished": 0, "failed": 0, "cancelled": 0,
-                                       "running": 0, "queued": 0, "waiting": 0,
-                                       "mean_run_s": None, "mean_wait_s": None})
-    return row
 
 
 def _unfinished(client, limit: int | None = None) -> list[dict]:

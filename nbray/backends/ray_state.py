@@ -14,6 +14,7 @@ import time
 import ray
 
 from nbray import backends
+from nbray.records import summary_row
 
 #: how long ``actors()`` waits for live actors' ``__nbray_state__()`` (seconds)
 ACTOR_INFO_TIMEOUT_S = 0.5
@@ -90,8 +91,7 @@ class RayState(backends.State):
         raw = _call(list_tasks, detail=True, limit=MAX_ROWS)
         newest: dict = {}
         for t in raw:                   # a row per attempt: the newest attempt of each
-            if _internal(t.name) or t.type == "ACTOR_CREATION_TASK" or \
-                    t.name.endswith(".__nbray_state__"):
+            if not _shown(t):
                 continue
             old = newest.get(t.task_id)
             if old is None or t.attempt_number > old.attempt_number:
@@ -110,10 +110,7 @@ class RayState(backends.State):
         funcs: dict = {}
         timed: dict = {}
         for r in self._task_rows():     # the same records as tasks(): an attempt counts once
-            f = funcs.setdefault(r["name"], {"finished": 0, "failed": 0, "cancelled": 0,
-                                             "running": 0, "queued": 0, "waiting": 0,
-                                             "mean_run_s": None, "mean_wait_s": None})
-            f[r["state"]] += 1
+            summary_row(funcs, r["name"])[r["state"]] += 1
             if r["started"] and r["ended"]:
                 acc = timed.setdefault(r["name"], [0.0, 0.0, 0])
                 acc[0] += r["ended"] - r["started"]
@@ -229,8 +226,7 @@ class RayState(backends.State):
         from ray.util.state import list_tasks
         rows = _call(list_tasks, limit=MAX_ROWS, filters=[
             ("job_id", "=", job_id), ("state", "!=", "FINISHED"), ("state", "!=", "FAILED")])
-        return len({t.task_id for t in rows if not _internal(t.name) and
-                    t.type != "ACTOR_CREATION_TASK"})
+        return len({t.task_id for t in rows if _shown(t)})
 
     def scheduler(self):
         return {"nodes": [{"node_id": n["node_id"], "host": n["host"], "state": n["state"],
@@ -273,8 +269,12 @@ def _epoch(when) -> float:
         return 0.0
 
 
-def _internal(name: str) -> bool:
-    return name in INTERNAL_TASKS or name.split(".", 1)[0] in INTERNAL_CLASSES
+def _shown(t) -> bool:
+    """Whether a Ray task is one of the user's (not an actor's creation, nor what nbray's
+    backend runs for itself, nor the views' own ``__nbray_state__()`` calls)."""
+    name = t.name
+    return not (name in INTERNAL_TASKS or name.split(".", 1)[0] in INTERNAL_CLASSES or
+                t.type == "ACTOR_CREATION_TASK" or name.endswith(".__nbray_state__"))
 
 
 def _death(cause) -> str:
