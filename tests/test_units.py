@@ -154,16 +154,19 @@ def test_bulk_messages_carry_their_buffers_as_signed_frames(tmp_path):
         sock = cli.connect(srv.address)
         body = transport.dumps(P.Chunk(9, 0, b""))
         buf = [b"A" * 100]
-        frames = [srv.sign.parts(body, buf) + body, b"B" * 100]     # buffer swapped
+        frames = [srv.sign.bulk(body, buf) + body, b"B" * 100]      # buffer swapped
         sock.send_multipart(frames)
+        head = bytearray(srv.sign.bulk(body, buf) + body)
+        head[transport._SIG_LEN] ^= 1                                # its nonce changed
+        sock.send_multipart([bytes(head), *buf])
         got, deadline = [], time.monotonic() + 5
         while not got and time.monotonic() < deadline:
             got = cli.recv(100)
         assert [m.transfer_id for _, m in got] == [8]
         deadline = time.monotonic() + 5
-        while srv.rejected < 1 and time.monotonic() < deadline:
+        while srv.rejected < 2 and time.monotonic() < deadline:
             srv.recv(50)
-        assert srv.rejected == 1 and srv.received == 1
+        assert srv.rejected == 2 and srv.received == 1
     finally:
         srv.close()
         cli.close()

@@ -3,8 +3,10 @@
 Every process owns one :class:`Endpoint`: a ROUTER socket that peers connect to, plus a DEALER
 per peer it talks to first. A message is one frame, ``hmac_sha256(key, body) + body`` where
 ``body`` is the protocol version (one byte) and the pickled message (one frame, not two: on a
-2-core machine each extra frame costs a wake-up of ZeroMQ's I/O thread). A frame whose signature
-does not match is dropped and counted before anything is unpickled, so a peer without the
+2-core machine each extra frame costs a wake-up of ZeroMQ's I/O thread). A message with large
+buffers (``send_bulk``) sends each as a frame of its own after the first, which then holds a
+signature over everything, a nonce per buffer and the body (see ``Signer.parts``). A frame
+whose signature does not match is dropped and counted before anything is unpickled, so a peer without the
 cluster key can make us do nothing but a hash; an authentic frame of another protocol version,
 or one that does not unpickle to a message, is dropped and counted too, never raised.
 
@@ -23,11 +25,13 @@ import sys
 import threading
 
 import zmq
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from nbray.runtime.protocol import PROTOCOL_VERSION
 
 _DIGEST = "sha256"
 _SIG_LEN = 32
+_NONCE_LEN = 12
 _VERSION = bytes([PROTOCOL_VERSION])
 _IDS = itertools.count()
 # plain ints: pyzmq's constants are IntFlags, and ``getsockopt(EVENTS) & POLLIN`` with them
@@ -68,22 +72,34 @@ class Signer:
 
     def __init__(self, key: bytes):
         self._keyed = hmac.new(key, digestmod=hashlib.sha256)
+        self._gmac = AESGCM(hmac.digest(key, b"nbray: the key of bulk buffers", _DIGEST))
 
     def __call__(self, body) -> bytes:
         h = self._keyed.copy()
         h.update(body)
         return h.digest()
 
-    def parts(self, body, buffers) -> bytes:
-        """The signature of a message sent as several frames: the number and lengths of its
-        frames (so no byte can move between them unnoticed), its body, then its buffers."""
+    def bulk(self, body, buffers) -> bytes:
+        """What the first frame of a message sent as several frames starts with: the
+        signature, then a fresh random nonce per buffer (see ``parts``)."""
+        nonces = os.urandom(_NONCE_LEN * len(buffers))
+        return self.parts(body, buffers, nonces) + nonces
+
+    def parts(self, body, buffers, nonces) -> bytes:
+        """The signature of a message sent as several frames: HMAC over the number and lengths
+        of its frames (so no byte can move between them unnoticed), the buffers' nonces, its
+        body, and each buffer's GMAC tag. A buffer's bytes go through GMAC (AES-GCM with
+        nothing to encrypt, under a key of its own derived from the cluster key) instead of
+        HMAC-SHA256: measured here, 16.7 GB/s against 1.34, and both ends of a transfer
+        between nodes hash every byte."""
         h = self._keyed.copy()
         views = [memoryview(b).cast("B") for b in buffers]
         h.update(struct.pack(f"<{len(views) + 2}Q", len(views), memoryview(body).nbytes,
                              *(v.nbytes for v in views)))
+        h.update(nonces)
         h.update(body)
-        for v in views:
-            h.update(v)
+        for i, v in enumerate(views):
+            h.update(self._gmac.encrypt(nonces[i * _NONCE_LEN:(i + 1) * _NONCE_LEN], b"", v))
         return h.digest()
 
 
@@ -170,7 +186,7 @@ class Endpoint:
         buffers: list = []
         body = _VERSION + pickle.dumps(msg, protocol=5, buffer_callback=buffers.append)
         raws = [b.raw() for b in buffers]
-        frames = [self.sign.parts(body, raws) + body, *raws]
+        frames = [self.sign.bulk(body, raws) + body, *raws]
         if type(to) is tuple and to[0]:
             self.router.send_multipart([to[1], *frames], copy=False)
         else:
@@ -232,11 +248,12 @@ class Endpoint:
 
     def _verify(self, frame: bytes, extra=None):
         view = memoryview(frame)
-        body = view[_SIG_LEN:]
         buffers = None if extra is None else [f.buffer for f in extra]
-        if len(frame) <= _SIG_LEN + 1 or not hmac.compare_digest(
+        start = _SIG_LEN if buffers is None else _SIG_LEN + _NONCE_LEN * len(buffers)
+        body = view[start:]
+        if len(frame) <= start + 1 or not hmac.compare_digest(
                 view[:_SIG_LEN], self.sign(body) if buffers is None else
-                self.sign.parts(body, buffers)):
+                self.sign.parts(body, buffers, view[_SIG_LEN:start])):
             self.rejected += 1
             return None
         if body[0] != PROTOCOL_VERSION:

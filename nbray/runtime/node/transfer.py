@@ -204,7 +204,10 @@ class Transfers:
                 if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid():
                     raise ValueError("not a segment file of this user")
                 size = st.st_size
-                entry = [memoryview(mmap.mmap(fd, size, prot=mmap.PROT_READ)), 0.0]
+                # its pages mapped in one go, not one fault per page as chunks are read
+                flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+                entry = [memoryview(mmap.mmap(fd, size, flags=flags, prot=mmap.PROT_READ)),
+                         0.0]
             finally:
                 os.close(fd)
             self._maps[path] = entry
