@@ -192,9 +192,8 @@ class SchedulerPlot:
         self.decisions = ColumnDataSource(table, name="scheduler_decisions")
         self.bars = figure(width=width, height=240, x_range=FactorRange(factors=[]),
                            name="scheduler_bars",
-                           title="tasks by the node they ran on: on a lease the node first "
-                                 "asked kept, or one the global scheduler placed there (by "
-                                 "why the first node spilled it)", tools="",
+                           title="tasks by the node they ran on, and why they ran there",
+                           tools="",
                            toolbar_location=None)
         self.bars.vbar_stack(list(data.PLACEMENTS), x="node", width=0.6, source=self.per_node,
                              color=list(data.PLACEMENT_COLOURS),
