@@ -31,9 +31,10 @@ def _ready_all(refs):
     return refs
 
 
+@pytest.mark.timeout(150)
 def test_wait_splits_ready_and_not_ready_in_order(any_cluster):
     fast = _ready_all([value.remote(i) for i in range(3)])
-    slow_refs = [slow.remote(30) for _ in range(2)]
+    slow_refs = [slow.remote(300) for _ in range(2)]    # never done before the cancel below
     refs = [slow_refs[0], fast[0], fast[1], slow_refs[1], fast[2]]
     try:
         ready, not_ready = nbray.wait(refs, num_returns=3, timeout=10)
@@ -46,11 +47,17 @@ def test_wait_splits_ready_and_not_ready_in_order(any_cluster):
     finally:
         # on Ray a cancel without force may leave a task in time.sleep running (Ray's issue
         # 32954), so there it is forced
+        on_ray = any_cluster.ctx.backend == "ray"
         for r in slow_refs:
-            nbray.cancel(r, force=any_cluster.ctx.backend == "ray")
+            nbray.cancel(r, force=on_ray)
     for r in slow_refs:
+        # Ray can drop a cancel that comes while it hands the task to a worker (seen on a
+        # loaded machine: the task then ran to its end), so there it is asked again
+        deadline = time.monotonic() + 40
+        while on_ray and not nbray.wait([r], timeout=2)[0] and time.monotonic() < deadline:
+            nbray.cancel(r, force=True)
         with pytest.raises(nbray.TaskCancelledError):
-            nbray.get(r, timeout=60)        # (Ray's forced cancel: its worker's death is seen)
+            nbray.get(r, timeout=15)        # (Ray's forced cancel: its worker's death is seen)
 
 
 def test_wait_respects_timeout(any_cluster):
