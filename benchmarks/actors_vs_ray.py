@@ -23,6 +23,7 @@ import time
 import nbray
 
 from bench import log, percentile, run_floor
+from ray_compare import _Target, _rate, alternate
 
 
 #: round trips are timed in blocks of this many calls in a row, a block of each side in turn:
@@ -31,11 +32,6 @@ from bench import log, percentile, run_floor
 #: cores wake slowly from idle: measured, nbray's median went from 236 to 470 µs, also with a
 #: 0.8 ms sleep between its calls and no Ray.)
 _BLOCK = 100
-
-
-class _Target:
-    def noop(self):
-        return None
 
 
 def _caller(get):
@@ -50,15 +46,6 @@ def _caller(get):
             get([self.targets[i % k].noop.remote() for i in range(n)])
             return n
     return Caller
-
-
-def _alternate(rounds: int, fn, sides: dict) -> dict:
-    out = {name: [] for name in sides}
-    names = list(sides)
-    for i in range(rounds):
-        for name in (names if i % 2 == 0 else names[::-1]):
-            out[name].append(fn(sides[name]))
-    return out
 
 
 def main(argv=None) -> int:
@@ -88,7 +75,7 @@ def _run(q: bool) -> dict:
             Target, Caller = remote(_Target), remote(_caller(get))
             one = Target.remote()
             targets = [Target.remote() for _ in range(4)]
-            sides[name] = {"get": get, "one": one, "targets": targets,
+            sides[name] = {"get": get, "one": one,
                            "callers": [Caller.remote(targets) for _ in range(4)]}
         for s in sides.values():        # warm: every actor up, every caller-target pair used
             s["get"]([s["one"].noop.remote() for _ in range(500)])
@@ -104,15 +91,12 @@ def _run(q: bool) -> dict:
                 out.append((time.perf_counter() - t) * 1e6)
             return out
         lat = {k: [x for block in v for x in block]
-               for k, v in _alternate(samples // _BLOCK, rtts, sides).items()}
+               for k, v in alternate(samples // _BLOCK, rtts, sides, warm=False).items()}
 
         log(f"{calls:,} calls to one actor, {runs} runs each")
 
-        def burst(s):
-            t = time.perf_counter()
-            s["get"]([s["one"].noop.remote() for _ in range(calls)])
-            return calls / (time.perf_counter() - t)
-        bursts = _alternate(runs, burst, sides)
+        bursts = alternate(runs, lambda s: _rate(s, calls, lambda s: s["one"].noop.remote()),
+                           sides, warm=False)
 
         log(f"4 callers x 4 actors, {calls:,} calls, {runs} runs each")
 
@@ -120,7 +104,7 @@ def _run(q: bool) -> dict:
             t = time.perf_counter()
             s["get"]([c.run.remote(calls // 4) for c in s["callers"]])
             return 4 * (calls // 4) / (time.perf_counter() - t)
-        fours = _alternate(runs, many, sides)
+        fours = alternate(runs, many, sides, warm=False)
     finally:
         ray.shutdown()
         nbray.shutdown()

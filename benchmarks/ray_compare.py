@@ -52,16 +52,23 @@ def _make(ray) -> None:
                    fan_out=remote(fan_out), Target=remote(_Target), get=get, put=put)
 
 
-def _alternate(rounds: int, fn) -> dict:
-    """``fn(api)`` for both APIs, ``rounds`` times, the order swapped each round, after one
-    round not counted (each worker imports what the workload needs once)."""
-    for api in (NB, RAY):
-        fn(api)
-    out = {"nbray": [], "ray": []}
+def alternate(rounds: int, fn, sides: dict, warm: bool = True) -> dict:
+    """``fn(side)`` for each of two ``sides`` (name -> what ``fn`` takes), ``rounds`` times,
+    the order swapped each round; with ``warm``, after one round not counted (each worker
+    imports what the workload needs once). The figures of each side by its name."""
+    names = list(sides)
+    if warm:
+        for name in names:
+            fn(sides[name])
+    out = {name: [] for name in names}
     for i in range(rounds):
-        for name in (("nbray", "ray") if i % 2 == 0 else ("ray", "nbray")):
-            out[name].append(fn(NB if name == "nbray" else RAY))
+        for name in (names if i % 2 == 0 else names[::-1]):
+            out[name].append(fn(sides[name]))
     return out
+
+
+def _alternate(rounds: int, fn) -> dict:
+    return alternate(rounds, fn, {"nbray": NB, "ray": RAY})
 
 
 def _rtt(api, call) -> float:

@@ -33,6 +33,7 @@ def _ready_all(refs):
 
 @pytest.mark.timeout(150)
 def test_wait_splits_ready_and_not_ready_in_order(any_cluster):
+    on_ray = any_cluster.ctx.backend == "ray"
     fast = _ready_all([value.remote(i) for i in range(3)])
     slow_refs = [slow.remote(300) for _ in range(2)]    # never done before the cancel below
     refs = [slow_refs[0], fast[0], fast[1], slow_refs[1], fast[2]]
@@ -47,7 +48,6 @@ def test_wait_splits_ready_and_not_ready_in_order(any_cluster):
     finally:
         # on Ray a cancel without force may leave a task in time.sleep running (Ray's issue
         # 32954), so there it is forced
-        on_ray = any_cluster.ctx.backend == "ray"
         for r in slow_refs:
             nbray.cancel(r, force=on_ray)
     for r in slow_refs:
