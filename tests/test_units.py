@@ -11,7 +11,7 @@ import pytest
 
 import nbray
 from nbray.errors import RemoteError, SerializationError
-from nbray.runtime import object_store, protocol as P, serialization, transport
+from nbray.runtime import object_store, protocol as P, serialization, transport, wire
 from nbray.runtime.node.local_scheduler import LeaseRequest, LocalScheduler
 from nbray.runtime.transport import Endpoint
 
@@ -167,6 +167,44 @@ def test_bulk_messages_carry_their_buffers_as_signed_frames(tmp_path):
         while srv.rejected < 2 and time.monotonic() < deadline:
             srv.recv(50)
         assert srv.rejected == 2 and srv.received == 1
+    finally:
+        srv.close()
+        cli.close()
+
+
+def test_task_pushes_and_results_travel_as_tuples_and_arrive_as_their_classes(tmp_path):
+    shm = P.Value(P.SHM, P.ShmLocation(b"n" * 8, "/dev/shm/x", 10), ((b"o" * 8, "owner"),))
+    spec = P.TaskSpec(b"t" * 8, b"f" * 8, "f", shm, (P.Value(P.INLINE, b"1"),), 1,
+                      (b"r" * 8,), P.ACTOR_CALL, b"a" * 8, ("origin",), 0, ())
+    plain = spec._replace(args_blob=b"args", arg_values=())
+    push = P.PushTasks("owner", [spec, plain], {b"f" * 8: b"fn"})
+    results = P.TaskResults([P.TaskResult(b"t" * 8, (P.Value(P.ERROR, b"e"),), 0.5, 1.0, 0.1),
+                             P.TaskResult(b"u" * 8, None, 0.0)])
+    key = os.urandom(32)
+    srv = Endpoint(key, b"srv", [f"ipc://{tmp_path}/srv"])
+    cli = Endpoint(key, b"cli")
+    try:
+        for msg in (push, results):
+            assert wire.decode(pickle.loads(pickle.dumps(wire.encode(msg)))) == msg
+            assert type(pickle.loads(pickle.dumps(wire.encode(msg)))) is tuple
+        cli.send(srv.address, push)
+        cli.send(srv.address, results)
+        # an authentic tuple of another shape is dropped, and the endpoint carries on
+        sock = cli.connect(srv.address)
+        for odd in ((-1, "owner", [spec[:5]], {}), (-2, [(b"t", ((0, b""),), 0.0, 0, 0, 9)]),
+                    (-7, "what")):
+            body = P.PROTOCOL_VERSION.to_bytes(1, "big") + pickle.dumps(odd, protocol=5)
+            sock.send(srv.sign(body) + body)
+        cli.send(srv.address, P.NodeInfoRequest())
+        got, deadline = [], time.monotonic() + 5
+        while len(got) < 3 and time.monotonic() < deadline:
+            got += [m for _, m in srv.recv(100)]
+        assert got == [push, results, P.NodeInfoRequest()]
+        (a, b), (r, bounced) = got[0].tasks, got[1].results
+        assert type(a) is P.TaskSpec and type(a.args_blob) is P.Value and a.args_blob == shm
+        assert type(a.args_blob.payload) is P.ShmLocation and type(a.arg_values[0]) is P.Value
+        assert b.args_blob == b"args" and type(r.values[0]) is P.Value and bounced.values is None
+        assert srv.malformed == 3
     finally:
         srv.close()
         cli.close()

@@ -1784,10 +1784,12 @@ class CoreClient:
                 ms = min(ms, 50)
         except RuntimeError:            # (unlocked: the dict changed meanwhile)
             pass
-        try:                            # unlocked: another thread may pop it meanwhile
-            ms = min(ms, max(0.0, 1000 * (self._lease_retry[0][0] - time.monotonic())))
-        except IndexError:
-            pass
+        retry = self._lease_retry
+        if retry:
+            try:                        # unlocked: another thread may pop it meanwhile
+                ms = min(ms, max(0.0, 1000 * (retry[0][0] - time.monotonic())))
+            except IndexError:
+                pass
         return ms
 
     def _timer_ms(self) -> float:

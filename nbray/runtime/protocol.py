@@ -42,7 +42,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-PROTOCOL_VERSION = 5
+PROTOCOL_VERSION = 6
 
 # How an object's value travels (first field of a ``Value``).
 INLINE = 0      # payload: pickle bytes (protocol 5, in-band)

@@ -134,11 +134,19 @@ def loads_function(blob: bytes):
     return pickle.loads(body)
 
 
+#: types whose values pickle alone, with nothing nested, so they skip the general path
+_SCALARS = frozenset({type(None), bool, int, float, complex, str, bytes})
+
+
 def serialize(value, inline_threshold: int, shm_path=None) -> Value:
     """Encode a value: inline when small, else into a new shared-memory segment.
 
     ``shm_path`` is a zero-argument callable giving the path of the segment to create.
     """
+    if type(value) in _SCALARS:     # most results: plain pickle always does, no refs inside
+        data = pickle.dumps(value, protocol=5)
+        if len(data) <= inline_threshold or shm_path is None:
+            return Value(INLINE, data)
     buffers: list = []
     try:
         data, contained = dumps_collecting(value, buffers.append)

@@ -27,6 +27,7 @@ import threading
 import zmq
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from nbray.runtime import wire
 from nbray.runtime.protocol import PROTOCOL_VERSION
 
 _DIGEST = "sha256"
@@ -104,8 +105,9 @@ class Signer:
 
 
 def dumps(msg) -> bytes:
-    """The signed part of a frame: the protocol version, then the pickled message."""
-    return _VERSION + pickle.dumps(msg, protocol=5)
+    """The signed part of a frame: the protocol version, then the pickled message (in the
+    form ``wire.py`` gives it)."""
+    return _VERSION + pickle.dumps(wire.encode(msg), protocol=5)
 
 
 class Endpoint:
@@ -184,7 +186,8 @@ class Endpoint:
         of their own, not copied (zmq sends them from where they are); ``to`` is an address or
         a peer. The signature covers the body and every buffer."""
         buffers: list = []
-        body = _VERSION + pickle.dumps(msg, protocol=5, buffer_callback=buffers.append)
+        body = _VERSION + pickle.dumps(wire.encode(msg), protocol=5,
+                                       buffer_callback=buffers.append)
         raws = [b.raw() for b in buffers]
         frames = [self.sign.bulk(body, raws) + body, *raws]
         if type(to) is tuple and to[0]:
@@ -227,18 +230,21 @@ class Endpoint:
                     first = sock.recv(_NOBLOCK)
                 except zmq.Again:
                     break
-                frame = sock.recv() if on_router and sock.getsockopt(_RCVMORE) else None
-                main = frame if on_router else first
+                # on the ROUTER the sender's identity comes first (a message there always has
+                # a frame after it); the rest of a message is there once its first frame is
+                main = sock.recv() if on_router else first
+                more = sock.getsockopt(_RCVMORE)
                 extra = None
-                if main is not None and sock.getsockopt(_RCVMORE):     # out-of-band buffers
+                if more:                        # out-of-band buffers
                     extra = []
-                    while len(extra) < _MAX_BUFFERS and sock.getsockopt(_RCVMORE):
+                    while more and len(extra) < _MAX_BUFFERS:
                         extra.append(sock.recv(copy=False))
-                if main is None or sock.getsockopt(_RCVMORE):
-                    self.rejected += 1          # not the shape we send: drop all its frames
-                    while sock.getsockopt(_RCVMORE):
-                        sock.recv()
-                    continue
+                        more = sock.getsockopt(_RCVMORE)
+                    if more:
+                        self.rejected += 1      # not the shape we send: drop all its frames
+                        while sock.getsockopt(_RCVMORE):
+                            sock.recv()
+                        continue
                 msg = self._verify(main, extra)
                 if msg is not None:
                     out.append(((True, first) if on_router else (False, address), msg))
@@ -261,7 +267,7 @@ class Endpoint:
                             f"{PROTOCOL_VERSION} (is nbray the same version everywhere?)")
             return None
         try:
-            msg = pickle.loads(body[1:], buffers=buffers)
+            msg = wire.decode(pickle.loads(body[1:], buffers=buffers))
         except Exception as e:          # a peer with the key but other message classes
             self._malformed(f"a message that does not unpickle here: {type(e).__name__}: {e}")
             return None
