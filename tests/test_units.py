@@ -193,7 +193,7 @@ def test_task_pushes_and_results_travel_as_tuples_and_arrive_as_their_classes(tm
         sock = cli.connect(srv.address)
         for odd in ((-1, "owner", [spec[:5]], {}), (-2, [(b"t", ((0, b""),), 0.0, 0, 0, 9)]),
                     (-7, "what")):
-            body = P.PROTOCOL_VERSION.to_bytes(1, "big") + pickle.dumps(odd, protocol=5)
+            body = transport._VERSION + pickle.dumps(odd, protocol=5)
             sock.send(srv.sign(body) + body)
         cli.send(srv.address, P.NodeInfoRequest())
         got, deadline = [], time.monotonic() + 5

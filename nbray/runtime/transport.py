@@ -104,10 +104,11 @@ class Signer:
         return h.digest()
 
 
-def dumps(msg) -> bytes:
+def dumps(msg, buffer_callback=None) -> bytes:
     """The signed part of a frame: the protocol version, then the pickled message (in the
-    form ``wire.py`` gives it)."""
-    return _VERSION + pickle.dumps(wire.encode(msg), protocol=5)
+    form ``wire.py`` gives it; its buffers out of band when ``buffer_callback`` is given)."""
+    return _VERSION + pickle.dumps(wire.encode(msg), protocol=5,
+                                   buffer_callback=buffer_callback)
 
 
 class Endpoint:
@@ -186,8 +187,7 @@ class Endpoint:
         of their own, not copied (zmq sends them from where they are); ``to`` is an address or
         a peer. The signature covers the body and every buffer."""
         buffers: list = []
-        body = _VERSION + pickle.dumps(wire.encode(msg), protocol=5,
-                                       buffer_callback=buffers.append)
+        body = dumps(msg, buffers.append)
         raws = [b.raw() for b in buffers]
         frames = [self.sign.bulk(body, raws) + body, *raws]
         if type(to) is tuple and to[0]:
