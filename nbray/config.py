@@ -96,6 +96,9 @@ class Config:
     #: machine's); a put or a result beyond it fails with ObjectStoreFullError
     object_store_memory: int = 0
     progress_after_s: float = 1.0
+    #: drivers and workers on one machine send each other messages on Unix sockets of their
+    #: own (links.py), not through ZeroMQ: a message then wakes one thread, not four
+    local_links: bool = True
 
     @classmethod
     def from_env(cls) -> "Config":

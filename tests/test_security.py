@@ -5,6 +5,7 @@ import glob
 import hmac
 import os
 import pickle
+import socket
 import stat
 import time
 
@@ -15,7 +16,7 @@ import pytest
 import zmq
 
 import nbray
-from nbray.runtime import protocol as P, transport
+from nbray.runtime import links, protocol as P, transport
 from nbray.runtime.core_client import CoreClient
 from nbray.runtime.transport import Endpoint
 from conftest import run_root, wait_until
@@ -133,7 +134,8 @@ def test_wrong_key_task_push_to_worker_runs_nothing(cluster, zsocket, tmp_path):
     """A forged PushTasks straight to a worker socket, with a function that would leave a mark."""
     marker = str(tmp_path / "pwned-by-task")
     nbray.get([double.remote(i) for i in range(4)])      # workers are up and bound
-    workers = glob.glob(os.path.join(cluster.rundir, "w-*"))
+    workers = [p for p in glob.glob(os.path.join(cluster.rundir, "w-*"))
+               if not p.endswith(links.SUFFIX)]
     assert workers, "no worker sockets found"
 
     def payload():
@@ -157,6 +159,34 @@ def test_wrong_key_task_push_to_worker_runs_nothing(cluster, zsocket, tmp_path):
     for sock in socks + [router]:
         _assert_silent(sock, SILENCE_S / 2)
     assert not os.path.exists(marker), "a worker ran a task pushed with a wrong key"
+    assert nbray.get(double.remote(5), timeout=20) == 10
+
+
+def test_wrong_key_link_to_worker_is_closed_unread(cluster, tmp_path):
+    """The same forged push on a worker's link (links.py): its hello, signed with another key,
+    closes the link before any frame on it is unpickled."""
+    marker = str(tmp_path / "pwned-by-link")
+    nbray.get([double.remote(i) for i in range(4)])
+    paths = glob.glob(os.path.join(cluster.rundir, "w-*" + links.SUFFIX))
+    assert paths, "no worker links found"
+    wrong = os.urandom(32)
+    spec = P.TaskSpec(b"intruder" * 2, b"f" * 16, "payload", pickle.dumps(((), {})), (), 1,
+                      (b"intruder" * 2 + bytes(4),))
+    hello = links.hello(lambda body: hmac.digest(wrong, body, "sha256"), transport._VERSION,
+                        f"ipc://{tmp_path}/intruder")
+    frames = [hello, _signed(wrong, P.PushTasks(f"ipc://{tmp_path}/intruder", [spec], {})),
+              _signed(wrong, _OpenOnUnpickle(marker))]
+    for path in paths:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as raw:
+            raw.settimeout(20)
+            raw.connect(path)
+            raw.sendall(b"".join(len(f).to_bytes(8, "little") + f for f in frames))
+            try:
+                answer = raw.recv(10)
+            except ConnectionResetError:
+                answer = b""
+            assert answer == b"", "a worker answered on a link with a wrong key"
+    assert not os.path.exists(marker), "a worker unpickled a frame on a link with a wrong key"
     assert nbray.get(double.remote(5), timeout=20) == 10
 
 

@@ -11,7 +11,7 @@ import pytest
 
 import nbray
 from nbray.errors import RemoteError, SerializationError
-from nbray.runtime import object_store, protocol as P, serialization, transport, wire
+from nbray.runtime import links, object_store, protocol as P, serialization, transport, wire
 from nbray.runtime.node.local_scheduler import LeaseRequest, LocalScheduler
 from nbray.runtime.transport import Endpoint
 
@@ -44,6 +44,15 @@ def test_scheduler_accounts_resources_and_serves_what_fits_in_order():
     assert s.next_grantable() is small
     s.drop_peer((True, b"b"))
     assert not s.queue
+
+
+def test_requests_waiting_for_one_free_cpu_count_as_one_to_grow_the_pool():
+    s = LocalScheduler({"CPU": 2})
+    s.acquire({"CPU": 1})                       # one worker leased, one CPU free
+    s.queue.extend(LeaseRequest((True, b"a"), i, {"CPU": 1}) for i in range(3))
+    assert s.grantable_together() == 1         # the node starts one worker for them, not 3
+    s.release({"CPU": 1})
+    assert s.grantable_together() == 2
 
 
 # ---- object store ----------------------------------------------------------------------------
@@ -208,6 +217,91 @@ def test_task_pushes_and_results_travel_as_tuples_and_arrive_as_their_classes(tm
     finally:
         srv.close()
         cli.close()
+
+
+def _gather(ep, n, others=(), deadline_s=20):
+    """Receive until ``n`` messages came to ``ep`` (``others`` poll meanwhile, so their links
+    send what waits in their backlogs)."""
+    got, deadline = [], time.monotonic() + deadline_s
+    while len(got) < n and time.monotonic() < deadline:
+        for o in others:
+            o.recv(0)
+        got += ep.recv(20)
+    return got
+
+
+def test_clients_on_one_machine_talk_over_links_in_order(tmp_path):
+    key = os.urandom(32)
+    srv = Endpoint(key, b"srv", [f"ipc://{tmp_path}/srv"], link=True)
+    cli = Endpoint(key, b"cli", [f"ipc://{tmp_path}/cli"], link=True)
+    node = Endpoint(key, b"nod", [f"ipc://{tmp_path}/nod"])        # no listener: ZeroMQ
+    try:
+        assert os.path.exists(f"{tmp_path}/srv{links.SUFFIX}")
+        assert not os.path.exists(f"{tmp_path}/nod{links.SUFFIX}")
+        # small messages and large ones (past a read, past the socket's buffer), in order;
+        # the sender's backlog goes when the polling thread finds the socket writable
+        big = os.urandom(3 << 20)
+        sent = [P.Reply(i, big if i % 5 == 0 else i) for i in range(40)]
+        for msg in sent:
+            cli.send(srv.address, msg)
+        assert cli._backlog                                 # the socket did not take it all
+        got = _gather(srv, len(sent), [cli])
+        assert [m for _, m in got] == sent
+        assert {peer for peer, _ in got} == {(False, cli.address)}
+        assert not cli.dealers                              # none went through ZeroMQ
+        # an answer to that peer goes back on a link of its own; a node gets ZeroMQ
+        srv.reply(got[0][0], P.Ack(1))
+        cli.send(node.address, P.Ack(2))
+        assert [m for _, m in _gather(cli, 1)] == [P.Ack(1)]
+        assert [m for _, m in _gather(node, 1)] == [P.Ack(2)]
+        assert cli._out[node.address] is None and node.address in cli.dealers
+        # a user thread's pusher: its backlog is sent by whichever thread polls
+        pusher = cli.push_sender()
+        pushed = [P.Reply(i, big) for i in range(8)]
+        t = threading.Thread(target=lambda: [pusher.send(srv.address, m) for m in pushed])
+        t.start()
+        t.join(20)
+        assert [m for _, m in _gather(srv, len(pushed), [cli])] == pushed
+        assert not cli._backlog
+    finally:
+        for ep in (srv, cli, node):
+            ep.close()
+    assert not os.listdir(tmp_path)                     # sockets and link files removed
+
+
+def test_a_link_with_a_wrong_key_or_no_hello_is_closed_unread(tmp_path):
+    import socket
+    key = os.urandom(32)
+    srv = Endpoint(key, b"srv", [f"ipc://{tmp_path}/srv"], link=True)
+    evil = Endpoint(os.urandom(32), b"evl", [f"ipc://{tmp_path}/evl"], link=True)
+    raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        evil.send(srv.address, P.Shutdown())                # signed with another key
+        raw.connect(f"{tmp_path}/srv{links.SUFFIX}")        # a frame of ours, but no hello
+        raw.sendall(len(srv._frame(P.Shutdown())).to_bytes(8, "little") +
+                    srv._frame(P.Shutdown()))
+        deadline = time.monotonic() + 10
+        got = []
+        while srv.rejected < 2 and time.monotonic() < deadline:
+            got += srv.recv(20)
+        assert got == [] and srv.rejected == 2 and srv.received == 0
+        raw.settimeout(10)
+        assert raw.recv(10) == b""                          # closed by the receiver
+        # a sender whose receiver is gone carries on (its messages go nowhere, as on ZeroMQ)
+        friend = Endpoint(key, b"frd", [f"ipc://{tmp_path}/frd"], link=True)
+        friend.send(srv.address, P.Ack(1))
+        assert [m for _, m in _gather(srv, 1)] == [P.Ack(1)]
+        srv.close()
+        deadline = time.monotonic() + 10
+        while friend._out.get(srv.address) is not None and time.monotonic() < deadline:
+            friend.send(srv.address, P.Ack(2))
+            friend.recv(10)
+        assert friend._out[srv.address] is None and not friend._backlog
+        friend.close()
+    finally:
+        raw.close()
+        srv.close()
+        evil.close()
 
 
 # ---- the head's actor table ------------------------------------------------------------------

@@ -26,7 +26,8 @@ One task, ``f.remote(x)`` in the driver:
  4. the driver stores the value, wakes ``get`` and any task waiting for it, and frees it when
     the last ref to it anywhere is gone.
 
-Modules: ``protocol`` (every message), ``transport`` (signed frames), ``serialization``,
+Modules: ``protocol`` (every message), ``transport`` (signed frames), ``links`` (the Unix
+sockets drivers and workers on one machine send them on), ``wire``, ``serialization``,
 ``object_store`` (shared memory), ``core_client`` (owner and submitter), ``cluster`` (spawn and
 stop), ``head/``, ``node/``, ``worker/``.
 """

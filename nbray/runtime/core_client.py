@@ -154,7 +154,7 @@ class CoreClient:
                  threaded: bool, worker_id: bytes | None = None, client_id: bytes | None = None):
         self.client_id = client_id or os.urandom(8)
         self.session = session
-        self.ep = Endpoint(key, self.client_id, [bind])
+        self.ep = Endpoint(key, self.client_id, [bind], link=CONFIG.local_links)
         self.address = self.ep.address
         self.node_address = node_address
         self.threaded = threaded

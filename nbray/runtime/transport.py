@@ -15,6 +15,7 @@ their own queues and :meth:`Endpoint.wake`.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import itertools
@@ -27,7 +28,7 @@ import threading
 import zmq
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from nbray.runtime import wire
+from nbray.runtime import links, wire
 from nbray.runtime.protocol import PROTOCOL_VERSION
 
 _DIGEST = "sha256"
@@ -41,6 +42,8 @@ _NOBLOCK, _RCVMORE, _EVENTS, _POLLIN = (int(c) for c in (zmq.NOBLOCK, zmq.RCVMOR
                                                           zmq.POLLIN))
 #: the most out-of-band buffers one message may carry (more: not a message of ours)
 _MAX_BUFFERS = 16
+_NEW = object()                     # an address not yet tried for a link
+_NO_LOCK = contextlib.nullcontext()
 
 
 def _advertised(endpoint: str) -> str:
@@ -118,7 +121,7 @@ class Endpoint:
     ``(False, address)`` for one that arrived on a DEALER we opened.
     """
 
-    def __init__(self, key: bytes, identity: bytes, bind: list[str] = ()):
+    def __init__(self, key: bytes, identity: bytes, bind: list[str] = (), link: bool = False):
         self.key = key
         self.sign = Signer(key)
         self.identity = identity
@@ -147,6 +150,19 @@ class Endpoint:
         self._wake_w.connect(name)
         self._wake_lock = threading.Lock()
         self.poller.register(self._wake_r, zmq.POLLIN)
+        # links (links.py): a listener when ``link`` and bound at an ipc address; sending ends
+        # by address (None: that address has no listener, so ZeroMQ) when ``link``
+        self._listener = links.listen(self.addresses[0]) if link and self.addresses else None
+        self._listener_fd = -1
+        if self._listener is not None:
+            self._listener_fd = self._listener.fileno()
+            self.poller.register(self._listener_fd, zmq.POLLIN)
+        self._hello = links.hello(self.sign, _VERSION, self.addresses[0]) \
+            if link and self.addresses else None
+        self._out: dict | None = {} if self._hello is not None else None
+        self._link_of: dict = {}                # descriptor -> Inbound / Outbound polled
+        self._backlog: set = set()              # Outbounds with a backlog, or dead
+        self._pushers: list = []
 
     @property
     def address(self) -> str:
@@ -179,8 +195,54 @@ class Endpoint:
         return self.sign(body) + body
 
     def send(self, address: str, msg) -> None:
-        self.connect(address).send(self._frame(msg), copy=True)
+        frame = self._frame(msg)
+        out = self._out
+        if out is not None:
+            link = out.get(address, _NEW)
+            if link is _NEW:
+                link = out[address] = links.Outbound.connect(address, self._hello)
+            if link is not None:
+                self._write(out, address, link, frame)
+                self.sent += 1
+                return
+        self.connect(address).send(frame, copy=True)
         self.sent += 1
+
+    def _write(self, table: dict, address: str, link, frame) -> bool:
+        """Send a frame on a link; True when the link now needs the polling thread (a backlog
+        to send when the socket is writable, or a receiver gone). Called under ``link.lock``."""
+        try:
+            if link.write(frame):
+                return False
+        except OSError:                 # the receiver is gone: what it was sent is lost, as
+            link.dead = True            # through ZeroMQ; later messages go there by ZeroMQ
+            table[address] = None
+        if link in self._backlog:
+            return False
+        self._backlog.add(link)
+        return True
+
+    def _drain(self, link) -> None:
+        """The polling thread: send a link's backlog, (un)register it for POLLOUT, or close
+        it when its receiver is gone."""
+        with link.lock or _NO_LOCK:
+            if not link.dead:
+                try:
+                    if not link.flush():
+                        if not link.armed:
+                            link.armed = True
+                            self._link_of[link.fd] = link
+                            self.poller.register(link.fd, zmq.POLLOUT)
+                        return
+                except OSError:
+                    link.dead = True
+            self._backlog.discard(link)
+            if link.armed:
+                link.armed = False
+                del self._link_of[link.fd]
+                self.poller.unregister(link.fd)
+            if link.dead:
+                link.close()
 
     def send_bulk(self, to, msg) -> None:
         """Send a message whose large buffers (``pickle.PickleBuffer`` fields) travel as frames
@@ -206,7 +268,9 @@ class Endpoint:
 
     def push_sender(self) -> "PushSender":
         """Send-only sockets for threads other than the one that polls (see PushSender)."""
-        return PushSender(self)
+        pusher = PushSender(self)
+        self._pushers.append(pusher)
+        return pusher
 
     def wake(self) -> None:
         """Interrupt a ``recv`` blocked in another thread."""
@@ -217,7 +281,21 @@ class Endpoint:
     def recv(self, timeout_ms: float | None, limit: int = 1000) -> list:
         """Wait up to ``timeout_ms`` (None: forever) and return every authentic message ready."""
         out = []
+        if self._backlog:
+            for link in list(self._backlog):
+                self._drain(link)
+        link_of = self._link_of
         for sock, _ in self.poller.poll(timeout_ms):
+            link = link_of.get(sock)
+            if link is not None:
+                if type(link) is links.Inbound:
+                    self._read_link(link, out)
+                else:
+                    self._drain(link)
+                continue
+            if sock == self._listener_fd:
+                self._accept()
+                continue
             if sock is self._wake_r:
                 while sock.poll(0):
                     sock.recv()
@@ -251,6 +329,31 @@ class Endpoint:
                 if not sock.getsockopt(_EVENTS) & _POLLIN:
                     break
         return out
+
+    def _read_link(self, link, out: list) -> None:
+        frames = link.read()
+        if frames is None:              # closed by its sender, or not a link of ours
+            if link.peer is None:
+                self.rejected += 1
+            del self._link_of[link.fd]
+            self.poller.unregister(link.fd)
+            link.close()
+            return
+        peer = link.peer
+        for frame in frames:
+            msg = self._verify(frame)
+            if msg is not None:
+                out.append((peer, msg))
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                sock, _ = self._listener.accept()
+            except OSError:             # none waiting (or out of descriptors: later)
+                return
+            link = links.Inbound(sock, self.sign, _VERSION)
+            self._link_of[link.fd] = link
+            self.poller.register(link.fd, zmq.POLLIN)
 
     def _verify(self, frame: bytes, extra=None):
         view = memoryview(frame)
@@ -288,6 +391,16 @@ class Endpoint:
     def close(self, linger_ms: int = 0) -> None:
         """Close every socket; ``linger_ms`` gives messages already sent that long to leave."""
         self.ctx.destroy(linger=linger_ms)
+        for link in [*self._link_of.values(), *(self._out or {}).values(), *self._backlog,
+                     *(v for p in self._pushers for v in p.links.values())]:
+            if link is not None:
+                link.close()
+        if self._listener is not None:
+            self._listener.close()
+            try:
+                os.unlink(links.path_for(self.addresses[0]))
+            except OSError:
+                pass
         for addr in self.addresses:         # ZeroMQ leaves the files of ipc sockets behind
             if addr.startswith("ipc://"):
                 try:
@@ -323,11 +436,23 @@ class PushSender:
         self.ep = ep
         self.lock = threading.Lock()
         self.socks: dict[str, zmq.Socket] = {}
+        self.links: dict = {}                   # address -> Outbound (None: ZeroMQ)
         self.sent = 0
 
     def send(self, address: str, msg) -> None:
-        frame = self.ep._frame(msg)
+        ep = self.ep
+        frame = ep._frame(msg)
         with self.lock:
+            if ep._hello is not None:           # a link of our own to that client
+                link = self.links.get(address, _NEW)
+                if link is _NEW:
+                    link = self.links[address] = links.Outbound.connect(address, ep._hello,
+                                                                        self.lock)
+                if link is not None:
+                    if ep._write(self.links, address, link, frame):
+                        ep.wake()               # the polling thread sends the rest
+                    self.sent += 1
+                    return
             sock = self.socks.get(address)
             if sock is None:
                 sock = self.socks[address] = self.ep.ctx.socket(zmq.DEALER)

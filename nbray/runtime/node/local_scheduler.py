@@ -71,6 +71,17 @@ class LocalScheduler:
                 avail[k] = avail.get(k, 0.0) - v
         return all(avail.get(k, 0.0) >= v for k, v in resources.items())
 
+    def grantable_together(self) -> int:
+        """How many of the queued requests what is free now serves at once, oldest first (each
+        that fits takes its share: two waiting for one free CPU count as one)."""
+        avail, n = dict(self.available), 0
+        for req in self.queue:
+            if all(avail.get(k, 0.0) >= v for k, v in req.resources.items()):
+                n += 1
+                for k, v in req.resources.items():
+                    avail[k] = avail.get(k, 0.0) - v
+        return n
+
     def acquire(self, resources: dict) -> None:
         for k, v in resources.items():
             if k in self.total:         # (a removed placement group's are gone)

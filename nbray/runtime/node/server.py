@@ -199,7 +199,7 @@ class NodeServer:
     def _grow(self) -> None:
         """Resources are free but every worker is busy (some block in get): start one more."""
         starting = len(self.pool.by_state("starting"))
-        waiting = sum(self.sched.fits(r.resources) for r in self.sched.queue)
+        waiting = self.sched.grantable_together()
         if starting >= waiting:
             return
         if self._pool_size() < self.max_workers:
