@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import statistics
 import sys
 import time
@@ -24,6 +25,12 @@ import nbray
 
 from bench import log, percentile, run_floor
 from ray_compare import _Target, _rate, alternate
+
+# the actor classes live in ray_compare.py, beside this file: nbray's workers (started from the
+# working directory) import it from here too
+_HERE = os.path.dirname(os.path.abspath(__file__))
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_HERE, os.environ.get("PYTHONPATH"))
+                                           if p)
 
 
 #: round trips are timed in blocks of this many calls in a row, a block of each side in turn:
