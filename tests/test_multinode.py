@@ -273,7 +273,12 @@ def test_a_large_array_crosses_nodes_in_chunks_once_per_node(multi):
         object_store.store_dir(), f"{object_store.PREFIX}{multi.nodes[0][0].name}_c*"))
         if re.fullmatch(r"c[0-9a-f]{32}", p.rsplit("_", 1)[1])]
     assert copies                                   # the far node's copy of the 100 MB array
+    here = [n for n in nbray.state.nodes() if n["pid"] == multi.head_node_pid][0]
+    assert here["segments_mapped"] >= 1             # the array, mapped to serve its chunks
     del ref, out
+    # freed, its segment is unmapped by the node that served it at once, not when idle (5 s)
+    wait_until(lambda: [n for n in nbray.state.nodes() if n["pid"] == here["pid"]][0]
+               ["segments_mapped"] == 0, 3, "the served segment to be unmapped once freed")
     try:
         wait_until(lambda: not [p for p in copies if os.path.exists(p)], 10,
                    "the copy to go once the original is freed")

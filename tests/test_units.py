@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import os
 import pickle
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 
@@ -448,3 +451,36 @@ def test_node_bundles_set_aside_commit_and_release():
     s.removed_groups.add(pg.hex())
     assert "was removed" in s.removed({f"CPU_group_{pg.hex()}": 1})
     assert "hard node affinity" in s.infeasible({"node:beef": 0.001})
+
+
+def test_a_node_keeps_the_memory_of_received_chunks_for_the_next():
+    # glibc maps an 8 MB buffer afresh each time by default (its pages new, each one faulted
+    # in as ZeroMQ fills it); after keep_chunk_buffers it is served from the heap, kept
+    code = textwrap.dedent("""
+        import ctypes, sys
+        from nbray.runtime.node import transfer
+
+        class Info(ctypes.Structure):
+            _fields_ = [(n, ctypes.c_size_t) for n in (
+                "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
+                "uordblks", "fordblks", "keepcost")]
+
+        libc = ctypes.CDLL(None)
+        libc.mallinfo2.restype = Info
+        libc.malloc.restype = ctypes.c_void_p
+        libc.free.argtypes = [ctypes.c_void_p]
+
+        def mapped_for(n):
+            p = libc.malloc(n)
+            mapped = libc.mallinfo2().hblkhd
+            libc.free(p)
+            return mapped
+
+        before = mapped_for(transfer.CHUNK)
+        assert transfer.keep_chunk_buffers()
+        print(before >= transfer.CHUNK, mapped_for(transfer.CHUNK) < transfer.CHUNK)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True", "True"]

@@ -14,6 +14,7 @@ import psutil
 from nbray.config import CONFIG
 from nbray.errors import ClusterError
 from nbray.runtime import cluster
+from nbray.runtime.node import transfer
 from nbray.runtime.node.server import NodeServer
 
 
@@ -34,6 +35,7 @@ def main(argv=None) -> None:
                     help="a file or directory to remove at exit (a joined node's own record)")
     args = ap.parse_args(argv)
     key = bytes.fromhex(os.environ.pop("NBRAY_KEY"))
+    transfer.keep_chunk_buffers()
     # memory: logical, in bytes, for tasks that say memory= (as in Ray: 70% of the machine's)
     resources = {"CPU": float(args.num_workers),
                  "memory": float(int(psutil.virtual_memory().total * 0.7)),

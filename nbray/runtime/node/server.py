@@ -168,6 +168,7 @@ class NodeServer:
             "bytes_pulled": self.transfers.bytes_in,
             "bytes_served": self.transfers.bytes_out,
             "object_copies": len(self.transfers.copies),
+            "segments_mapped": len(self.transfers._maps),     # served, mapped to send from
             "clients": len(self.clients),
             "messages_received": self.ep.received,
             "messages_rejected": self.ep.rejected,
@@ -415,6 +416,7 @@ class NodeServer:
         for path in msg.paths:
             if object_store.owned_by(self.session, path):
                 object_store.unlink(path)
+                self.transfers.freed(path)
 
     def _on_info(self, peer, msg) -> None:
         self.ep.reply(peer, P.NodeInfo(self.stats()))

@@ -13,6 +13,7 @@ dropped when the source frees the segment it came from (the source tells the nod
 """
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import itertools
 import mmap
@@ -27,6 +28,23 @@ from nbray.runtime import object_store, protocol as P
 
 CHUNK = 8 * 1024 * 1024
 WINDOW = 4          # chunks in flight per transfer
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3       # glibc's mallopt parameters
+
+
+def keep_chunk_buffers() -> bool:
+    """Let the allocator reuse the memory of received chunks (a node's process, at start).
+
+    ZeroMQ receives each chunk into a buffer of its own, allocated for it: with glibc's
+    defaults a buffer of 8 MB is a fresh mapping, and filling its fresh pages cost the receiving
+    node about half of a transfer's time. Served from the heap, and the heap kept, the buffers
+    of one transfer are the pages of the last (the node keeps up to ``WINDOW`` chunks of them).
+    False where the C library is not glibc."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, 2 * WINDOW * CHUNK)) and \
+        bool(mallopt(_M_TRIM_THRESHOLD, 4 * WINDOW * CHUNK))
 
 
 @dataclass(eq=False)
@@ -155,6 +173,14 @@ class Transfers:
             elif now - f.progress_at > CONFIG.transfer_stall_s:
                 self._end(f, error=f"its node sent nothing for {CONFIG.transfer_stall_s:g}s")
 
+    def freed(self, path: str) -> None:
+        """Our own segment at ``path`` was freed: the copies made of it go now, and so does
+        our mapping of it (its pages are released once ZeroMQ has sent what it holds)."""
+        self._maps.pop(path, None)
+        nodes = self.served.pop(path, ())
+        for node_id in nodes:
+            self.node.ep.reply((True, node_id), P.FreeCopies((path,)))
+
     def free_copies(self, peer, msg: P.FreeCopies) -> None:
         for path in msg.paths:
             self._drop_copy(path)
@@ -215,14 +241,13 @@ class Transfers:
         return entry[0]
 
     def check_served(self) -> None:
-        """Tell the nodes that copied a segment we have freed since (periodic, cheap: a stat
-        per served segment); forget mappings idle for a few seconds."""
+        """Tell the nodes that copied a segment we have freed since, and unmap it (periodic,
+        cheap: a stat per served segment); forget mappings idle for a few seconds."""
         now = time.monotonic()
         for path in [p for p, (_, used) in self._maps.items() if now - used > 5.0]:
             del self._maps[path]
-        for path in [p for p in self.served if not os.path.exists(p)]:
-            for node_id in self.served.pop(path):
-                self.node.ep.reply((True, node_id), P.FreeCopies((path,)))
+        for path in [p for p in {*self.served, *self._maps} if not os.path.exists(p)]:
+            self.freed(path)        # (its owner on this node unlinked it itself)
 
 
 def copy_path(session: str, loc: P.ShmLocation) -> str:
