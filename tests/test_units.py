@@ -103,6 +103,22 @@ def test_pack_args_names_the_argument_that_cannot_be_pickled():
         serialization.pack_args("f", (1, threading.Lock()), {}, lambda v: False)
 
 
+class _CancelledWhilePickled:
+    def __reduce__(self):           # as when nbray.cancel's signal lands inside pickle
+        raise nbray.TaskCancelledError("task was cancelled while running")
+
+
+# Regression (found by CI): a cancel that landed while a generator task pickled the arguments
+# of an actor call reached its caller as a SerializationError
+def test_a_cancel_that_lands_while_pickling_stays_a_cancel():
+    with pytest.raises(nbray.TaskCancelledError):
+        serialization.pack_args("f", (_CancelledWhilePickled(),), {}, lambda v: False)
+    with pytest.raises(nbray.TaskCancelledError):
+        serialization.serialize([_CancelledWhilePickled()], 10)
+    with pytest.raises(nbray.TaskCancelledError):
+        serialization.serialize(_CancelledWhilePickled(), 10)
+
+
 def test_lambdas_and_local_classes_travel_by_value():
     class Local:
         x = 5

@@ -20,7 +20,7 @@ import types
 
 import cloudpickle
 
-from nbray.errors import SerializationError
+from nbray.errors import SerializationError, TaskCancelledError
 from nbray.runtime import object_store
 from nbray.runtime.protocol import ERROR, INLINE, SHM, ShmLocation, Value
 
@@ -79,6 +79,8 @@ def _dumps(value, buffer_callback=None) -> bytes:
         try:
             data = dumps(value, protocol=5,
                          buffer_callback=None if buffer_callback is None else buffers.append)
+        except TaskCancelledError:
+            raise
         except Exception:
             if dumps is _cloudpickle_dumps:
                 raise
@@ -150,6 +152,8 @@ def serialize(value, inline_threshold: int, shm_path=None) -> Value:
     buffers: list = []
     try:
         data, contained = dumps_collecting(value, buffers.append)
+    except TaskCancelledError:      # a cancel that landed while it pickled: not its fault
+        raise
     except Exception as e:
         raise SerializationError(f"a {type(value).__name__} cannot be serialized: {e}") from e
     size = len(data) + sum(memoryview(b).nbytes for b in buffers)
@@ -216,6 +220,8 @@ def pack_args(fn_name: str, args: tuple, kwargs: dict, is_ref,
     kwargs = {k: slot(v) for k, v in kwargs.items()}
     try:
         blob, nested = dumps_collecting((args, kwargs), buffer_callback)
+    except TaskCancelledError:      # a cancel that landed while it pickled: not its fault
+        raise
     except Exception as e:
         raise _name_bad_argument(fn_name, args, kwargs, e) from e
     return blob, refs, nested
