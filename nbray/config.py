@@ -70,6 +70,9 @@ class Config:
     fetch_timeout_s: float = 600.0
     #: a transfer from another node that makes no progress for this long fails (seconds)
     transfer_stall_s: float = 10.0
+    #: a node looks this often for segments it served that their owners freed without a word
+    #: to it (seconds); owners on the node tell it at once, and it tells the nodes that copied
+    store_check_s: float = 0.5
     #: a task whose inputs on another node total this many bytes is placed there (locality)
     locality_min_bytes: int = 1024 * 1024
     #: keep how each task result was made, to rebuild it if its only copy is lost

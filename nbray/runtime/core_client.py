@@ -1207,6 +1207,9 @@ class CoreClient:
     def _free_segment(self, loc: P.ShmLocation) -> None:
         if loc.node_id == self.node_id:
             object_store.unlink(loc.path)
+            # our node hears of it now, not at its next look at the store: it unmaps what
+            # it served from the segment and tells the nodes that copied it to drop theirs
+            self._send(self.node_address, P.FreeObjects((loc.path,), b"", True))
         else:                       # our node sends it on to the node that holds it
             self._send(self.node_address, P.FreeObjects((loc.path,), loc.node_id))
 

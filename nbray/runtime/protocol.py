@@ -290,6 +290,8 @@ class FreeObjects(NamedTuple):
     paths: tuple
     #: the node whose store holds them (empty: the receiving node); another node's are sent on
     node_id: bytes = b""
+    #: their owner unlinked them itself: the node only lets go of what it served from them
+    unlinked: bool = False
 
 
 class FetchObject(NamedTuple):

@@ -74,6 +74,7 @@ class NodeServer:
         self._last_reclaim = 0.0
         self._last_beat = 0.0
         self._last_check = 0.0
+        self._last_served_check = 0.0
         self._head_seen = time.monotonic()
         self.leases_granted = 0
         self.keeper = None              # the worker that owns detached actors, once started
@@ -126,10 +127,12 @@ class NodeServer:
                 print(f"nbray node: the head at {self.head_address} has not answered for "
                       f"{now - self._head_seen:.0f}s; stopping", file=sys.stderr, flush=True)
                 self.stopping = True
+        if now - self._last_served_check >= CONFIG.store_check_s:
+            self._last_served_check = now
+            if self.transfers.served or self.transfers._open:
+                self.transfers.check_served()
         if now - self._last_check >= 0.5:
             self._last_check = now
-            if self.transfers.served or self.transfers._maps:
-                self.transfers.check_served()
             if self.transfers.fetching:
                 self.transfers.check_fetching()
             if self.transfers.parked:
@@ -143,6 +146,7 @@ class NodeServer:
     def shutdown(self) -> None:
         self.ep.send(self.head_address, P.NodeLeaving(self.node_id))
         self.pool.stop_all(CONFIG.shutdown_grace_s)
+        self.transfers.close()
         object_store.remove_session(self.session)
         self.ep.close(linger_ms=200)
 
@@ -168,7 +172,7 @@ class NodeServer:
             "bytes_pulled": self.transfers.bytes_in,
             "bytes_served": self.transfers.bytes_out,
             "object_copies": len(self.transfers.copies),
-            "segments_mapped": len(self.transfers._maps),     # served, mapped to send from
+            "segments_open": len(self.transfers._open),     # served, open to send from
             "clients": len(self.clients),
             "messages_received": self.ep.received,
             "messages_rejected": self.ep.rejected,
@@ -415,7 +419,8 @@ class NodeServer:
             return
         for path in msg.paths:
             if object_store.owned_by(self.session, path):
-                object_store.unlink(path)
+                if not msg.unlinked:    # (a segment made again since keeps its new file)
+                    object_store.unlink(path)
                 self.transfers.freed(path)
 
     def _on_info(self, peer, msg) -> None:

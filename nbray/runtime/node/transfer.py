@@ -70,7 +70,7 @@ class Transfers:
         self.by_id: dict[int, Fetch] = {}
         self.served: dict[str, set] = {}            # our path -> node ids that copied it
         self._ids = itertools.count(1)
-        self._maps: dict[str, list] = {}            # served path -> [mapped view, last use]
+        self._open: dict[str, list] = {}            # served path -> [fd, size, last use]
         self.bytes_in = 0
         self.bytes_out = 0
         self.parked: list = []          # (peer, FetchObject, deadline): source not known yet
@@ -175,8 +175,8 @@ class Transfers:
 
     def freed(self, path: str) -> None:
         """Our own segment at ``path`` was freed: the copies made of it go now, and so does
-        our mapping of it (its pages are released once ZeroMQ has sent what it holds)."""
-        self._maps.pop(path, None)
+        our hold on it (its pages are released once ZeroMQ has sent the chunks it holds)."""
+        self._close(path)
         nodes = self.served.pop(path, ())
         for node_id in nodes:
             self.node.ep.reply((True, node_id), P.FreeCopies((path,)))
@@ -207,47 +207,62 @@ class Transfers:
                                         "not a segment of this node, or not a chunk"))
             return
         try:
-            segment = self._mapped(msg.path)
+            data = self._chunk_view(msg.path, msg.offset, msg.length)
         except (OSError, ValueError) as e:
             node.ep.reply(peer, P.Chunk(msg.transfer_id, msg.offset, b"",
                                         f"the object's segment is gone ({e})"))
             return
         if peer[0]:
             self.served.setdefault(msg.path, set()).add(peer[1])
-        data = segment[msg.offset:msg.offset + msg.length]
         self.bytes_out += len(data)
-        # the chunk leaves from the mapped segment itself: no copy on this side
+        # the chunk leaves from the segment's own pages: no copy on this side
         node.ep.send_bulk(peer, P.Chunk(msg.transfer_id, msg.offset, pickle.PickleBuffer(data)))
 
-    def _mapped(self, path: str) -> memoryview:
-        """A served segment, mapped once per transfer. Our reference goes after a few idle
-        seconds; zmq keeps what it still sends from (unlinking it does not free the pages)."""
-        entry = self._maps.get(path)
+    def _chunk_view(self, path: str, offset: int, length: int) -> memoryview:
+        """The pages of one chunk of a served segment, mapped for as long as ZeroMQ sends
+        from them. Each chunk maps its own pages (in one go, not one fault per page): the
+        first leaves without waiting for the whole segment to be mapped."""
+        entry = self._open.get(path)
         if entry is None:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)     # /dev/shm is everyone's
             try:
                 st = os.fstat(fd)
                 if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid():
                     raise ValueError("not a segment file of this user")
-                size = st.st_size
-                # its pages mapped in one go, not one fault per page as chunks are read
-                flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
-                entry = [memoryview(mmap.mmap(fd, size, flags=flags, prot=mmap.PROT_READ)),
-                         0.0]
-            finally:
+            except BaseException:
                 os.close(fd)
-            self._maps[path] = entry
-        entry[1] = time.monotonic()
-        return entry[0]
+                raise
+            entry = self._open[path] = [fd, st.st_size, 0.0]
+        fd, size, _ = entry
+        entry[2] = time.monotonic()
+        if offset >= size:
+            raise ValueError(f"offset {offset} is past its end")
+        length = min(length, size - offset)
+        start = offset - offset % mmap.ALLOCATIONGRANULARITY
+        flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+        mm = mmap.mmap(fd, length + offset - start, flags=flags, prot=mmap.PROT_READ,
+                       offset=start)
+        if offset + length == size:     # its last chunk: no descriptor held between pulls
+            self._close(path)
+        return memoryview(mm)[offset - start:]
+
+    def _close(self, path: str) -> None:
+        entry = self._open.pop(path, None)
+        if entry is not None:
+            os.close(entry[0])
 
     def check_served(self) -> None:
-        """Tell the nodes that copied a segment we have freed since, and unmap it (periodic,
-        cheap: a stat per served segment); forget mappings idle for a few seconds."""
+        """Tell the nodes that copied a segment we have freed since, and close it (periodic,
+        cheap: a stat per served segment); close segments idle for a few seconds."""
         now = time.monotonic()
-        for path in [p for p, (_, used) in self._maps.items() if now - used > 5.0]:
-            del self._maps[path]
-        for path in [p for p in {*self.served, *self._maps} if not os.path.exists(p)]:
+        for path in [p for p, (_, _, used) in self._open.items() if now - used > 5.0]:
+            self._close(path)
+        for path in [p for p in {*self.served, *self._open} if not os.path.exists(p)]:
             self.freed(path)        # (its owner on this node unlinked it itself)
+
+    def close(self) -> None:
+        for path in list(self._open):
+            self._close(path)
 
 
 def copy_path(session: str, loc: P.ShmLocation) -> str:
