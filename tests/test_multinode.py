@@ -275,7 +275,8 @@ def test_a_large_array_crosses_nodes_in_chunks_once_per_node(multi):
     assert copies                                   # the far node's copy of the 100 MB array
     # the node that served the array holds neither a descriptor nor a mapping of it between
     # pulls (once ZeroMQ has sent the chunks): freed, its pages go back to the machine at once
-    held = lambda: [l for l in _held_by(multi.head_node_pid) if ref._id.hex() in l]  # noqa
+    name = ref._id.hex()
+    held = lambda: [l for l in _held_by(multi.head_node_pid) if name in l]  # noqa: E731,E741
     wait_until(lambda: not held(), 3, "the served segment to be let go once sent")   # (< 5 s idle)
     del ref, out
     try:
