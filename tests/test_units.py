@@ -323,6 +323,228 @@ def test_a_link_with_a_wrong_key_or_no_hello_is_closed_unread(tmp_path):
         evil.close()
 
 
+def _pair(tmp_path, *names):
+    key = os.urandom(32)
+    return [Endpoint(key, n.encode(), [f"ipc://{tmp_path}/{n}"], link=True) for n in names]
+
+
+def _until(cond, what: str, deadline_s: float = 10, poll=()):
+    deadline = time.monotonic() + deadline_s
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        for ep in poll:
+            ep.recv(10)
+
+
+@pytest.mark.parametrize("garbage", [
+    (1 << 62).to_bytes(8, "little"),                          # a length no buffer holds
+    (300 * 1024).to_bytes(8, "little") + os.urandom(300 * 1024),  # a large frame, not signed
+    (64).to_bytes(8, "little") + os.urandom(64)],             # a small one, not signed
+    ids=["huge-length", "large-unsigned", "small-unsigned"])
+def test_a_link_out_of_step_is_closed_and_its_sender_goes_by_zeromq(tmp_path, garbage):
+    srv, cli = _pair(tmp_path, "srv", "cli")
+    try:
+        cli.send(srv.address, P.Ack(1))
+        assert [m for _, m in _gather(srv, 1)] == [P.Ack(1)]
+        view, sock = memoryview(garbage), cli._out[srv.address].sock
+        deadline = time.monotonic() + 10                    # as a torn or mixed-up stream
+        while view.nbytes and srv._link_of and time.monotonic() < deadline:
+            try:
+                view = view[sock.send(view):]
+            except BlockingIOError:
+                pass
+            srv.recv(10)
+        _until(lambda: not srv._link_of, "the link to be closed", poll=[srv])
+        assert srv.received == 1                            # nothing read past it
+        got = []
+        for i in range(2, 200):                             # the sender finds it closed
+            cli.send(srv.address, P.Ack(i))
+            got += [m for _, m in srv.recv(20)]
+            if cli._out[srv.address] is None and got:
+                break
+        assert cli._out[srv.address] is None and srv.address in cli.dealers
+        cli.send(srv.address, P.Ack(-1))
+        _until(lambda: P.Ack(-1) in got or got.extend(m for _, m in srv.recv(20)),
+               "a message by ZeroMQ")
+    finally:
+        srv.close()
+        cli.close()
+
+
+class _Interrupted:
+    """A link's socket that sends part of what it is given, then raises as a KeyboardInterrupt
+    does when it lands inside a send."""
+
+    def __init__(self, sock):
+        self.sock = sock
+
+    def sendmsg(self, parts, *args):
+        first = bytes(memoryview(parts[0])[:max(1, len(parts[0]) // 2)])
+        self.sock.send(first)
+        raise KeyboardInterrupt
+
+    def close(self):
+        self.sock.close()
+
+
+def test_a_link_torn_by_an_interrupt_loses_and_repeats_nothing(tmp_path):
+    srv, cli = _pair(tmp_path, "srv", "cli")
+    try:
+        big = os.urandom(3 << 20)
+        sent = [P.Reply(i, big) for i in range(12)]
+        for msg in sent:
+            cli.send(srv.address, msg)
+        link = cli._out[srv.address]
+        assert link.backlog                                 # some wait to be sent
+        early = []
+        for _ in range(5):                                  # room in the socket again
+            early += srv.recv(20)
+        link.sock = _Interrupted(link.sock)
+        with pytest.raises(KeyboardInterrupt):
+            cli.recv(0)                                     # the polling thread flushes
+        assert link.dead
+        cli.send(srv.address, P.Reply(99, b"after"))       # by ZeroMQ from now on
+        assert cli._out[srv.address] is None
+        got = early + _gather(srv, len(sent) + 1 - len(early), [cli])
+        assert sorted(m.request_id for _, m in got) == [*range(12), 99]
+        assert all(m.value == big for _, m in got if m.request_id != 99)
+    finally:
+        srv.close()
+        cli.close()
+
+
+def test_close_with_linger_sends_what_a_link_still_holds(tmp_path):
+    srv, cli = _pair(tmp_path, "srv", "cli")
+    big = os.urandom(3 << 20)
+    sent = [P.Reply(i, big) for i in range(20)]
+    got: list = []
+    reader = threading.Thread(target=lambda: got.extend(_gather(srv, len(sent))))
+    try:
+        for msg in sent:
+            cli.send(srv.address, msg)
+        assert cli._out[srv.address].backlog
+        reader.start()
+        cli.close(linger_ms=20_000)                         # returns once the backlog left
+        reader.join(30)
+        assert [m for _, m in got] == sent
+    finally:
+        srv.close()
+        cli.close()
+
+
+def test_links_to_receivers_gone_are_closed_when_a_new_one_opens(tmp_path):
+    a, b, cli = _pair(tmp_path, "a", "b", "cli")
+    try:
+        cli.send(a.address, P.Ack(1))
+        fd = cli._out[a.address].fd
+        assert [m for _, m in _gather(a, 1)] == [P.Ack(1)]
+        a.close()
+        cli.send(b.address, P.Ack(2))                       # a new link: the table is swept
+        assert a.address not in cli._out and b.address in cli._out
+        with pytest.raises(OSError):
+            os.fstat(fd)                                    # its descriptor closed
+    finally:
+        for ep in (a, b, cli):
+            ep.close()
+
+
+_LINK_SCRIPT = """
+import os, signal, sys, time
+sys.path.insert(0, {repo!r})
+from nbray.runtime import protocol as P
+from nbray.runtime.transport import Endpoint
+signal.signal(signal.SIGPIPE, signal.SIG_DFL)       # as command-line tools often set it
+key = os.urandom(32)
+srv = Endpoint(key, b"srv", ["ipc://{d}/srv"], link=True)
+cli = Endpoint(key, b"cli", ["ipc://{d}/cli"], link=True)
+cli.send(srv.address, P.Ack(1))
+srv.close()
+deadline = time.monotonic() + 10
+while cli._out.get(srv.address) is not None and time.monotonic() < deadline:
+    cli.send(srv.address, P.Ack(2))
+print("carried on", cli._out.get(srv.address))
+"""
+
+
+def test_a_sender_whose_receiver_died_survives_default_sigpipe(tmp_path):
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-c", _LINK_SCRIPT.format(repo=repo, d=tmp_path)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "carried on None" in out.stdout, (out.returncode,
+                                                                    out.stderr)
+
+
+_FULL_SCRIPT = """
+import os, resource, sys, time
+sys.path.insert(0, {repo!r})
+from nbray.runtime.transport import Endpoint
+srv = Endpoint(os.urandom(32), b"srv", ["ipc://{d}/srv"], link=True)
+kept = []
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (min(soft, 256), hard))
+try:
+    while True:
+        kept.append(os.open(os.devnull, os.O_RDONLY))
+except OSError:
+    pass
+print("full", flush=True)
+deadline = time.monotonic() + 20
+polls = 0
+while srv.refused_links == 0 and time.monotonic() < deadline:
+    srv.recv(50)
+    polls += 1
+print("refused", srv.refused_links, flush=True)
+sys.stdin.read()
+"""
+
+
+def test_out_of_descriptors_a_link_is_refused_not_left_waiting(tmp_path):
+    import socket
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.Popen([sys.executable, "-c", _FULL_SCRIPT.format(repo=repo, d=tmp_path)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        assert proc.stdout.readline().strip() == "full"
+        raw.connect(f"{tmp_path}/srv{links.SUFFIX}")        # accepted by the kernel, queued
+        assert proc.stdout.readline().split() == ["refused", "1"]
+        raw.settimeout(10)
+        assert raw.recv(10) == b""                          # closed: its sender would fall back
+    finally:
+        raw.close()
+        proc.stdin.close()
+        proc.wait(10)
+        proc.stdout.close()
+
+
+def test_a_forked_child_lets_go_of_its_parents_links(tmp_path):
+    srv, cli = _pair(tmp_path, "srv", "cli")
+    try:
+        cli.send(srv.address, P.Ack(1))
+        assert [m for _, m in _gather(srv, 1)] == [P.Ack(1)]
+        fds = [link.fd for link in (*srv._link_of.values(), *cli._out.values())]
+        pid = os.fork()
+        if pid == 0:                                        # the child: no links of its own
+            code = 0
+            for fd in fds:
+                try:
+                    os.fstat(fd)
+                    code = 1                                # still holds a parent's stream
+                except OSError:
+                    pass
+            if cli._out is not None or cli._listener is not None or not srv._forked:
+                code = 2
+            os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        cli.send(srv.address, P.Ack(2))                    # the parent's link still works
+        assert [m for _, m in _gather(srv, 1)] == [P.Ack(2)]
+        assert not cli.dealers
+    finally:
+        srv.close()
+        cli.close()
+
+
 # ---- the head's actor table ------------------------------------------------------------------
 def test_actor_table_names_history_and_owner_death():
     from nbray.runtime.head.tables import Tables

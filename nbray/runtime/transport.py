@@ -10,12 +10,19 @@ whose signature does not match is dropped and counted before anything is unpickl
 cluster key can make us do nothing but a hash; an authentic frame of another protocol version,
 or one that does not unpickle to a message, is dropped and counted too, never raised.
 
+Between drivers and workers on one machine the same signed frames go on links instead (Unix
+stream sockets, links.py), where the receiver listens for them; everywhere else, ZeroMQ. The
+messages ``send`` sends one address stay in order either way. ``send_bulk`` always goes by
+ZeroMQ (nodes use it, and nodes have no links), so it keeps no order with ``send`` to the
+same address.
+
 Sockets are not thread-safe: one thread polls and sends. Other threads hand work to it through
 their own queues and :meth:`Endpoint.wake`.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import hmac
 import itertools
@@ -24,6 +31,7 @@ import pickle
 import struct
 import sys
 import threading
+import weakref
 
 import zmq
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -44,6 +52,17 @@ _NOBLOCK, _RCVMORE, _EVENTS, _POLLIN = (int(c) for c in (zmq.NOBLOCK, zmq.RCVMOR
 _MAX_BUFFERS = 16
 _NEW = object()                     # an address not yet tried for a link
 _NO_LOCK = contextlib.nullcontext()
+
+
+_WITH_LINKS: "weakref.WeakSet[Endpoint]" = weakref.WeakSet()
+
+
+def _forget_links_in_child() -> None:
+    for ep in list(_WITH_LINKS):
+        ep._after_fork()
+
+
+os.register_at_fork(after_in_child=_forget_links_in_child)
 
 
 def _advertised(endpoint: str) -> str:
@@ -154,15 +173,39 @@ class Endpoint:
         # by address (None: that address has no listener, so ZeroMQ) when ``link``
         self._listener = links.listen(self.addresses[0]) if link and self.addresses else None
         self._listener_fd = -1
+        self._forked = False            # a copy in a forked child (see _after_fork)
+        self._spare = None              # a descriptor kept to refuse links when out of them
+        self.refused_links = 0
         if self._listener is not None:
             self._listener_fd = self._listener.fileno()
             self.poller.register(self._listener_fd, zmq.POLLIN)
+            self._spare = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         self._hello = links.hello(self.sign, _VERSION, self.addresses[0]) \
             if link and self.addresses else None
         self._out: dict | None = {} if self._hello is not None else None
         self._link_of: dict = {}                # descriptor -> Inbound / Outbound polled
         self._backlog: set = set()              # Outbounds with a backlog, or dead
         self._pushers: list = []
+        if self._hello is not None:
+            _WITH_LINKS.add(self)
+
+    def _after_fork(self) -> None:
+        """In a forked child: let go of the parent's links (the streams and the listener stay
+        the parent's alone) and send by ZeroMQ only."""
+        self._forked = True
+        held = [*self._link_of.values(), *(self._out or {}).values(), *self._backlog,
+                *(v for p in self._pushers for v in p.links.values())]
+        for link in held:
+            if link is not None:
+                link.sock.close()
+        for p in self._pushers:
+            p.links.clear()
+        if self._listener is not None:
+            self._listener.close()
+        if self._spare is not None:
+            os.close(self._spare)
+        self._listener = self._spare = self._hello = self._out = None
+        self._link_of, self._backlog = {}, set()
 
     @property
     def address(self) -> str:
@@ -198,25 +241,45 @@ class Endpoint:
         frame = self._frame(msg)
         out = self._out
         if out is not None:
-            link = out.get(address, _NEW)
-            if link is _NEW:
-                link = out[address] = links.Outbound.connect(address, self._hello)
+            link = self._link_to(out, address, None)
             if link is not None:
-                self._write(out, address, link, frame)
+                self._write(out, address, link, frame, self._resend)
                 self.sent += 1
                 return
         self.connect(address).send(frame, copy=True)
         self.sent += 1
 
-    def _write(self, table: dict, address: str, link, frame) -> bool:
+    def _link_to(self, table: dict, address: str, lock):
+        """The link to ``address`` (None: ZeroMQ), connected the first time. A torn link's
+        address goes by ZeroMQ from then on."""
+        link = table.get(address, _NEW)
+        if link is _NEW:
+            links.sweep(table)          # first the links whose receivers have gone
+            link = table[address] = links.Outbound.connect(address, self._hello, lock)
+        elif link is not None and link.dead and not link.backlog:
+            link = table[address] = None
+        return link
+
+    def _resend(self, address: str, frames: list) -> None:
+        """The frames a torn link had not sent, through ZeroMQ (the polling thread's)."""
+        sock = self.connect(address)
+        for frame in frames:
+            sock.send(frame, copy=True)
+
+    def _write(self, table: dict, address: str, link, frame, resend) -> bool:
         """Send a frame on a link; True when the link now needs the polling thread (a backlog
-        to send when the socket is writable, or a receiver gone). Called under ``link.lock``."""
+        to send when the socket is writable, or a receiver gone). Called under ``link.lock``.
+        A link torn by an exception sends the frames it had not begun with ``resend``."""
         try:
             if link.write(frame):
                 return False
         except OSError:                 # the receiver is gone: what it was sent is lost, as
             link.dead = True            # through ZeroMQ; later messages go there by ZeroMQ
             table[address] = None
+        except BaseException:
+            table[address] = None
+            resend(address, link.unsent())
+            raise
         if link in self._backlog:
             return False
         self._backlog.add(link)
@@ -236,13 +299,21 @@ class Endpoint:
                         return
                 except OSError:
                     link.dead = True
-            self._backlog.discard(link)
-            if link.armed:
-                link.armed = False
-                del self._link_of[link.fd]
-                self.poller.unregister(link.fd)
-            if link.dead:
-                link.close()
+                except BaseException:   # torn (it is dead now): the rest goes by ZeroMQ
+                    self._resend(link.address, link.unsent())
+                    self._forget(link)
+                    raise
+            self._forget(link)
+
+    def _forget(self, link) -> None:
+        """Stop polling a link that has no backlog left; close it when it is dead."""
+        self._backlog.discard(link)
+        if link.armed:
+            link.armed = False
+            del self._link_of[link.fd]
+            self.poller.unregister(link.fd)
+        if link.dead:
+            link.close()
 
     def send_bulk(self, to, msg) -> None:
         """Send a message whose large buffers (``pickle.PickleBuffer`` fields) travel as frames
@@ -335,25 +406,50 @@ class Endpoint:
         if frames is None:              # closed by its sender, or not a link of ours
             if link.peer is None:
                 self.rejected += 1
-            del self._link_of[link.fd]
-            self.poller.unregister(link.fd)
-            link.close()
+            self._drop_link(link)
             return
         peer = link.peer
         for frame in frames:
             msg = self._verify(frame)
-            if msg is not None:
-                out.append((peer, msg))
+            if msg is None:             # a stream out of step, or a peer not of ours: what
+                self._drop_link(link)   # follows on it cannot be trusted to be framed
+                return
+            out.append((peer, msg))
+
+    def _drop_link(self, link) -> None:
+        del self._link_of[link.fd]
+        self.poller.unregister(link.fd)
+        link.close()
 
     def _accept(self) -> None:
         while True:
             try:
                 sock, _ = self._listener.accept()
-            except OSError:             # none waiting (or out of descriptors: later)
+            except (OSError, ValueError) as e:     # none waiting, or out of descriptors
+                if getattr(e, "errno", None) in (errno.EMFILE, errno.ENFILE):
+                    self._refuse_one()
                 return
             link = links.Inbound(sock, self.sign, _VERSION)
             self._link_of[link.fd] = link
             self.poller.register(link.fd, zmq.POLLIN)
+
+    def _refuse_one(self) -> None:
+        """Out of descriptors: take the waiting connection with the one kept spare and close
+        it, so its sender goes by ZeroMQ (and the listener does not stay readable for ever)."""
+        if self._spare is None:
+            return
+        os.close(self._spare)
+        try:
+            sock, _ = self._listener.accept()
+            sock.close()
+        except OSError:
+            pass
+        finally:
+            try:
+                self._spare = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                self._spare = None
+        self.refused_links += 1
 
     def _verify(self, frame: bytes, extra=None):
         view = memoryview(frame)
@@ -389,12 +485,27 @@ class Endpoint:
         self.close()
 
     def close(self, linger_ms: int = 0) -> None:
-        """Close every socket; ``linger_ms`` gives messages already sent that long to leave."""
+        """Close every socket; ``linger_ms`` gives messages already sent that long to leave
+        (on ZeroMQ and on links alike)."""
+        outbound = [*(self._out or {}).values(), *self._backlog]
+        for p in self._pushers:
+            with p.lock:
+                outbound.extend(p.links.values())
+        if linger_ms > 0:
+            import time
+            end = time.monotonic() + linger_ms / 1000
+            for link in outbound:
+                if link is not None and link.backlog:
+                    link.finish(max(0.0, end - time.monotonic()))
         self.ctx.destroy(linger=linger_ms)
-        for link in [*self._link_of.values(), *(self._out or {}).values(), *self._backlog,
-                     *(v for p in self._pushers for v in p.links.values())]:
+        for link in [*self._link_of.values(), *outbound]:
             if link is not None:
                 link.close()
+        if self._spare is not None:
+            os.close(self._spare)
+            self._spare = None
+        if self._forked:                # the files are the parent's
+            return
         if self._listener is not None:
             self._listener.close()
             try:
@@ -444,20 +555,25 @@ class PushSender:
         frame = ep._frame(msg)
         with self.lock:
             if ep._hello is not None:           # a link of our own to that client
-                link = self.links.get(address, _NEW)
-                if link is _NEW:
-                    link = self.links[address] = links.Outbound.connect(address, ep._hello,
-                                                                        self.lock)
+                link = ep._link_to(self.links, address, self.lock)
                 if link is not None:
-                    if ep._write(self.links, address, link, frame):
+                    if ep._write(self.links, address, link, frame, self._resend):
                         ep.wake()               # the polling thread sends the rest
                     self.sent += 1
                     return
-            sock = self.socks.get(address)
-            if sock is None:
-                sock = self.socks[address] = self.ep.ctx.socket(zmq.DEALER)
-                sock.setsockopt(zmq.LINGER, 0)
-                sock.setsockopt(zmq.SNDHWM, 0)
-                sock.connect(address)
-            sock.send(frame, copy=True)
+            self._dealer(address).send(frame, copy=True)
             self.sent += 1
+
+    def _dealer(self, address: str) -> zmq.Socket:
+        sock = self.socks.get(address)
+        if sock is None:
+            sock = self.socks[address] = self.ep.ctx.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.SNDHWM, 0)
+            sock.connect(address)
+        return sock
+
+    def _resend(self, address: str, frames: list) -> None:
+        sock = self._dealer(address)
+        for frame in frames:
+            sock.send(frame, copy=True)
