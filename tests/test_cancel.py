@@ -14,9 +14,10 @@ pytestmark = pytest.mark.timeout(60)
 
 @nbray.remote
 def long_task(marker, seconds=30.0):
-    """Touch ``marker`` when started, then sleep."""
-    with open(marker, "w") as f:
+    """Write our pid to ``marker`` when started (whole: it appears by rename), then sleep."""
+    with open(marker + ".part", "w") as f:
         f.write(str(os.getpid()))
+    os.replace(marker + ".part", marker)
     time.sleep(seconds)
     return "finished"
 
